@@ -1,0 +1,107 @@
+"""Domain events: what the log records. Pure values, no wire format.
+
+The protobuf envelope (``lvs_events.v1.Event``) is converted to and from these types at the
+edge (``lvs_events.wire``); nothing in the domain sees generated code.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from lvs_events.domain.config import Config
+
+
+class AdminAction(enum.StrEnum):
+    DRAIN = "drain"  # weight 0: no new connections, existing ones finish
+    ENABLE = "enable"  # clear any override: back to config weight and health
+    WEIGHT = "weight"  # set an explicit weight
+    DISABLE = "disable"  # remove from the table
+
+
+class LeadershipChange(enum.StrEnum):
+    ACQUIRED = "acquired"
+    LOST = "lost"
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigApplied:
+    config: Config
+    digest: str = ""  # digest of the source text, informative
+
+
+@dataclass(frozen=True, slots=True)
+class RealServerHealth:
+    virtual: str  # VirtualService.key, e.g. "TCP 203.0.113.10:80"
+    real: str  # RealServer.key, e.g. "192.0.2.11:80"
+    up: bool
+    observer: str  # node that ran the check
+    checktype: str = ""
+    detail: str = ""
+    latency_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class AdminOverride:
+    virtual: str
+    real: str
+    action: AdminAction
+    weight: int = 0  # for WEIGHT
+    expires_at: float = 0.0  # unix seconds; 0 = never
+
+
+@dataclass(frozen=True, slots=True)
+class TableApplied:
+    node: str
+    revision: int
+    digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class Leadership:
+    node: str
+    change: LeadershipChange
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class DrillMarker:
+    drill_id: str
+    scenario: str
+    phase: str  # start | detect | elect | vip | first-connection | end
+    detail: str = ""
+
+
+Payload = ConfigApplied | RealServerHealth | AdminOverride | TableApplied | Leadership | DrillMarker
+
+PAYLOAD_TYPES: dict[type[object], str] = {
+    ConfigApplied: "ConfigApplied",
+    RealServerHealth: "RealServerHealth",
+    AdminOverride: "AdminOverride",
+    TableApplied: "TableApplied",
+    Leadership: "Leadership",
+    DrillMarker: "DrillMarker",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """An event as the log holds it.
+
+    ``revision`` is the event's position in the log (dense, from 1), given by the coordinator at
+    append; 0 before the event is appended.
+    """
+
+    event_id: str
+    cluster: str
+    origin: str  # node that published it
+    actor: str  # daemon name or operator name
+    reason: str
+    wall_time: float  # unix seconds, set by the publisher
+    payload: Payload
+    term: int = 0  # leader term the publisher acted under (fencing), 0 = none
+    revision: int = 0
+
+    @property
+    def type_name(self) -> str:
+        return PAYLOAD_TYPES[type(self.payload)]

@@ -1,0 +1,282 @@
+"""The IPVS table as values, its digest, its diff, and its text in the ``ipvsadm -L -n`` layout.
+
+Pure: used by the render (desired table), by every dataplane (actual table) and by the CLI.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+from lvs_events.domain.config import Family, Forwarding, Protocol, endpoint_text, service_key
+
+FORWARD_NAMES = {Forwarding.GATE: "Route", Forwarding.MASQ: "Masq", Forwarding.IPIP: "Tunnel"}
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Dest:
+    address: str
+    port: int
+    forwarding: Forwarding = Forwarding.GATE
+    weight: int = 1
+    lower_threshold: int = 0
+    upper_threshold: int = 0
+
+    @property
+    def key(self) -> str:
+        return endpoint_text(self.address, self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    protocol: Protocol
+    address: str | None
+    port: int
+    fwmark: int | None = None
+    family: Family = Family.INET
+    scheduler: str = "wrr"
+    persistent: int | None = None
+    netmask: str | None = None
+    ops: bool = False
+    schedflags: tuple[str, ...] = ()
+    dests: tuple[Dest, ...] = field(default=())
+
+    @property
+    def key(self) -> str:
+        return service_key(self.protocol, self.address, self.port, self.fwmark, self.family)
+
+    def same_attributes(self, other: Service) -> bool:
+        """True when only the destinations differ (no service edit needed)."""
+        return (
+            self.scheduler == other.scheduler
+            and self.persistent == other.persistent
+            and self.netmask == other.netmask
+            and self.ops == other.ops
+            and self.schedflags == other.schedflags
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    services: tuple[Service, ...] = ()
+
+    def service(self, key: str) -> Service | None:
+        for s in self.services:
+            if s.key == key:
+                return s
+        return None
+
+    def to_json(self) -> list[dict[str, object]]:
+        """Canonical JSON form: services by key, destinations by key. The digest hashes this."""
+        out: list[dict[str, object]] = []
+        for s in sorted(self.services, key=lambda s: s.key):
+            out.append(
+                {
+                    "service": s.key,
+                    "protocol": s.protocol.value,
+                    "address": s.address,
+                    "port": s.port,
+                    "fwmark": s.fwmark,
+                    "family": int(s.family),
+                    "scheduler": s.scheduler,
+                    "persistent": s.persistent,
+                    "netmask": s.netmask,
+                    "ops": s.ops,
+                    "schedflags": list(s.schedflags),
+                    "dests": [
+                        {
+                            "dest": d.key,
+                            "address": d.address,
+                            "port": d.port,
+                            "forward": d.forwarding.value,
+                            "weight": d.weight,
+                            "l_threshold": d.lower_threshold,
+                            "u_threshold": d.upper_threshold,
+                        }
+                        for d in sorted(s.dests, key=lambda d: d.key)
+                    ],
+                }
+            )
+        return out
+
+    def digest(self) -> str:
+        """sha256 of the canonical JSON: equal tables give equal digests on every node."""
+        blob = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+def table_from_json(data: Iterable[dict[str, object]]) -> Table:
+    """Inverse of :meth:`Table.to_json` (used by the CLI for ``-o json`` round trips and tests)."""
+    services: list[Service] = []
+    for s in data:
+        dests = tuple(
+            Dest(
+                address=str(d["address"]),
+                port=_int(d["port"]),
+                forwarding=Forwarding(str(d["forward"])),
+                weight=_int(d["weight"]),
+                lower_threshold=_int(d["l_threshold"]),
+                upper_threshold=_int(d["u_threshold"]),
+            )
+            for d in _dicts(s["dests"])
+        )
+        services.append(
+            Service(
+                protocol=Protocol(str(s["protocol"])),
+                address=None if s["address"] is None else str(s["address"]),
+                port=_int(s["port"]),
+                fwmark=None if s["fwmark"] is None else _int(s["fwmark"]),
+                family=Family(_int(s["family"])),
+                scheduler=str(s["scheduler"]),
+                persistent=None if s["persistent"] is None else _int(s["persistent"]),
+                netmask=None if s["netmask"] is None else str(s["netmask"]),
+                ops=bool(s["ops"]),
+                schedflags=tuple(str(f) for f in _list(s["schedflags"])),
+                dests=dests,
+            )
+        )
+    return Table(tuple(services))
+
+
+def _int(v: object) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"expected an integer, got {v!r}")
+    return v
+
+
+def _list(v: object) -> list[object]:
+    if not isinstance(v, list):
+        raise TypeError(f"expected a list, got {v!r}")
+    return v
+
+
+def _dicts(v: object) -> list[dict[str, object]]:
+    items = _list(v)
+    for i in items:
+        if not isinstance(i, dict):
+            raise TypeError(f"expected an object, got {i!r}")
+    return items  # type: ignore[return-value]  # checked element by element above
+
+
+# --- diff -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One dataplane operation. ``kind``: add-service, edit-service, del-service, add-dest,
+    edit-dest, del-dest. ``service`` is always the desired (or, for deletes, actual) service."""
+
+    kind: str
+    service: Service
+    dest: Dest | None = None
+
+    def __str__(self) -> str:
+        if self.dest is None:
+            return f"{self.kind} {self.service.key}"
+        return f"{self.kind} {self.service.key} -> {self.dest.key} w={self.dest.weight}"
+
+
+def diff(actual: Table, desired: Table) -> list[Op]:
+    """The minimal operations that turn ``actual`` into ``desired``.
+
+    Order never drops traffic needlessly: new services and destinations first, then edits
+    (weights), then destination removals, then service removals.
+    """
+    adds: list[Op] = []
+    edits: list[Op] = []
+    dels: list[Op] = []
+    svc_dels: list[Op] = []
+    have = {s.key: s for s in actual.services}
+    want = {s.key: s for s in desired.services}
+    for key, ws in want.items():
+        hs = have.get(key)
+        if hs is None:
+            adds.append(Op("add-service", ws))
+            adds.extend(Op("add-dest", ws, d) for d in ws.dests)
+            continue
+        if not ws.same_attributes(hs):
+            edits.append(Op("edit-service", ws))
+        hd = {d.key: d for d in hs.dests}
+        wd = {d.key: d for d in ws.dests}
+        for dk, d in wd.items():
+            cur = hd.get(dk)
+            if cur is None:
+                adds.append(Op("add-dest", ws, d))
+            elif cur != d:
+                edits.append(Op("edit-dest", ws, d))
+        dels.extend(Op("del-dest", hs, d) for dk, d in hd.items() if dk not in wd)
+    svc_dels.extend(Op("del-service", hs) for key, hs in have.items() if key not in want)
+    return adds + edits + dels + svc_dels
+
+
+def apply_ops(table: Table, ops: Iterable[Op]) -> Table:  # noqa: PLR0912 -- one branch per op kind
+    """Apply operations to a table value (the in-memory dataplane, and tests of ``diff``)."""
+    services: dict[str, Service] = {s.key: s for s in table.services}
+    order: list[str] = [s.key for s in table.services]
+    for op in ops:
+        key = op.service.key
+        cur = services.get(key)
+        if op.kind == "add-service":
+            if cur is not None:
+                raise ValueError(f"service {key} exists")
+            services[key] = replace(op.service, dests=())
+            order.append(key)
+        elif op.kind == "edit-service":
+            if cur is None:
+                raise ValueError(f"no service {key}")
+            services[key] = replace(op.service, dests=cur.dests)
+        elif op.kind == "del-service":
+            if cur is None:
+                raise ValueError(f"no service {key}")
+            del services[key]
+            order.remove(key)
+        else:
+            if cur is None or op.dest is None:
+                raise ValueError(f"no service {key} for {op}")
+            dests = {d.key: d for d in cur.dests}
+            dk = op.dest.key
+            if op.kind == "add-dest" and dk in dests:
+                raise ValueError(f"destination {dk} exists in {key}")
+            if op.kind in ("edit-dest", "del-dest") and dk not in dests:
+                raise ValueError(f"no destination {dk} in {key}")
+            if op.kind == "del-dest":
+                del dests[dk]
+            else:
+                dests[dk] = op.dest
+            services[key] = replace(cur, dests=tuple(dests.values()))
+    return Table(tuple(services[k] for k in order))
+
+
+# --- ipvsadm -L -n ---------------------------------------------------------------------------
+
+
+def format_ipvsadm(table: Table, *, header: bool = True) -> str:
+    """The table in the layout of ``ipvsadm -L -n`` (connection counters are 0: not tracked)."""
+    lines: list[str] = []
+    if header:
+        lines.append("IP Virtual Server version 1.2.1 (size=4096)")
+        lines.append("Prot LocalAddress:Port Scheduler Flags")
+        lines.append("  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn")
+    for s in table.services:
+        if s.protocol is Protocol.FWM or s.fwmark is not None:
+            name = f"{s.fwmark}" + (" IPv6" if s.family is Family.INET6 else "")
+            proto = "FWM"
+        else:
+            name = endpoint_text(s.address or "", s.port)
+            proto = s.protocol.value.upper()
+        line = f"{proto}  {name} {s.scheduler}"
+        if s.schedflags:
+            line += f" ({','.join(s.schedflags)})"
+        if s.persistent is not None:
+            line += f" persistent {s.persistent}"
+            if s.netmask is not None:
+                line += f" mask {s.netmask}"
+        if s.ops:
+            line += " ops"
+        lines.append(line)
+        for d in s.dests:
+            fwd = FORWARD_NAMES[d.forwarding]
+            lines.append(f"  -> {d.key:<28} {fwd:<7} {d.weight:<6} {0:<10} {0:<10}".rstrip())
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,156 @@
+"""Validation of events before they enter the log. Pure.
+
+The coordinator runs :func:`validate_event` on every append and refuses (INVALID_ARGUMENT) what
+fails; nothing of a refused event is stored. Messages name the field and what was expected.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+
+from lvs_events.domain.config import Config, Family, Protocol, RealServer, VirtualService
+from lvs_events.domain.events import (
+    AdminAction,
+    AdminOverride,
+    ConfigApplied,
+    DrillMarker,
+    Event,
+    Leadership,
+    RealServerHealth,
+    TableApplied,
+)
+from lvs_events.errors import InvalidEvent
+
+MAX_EVENT_BYTES = 1_000_000  # etcd refuses requests above 1.5 MiB by default; keep room for a batch
+MAX_ID_LEN = 128
+MAX_TEXT = 4096
+SCHEDULERS = frozenset(
+    {"rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh", "twos"}
+)
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]*$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
+
+
+def _need(cond: bool, field: str, expected: str, found: object) -> None:
+    if not cond:
+        raise InvalidEvent(f"{field}: expected {expected}, found {found!r}")
+
+
+def validate_event(event: Event, *, max_bytes: int = MAX_EVENT_BYTES, size: int = 0) -> None:
+    """Raise :class:`InvalidEvent` if ``event`` must not be appended. ``size``: its encoded size."""
+    _need(size <= max_bytes, "event", f"at most {max_bytes} bytes encoded", f"{size} bytes")
+    _need(
+        0 < len(event.event_id) <= MAX_ID_LEN and bool(_ID_RE.match(event.event_id)),
+        "event_id",
+        f"1-{MAX_ID_LEN} characters of [A-Za-z0-9._:@/-]",
+        event.event_id,
+    )
+    _need(bool(_NAME_RE.match(event.cluster)), "cluster", "a name", event.cluster)
+    _need(bool(_NAME_RE.match(event.origin)), "origin", "a node name", event.origin)
+    _need(0 < len(event.actor) <= 256, "actor", "a daemon or operator name", event.actor)
+    _need(len(event.reason) <= MAX_TEXT, "reason", f"at most {MAX_TEXT} characters", len(event.reason))
+    _need(
+        math.isfinite(event.wall_time) and event.wall_time > 0,
+        "wall_time",
+        "unix seconds",
+        event.wall_time,
+    )
+    _need(event.term >= 0, "term", "a term >= 0", event.term)
+    p = event.payload
+    if isinstance(p, ConfigApplied):
+        validate_config(p.config)
+    elif isinstance(p, RealServerHealth):
+        _service_key(p.virtual, "real_server_health.virtual")
+        _endpoint(p.real, "real_server_health.real")
+        _need(bool(_NAME_RE.match(p.observer)), "real_server_health.observer", "a node name", p.observer)
+        _need(len(p.detail) <= MAX_TEXT, "real_server_health.detail", "a short text", len(p.detail))
+        _need(
+            math.isfinite(p.latency_ms) and p.latency_ms >= 0,
+            "real_server_health.latency_ms",
+            ">= 0",
+            p.latency_ms,
+        )
+    elif isinstance(p, AdminOverride):
+        _service_key(p.virtual, "admin_override.virtual")
+        _endpoint(p.real, "admin_override.real")
+        if p.action is AdminAction.WEIGHT:
+            _need(0 <= p.weight <= 65535, "admin_override.weight", "0..65535", p.weight)
+        _need(p.expires_at >= 0, "admin_override.expires_at", "unix seconds or 0", p.expires_at)
+    elif isinstance(p, TableApplied):
+        _need(bool(_NAME_RE.match(p.node)), "table_applied.node", "a node name", p.node)
+        _need(bool(re.fullmatch(r"[0-9a-f]{64}", p.digest)), "table_applied.digest", "sha256 hex", p.digest)
+    elif isinstance(p, Leadership):
+        _need(bool(_NAME_RE.match(p.node)), "leadership.node", "a node name", p.node)
+        _need(p.term > 0, "leadership.term", "a term > 0", p.term)
+    elif isinstance(p, DrillMarker):
+        _need(bool(p.drill_id), "drill_marker.drill_id", "an id", p.drill_id)
+
+
+def validate_config(cfg: Config) -> None:
+    seen: set[str] = set()
+    for i, v in enumerate(cfg.virtuals):
+        path = f"config.virtuals[{i}]"
+        _virtual(v, path)
+        _need(v.key not in seen, path, "each virtual service once", v.key)
+        seen.add(v.key)
+    for name in ("fallback", "fallback6"):
+        fb = getattr(cfg.globals, name)
+        if fb is not None:
+            _real(fb, f"config.globals.{name}")
+
+
+def _virtual(v: VirtualService, path: str) -> None:
+    if v.protocol is Protocol.FWM:
+        _need(v.fwmark is not None and 0 < v.fwmark < 2**32, f"{path}.fwmark", "1..4294967295", v.fwmark)
+    else:
+        _ip(v.address, f"{path}.address", v.family)
+        _need(0 < v.port < 65536, f"{path}.port", "1..65535", v.port)
+    _need(
+        v.scheduler in SCHEDULERS, f"{path}.scheduler", "one of " + ",".join(sorted(SCHEDULERS)), v.scheduler
+    )
+    if v.persistent is not None:
+        _need(0 < v.persistent < 2**31, f"{path}.persistent", "seconds > 0", v.persistent)
+    keys: set[str] = set()
+    for j, r in enumerate(v.reals):
+        _real(r, f"{path}.reals[{j}]")
+        _need(r.key not in keys, f"{path}.reals[{j}]", "each real server once per virtual", r.key)
+        keys.add(r.key)
+    if v.fallback is not None:
+        _real(v.fallback, f"{path}.fallback")
+
+
+def _real(r: RealServer, path: str) -> None:
+    _ip(r.address, f"{path}.address", None)
+    _need(0 <= r.port < 65536, f"{path}.port", "0..65535", r.port)
+    _need(0 <= r.weight <= 65535, f"{path}.weight", "0..65535", r.weight)
+    _need(0 <= r.lower_threshold < 2**31, f"{path}.lower_threshold", ">= 0", r.lower_threshold)
+    _need(0 <= r.upper_threshold < 2**31, f"{path}.upper_threshold", ">= 0", r.upper_threshold)
+
+
+def _ip(addr: str | None, path: str, family: Family | None) -> None:
+    try:
+        ip = ipaddress.ip_address(addr or "")
+    except ValueError as e:
+        raise InvalidEvent(f"{path}: expected an IP address, found {addr!r}") from e
+    _need(str(ip) == addr, path, f"the canonical form {ip}", addr)
+    if family is not None:
+        want = 4 if family is Family.INET else 6
+        _need(ip.version == want, path, f"an IPv{want} address", addr)
+
+
+def _endpoint(text: str, path: str) -> None:
+    m = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([0-9.]+):(\d+)", text)
+    _need(m is not None, path, "ip:port (IPv6 as [ip]:port)", text)
+    assert m is not None
+    _ip(m.group(1) or m.group(3), path, None)
+    _need(0 <= int(m.group(2) or m.group(4)) < 65536, path, "a port 0..65535", text)
+
+
+def _service_key(text: str, path: str) -> None:
+    m = re.fullmatch(r"(TCP|UDP) (.+)|FWM (\d+)( IPv6)?", text)
+    _need(m is not None, path, '"TCP ip:port", "UDP ip:port" or "FWM mark"', text)
+    assert m is not None
+    if m.group(2):
+        _endpoint(m.group(2), path)
