@@ -72,7 +72,8 @@ class State:
     clock: float = 0.0  # highest wall time seen: the state's notion of "now"
     config: Config | None = None
     config_revision: int = 0
-    health: Map[RealKey, Map[str, Observation]] = field(default_factory=Map)  # (virtual, real) -> observer -> verdict
+    # (virtual, real) -> observer node -> latest verdict
+    health: Map[RealKey, Map[str, Observation]] = field(default_factory=Map)
     overrides: Map[RealKey, Override] = field(default_factory=Map)
     nodes: Map[str, NodeStatus] = field(default_factory=Map)
     leader: str | None = None
