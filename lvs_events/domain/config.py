@@ -103,6 +103,11 @@ class VirtualService:
     servicename: str | None = None
     comment: str | None = None
     check: CheckSettings = field(default_factory=CheckSettings)
+    # Per-virtual overrides ldirectord also accepts (None = the global value / unset).
+    emailalertfreq: int | None = None
+    emailalertstatus: tuple[str, ...] | None = None
+    smtp: str | None = None
+    monitorfile: str | None = None
 
     @property
     def key(self) -> str:
