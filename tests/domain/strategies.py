@@ -1,0 +1,124 @@
+"""Hypothesis strategies for domain values and event sequences (shared by the property tests)."""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+from lvs_events.domain.config import (
+    CheckSettings,
+    Config,
+    Family,
+    Forwarding,
+    GlobalSettings,
+    Protocol,
+    RealServer,
+    VirtualService,
+)
+from lvs_events.domain.events import (
+    AdminAction,
+    AdminOverride,
+    ConfigApplied,
+    DrillMarker,
+    Event,
+    Leadership,
+    LeadershipChange,
+    Payload,
+    RealServerHealth,
+    TableApplied,
+)
+
+VIPS = ["203.0.113.10", "203.0.113.20", "2001:db8::10"]
+REALS = ["192.0.2.11", "192.0.2.12", "192.0.2.13", "198.51.100.11", "2001:db8::21"]
+NODES = ["master", "slave"]
+PORTS = [80, 443]
+
+
+@st.composite
+def real_servers(draw: st.DrawFn, v6: bool) -> RealServer:
+    pool = [a for a in REALS if (":" in a) == v6]
+    return RealServer(
+        address=draw(st.sampled_from(pool)),
+        port=draw(st.sampled_from(PORTS)),
+        forwarding=draw(st.sampled_from(list(Forwarding))),
+        weight=draw(st.integers(0, 100)),
+        lower_threshold=draw(st.sampled_from([0, 0, 10])),
+        upper_threshold=draw(st.sampled_from([0, 0, 100])),
+    )
+
+
+@st.composite
+def virtual_services(draw: st.DrawFn) -> VirtualService:
+    if draw(st.integers(0, 5)) == 0:
+        v6 = False
+        proto, addr, port, mark = Protocol.FWM, None, 0, draw(st.integers(1, 9))
+    else:
+        addr = draw(st.sampled_from(VIPS))
+        v6 = ":" in addr
+        proto = draw(st.sampled_from([Protocol.TCP, Protocol.UDP]))
+        port, mark = draw(st.sampled_from(PORTS)), None
+    reals = draw(st.lists(real_servers(v6), max_size=4, unique_by=lambda r: r.key))
+    return VirtualService(
+        protocol=proto,
+        address=addr,
+        port=port,
+        fwmark=mark,
+        family=Family.INET6 if v6 else Family.INET,
+        scheduler=draw(st.sampled_from(["wrr", "rr", "lc", "sh"])),
+        persistent=draw(st.sampled_from([None, 30, 7200])),
+        reals=tuple(reals),
+        fallback=draw(st.sampled_from([None, RealServer("127.0.0.1", 80)])) if not v6 else None,
+        quiescent=draw(st.sampled_from([None, True, False])),
+        check=CheckSettings(checktype=draw(st.sampled_from(["negotiate", "connect", "on", "off"]))),
+    )
+
+
+@st.composite
+def configs(draw: st.DrawFn) -> Config:
+    vs = draw(st.lists(virtual_services(), max_size=4, unique_by=lambda v: v.key))
+    return Config(GlobalSettings(quiescent=draw(st.booleans())), tuple(vs))
+
+
+@st.composite
+def payloads(draw: st.DrawFn, universe: Config) -> Payload:
+    pairs = [(v.key, r.key) for v in universe.virtuals for r in v.reals]
+    pairs = pairs or [("TCP 203.0.113.10:80", "192.0.2.11:80")]
+    kind = draw(st.integers(0, 9))
+    vk, rk = draw(st.sampled_from(pairs))
+    if kind == 0:
+        return ConfigApplied(draw(configs()))
+    if kind <= 4:
+        up, node = draw(st.booleans()), draw(st.sampled_from(NODES))
+        return RealServerHealth(vk, rk, up, node, "connect", "d", 1.5)
+    if kind <= 6:
+        action = draw(st.sampled_from(list(AdminAction)))
+        return AdminOverride(vk, rk, action, draw(st.integers(0, 50)), draw(st.sampled_from([0.0, 1500.0])))
+    if kind == 7:
+        return Leadership(
+            draw(st.sampled_from(NODES)),
+            draw(st.sampled_from(list(LeadershipChange))),
+            draw(st.integers(1, 5)),
+        )
+    if kind == 8:
+        return TableApplied(draw(st.sampled_from(NODES)), draw(st.integers(0, 100)), "0" * 64)
+    return DrillMarker("d1", "switchover", "start")
+
+
+@st.composite
+def event_logs(draw: st.DrawFn, max_size: int = 60) -> list[Event]:
+    universe = draw(configs())
+    n = draw(st.integers(0, max_size))
+    events = [Event("e0", "c1", "master", "op", "boot", 1000.0, ConfigApplied(universe), revision=1)]
+    for i in range(n):
+        events.append(
+            Event(
+                event_id=f"e{i + 1}",
+                cluster="c1",
+                origin=draw(st.sampled_from(NODES)),
+                actor="lvs-agent",
+                reason="",
+                wall_time=1000.0 + i * draw(st.sampled_from([0.0, 10.0, 100.0])),
+                payload=draw(payloads(universe)),
+                revision=i + 2,
+            )
+        )
+    return events
