@@ -275,6 +275,10 @@ class VirtualService(_message.Message):
     SERVICENAME_FIELD_NUMBER: _builtins.int
     COMMENT_FIELD_NUMBER: _builtins.int
     CHECK_FIELD_NUMBER: _builtins.int
+    EMAILALERTFREQ_FIELD_NUMBER: _builtins.int
+    EMAILALERTSTATUS_FIELD_NUMBER: _builtins.int
+    SMTP_FIELD_NUMBER: _builtins.int
+    MONITORFILE_FIELD_NUMBER: _builtins.int
     protocol: Global___Protocol.ValueType
     address: _builtins.str
     port: _builtins.int
@@ -291,6 +295,9 @@ class VirtualService(_message.Message):
     emailalert: _builtins.str
     servicename: _builtins.str
     comment: _builtins.str
+    emailalertfreq: _builtins.int
+    smtp: _builtins.str
+    monitorfile: _builtins.str
     @_builtins.property
     def schedflags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -299,6 +306,10 @@ class VirtualService(_message.Message):
     def fallback(self) -> Global___RealServer: ...
     @_builtins.property
     def check(self) -> Global___CheckSettings: ...
+    @_builtins.property
+    def emailalertstatus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """empty = the global value"""
+
     def __init__(
         self,
         *,
@@ -321,10 +332,14 @@ class VirtualService(_message.Message):
         servicename: _builtins.str | None = ...,
         comment: _builtins.str | None = ...,
         check: Global___CheckSettings | None = ...,
+        emailalertfreq: _builtins.int | None = ...,
+        emailalertstatus: _abc.Iterable[_builtins.str] | None = ...,
+        smtp: _builtins.str | None = ...,
+        monitorfile: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_address", b"_address", "_comment", b"_comment", "_emailalert", b"_emailalert", "_fallback", b"_fallback", "_fallbackcommand", b"_fallbackcommand", "_fwmark", b"_fwmark", "_netmask", b"_netmask", "_persistent", b"_persistent", "_quiescent", b"_quiescent", "_readdquiescent", b"_readdquiescent", "_servicename", b"_servicename", "address", b"address", "check", b"check", "comment", b"comment", "emailalert", b"emailalert", "fallback", b"fallback", "fallbackcommand", b"fallbackcommand", "fwmark", b"fwmark", "netmask", b"netmask", "persistent", b"persistent", "quiescent", b"quiescent", "readdquiescent", b"readdquiescent", "servicename", b"servicename"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_address", b"_address", "_comment", b"_comment", "_emailalert", b"_emailalert", "_emailalertfreq", b"_emailalertfreq", "_fallback", b"_fallback", "_fallbackcommand", b"_fallbackcommand", "_fwmark", b"_fwmark", "_monitorfile", b"_monitorfile", "_netmask", b"_netmask", "_persistent", b"_persistent", "_quiescent", b"_quiescent", "_readdquiescent", b"_readdquiescent", "_servicename", b"_servicename", "_smtp", b"_smtp", "address", b"address", "check", b"check", "comment", b"comment", "emailalert", b"emailalert", "emailalertfreq", b"emailalertfreq", "fallback", b"fallback", "fallbackcommand", b"fallbackcommand", "fwmark", b"fwmark", "monitorfile", b"monitorfile", "netmask", b"netmask", "persistent", b"persistent", "quiescent", b"quiescent", "readdquiescent", b"readdquiescent", "servicename", b"servicename", "smtp", b"smtp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_address", b"_address", "_comment", b"_comment", "_emailalert", b"_emailalert", "_fallback", b"_fallback", "_fallbackcommand", b"_fallbackcommand", "_fwmark", b"_fwmark", "_netmask", b"_netmask", "_persistent", b"_persistent", "_quiescent", b"_quiescent", "_readdquiescent", b"_readdquiescent", "_servicename", b"_servicename", "address", b"address", "check", b"check", "comment", b"comment", "emailalert", b"emailalert", "fallback", b"fallback", "fallbackcommand", b"fallbackcommand", "family", b"family", "fwmark", b"fwmark", "netmask", b"netmask", "ops", b"ops", "persistent", b"persistent", "port", b"port", "protocol", b"protocol", "quiescent", b"quiescent", "readdquiescent", b"readdquiescent", "reals", b"reals", "schedflags", b"schedflags", "scheduler", b"scheduler", "servicename", b"servicename"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_address", b"_address", "_comment", b"_comment", "_emailalert", b"_emailalert", "_emailalertfreq", b"_emailalertfreq", "_fallback", b"_fallback", "_fallbackcommand", b"_fallbackcommand", "_fwmark", b"_fwmark", "_monitorfile", b"_monitorfile", "_netmask", b"_netmask", "_persistent", b"_persistent", "_quiescent", b"_quiescent", "_readdquiescent", b"_readdquiescent", "_servicename", b"_servicename", "_smtp", b"_smtp", "address", b"address", "check", b"check", "comment", b"comment", "emailalert", b"emailalert", "emailalertfreq", b"emailalertfreq", "emailalertstatus", b"emailalertstatus", "fallback", b"fallback", "fallbackcommand", b"fallbackcommand", "family", b"family", "fwmark", b"fwmark", "monitorfile", b"monitorfile", "netmask", b"netmask", "ops", b"ops", "persistent", b"persistent", "port", b"port", "protocol", b"protocol", "quiescent", b"quiescent", "readdquiescent", b"readdquiescent", "reals", b"reals", "schedflags", b"schedflags", "scheduler", b"scheduler", "servicename", b"servicename", "smtp", b"smtp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__address: _TypeAlias = _typing.Literal["address"]  # noqa: Y015
     _WhichOneofArgType__address: _TypeAlias = _typing.Literal["_address", b"_address"]  # noqa: Y015
@@ -332,12 +347,16 @@ class VirtualService(_message.Message):
     _WhichOneofArgType__comment: _TypeAlias = _typing.Literal["_comment", b"_comment"]  # noqa: Y015
     _WhichOneofReturnType__emailalert: _TypeAlias = _typing.Literal["emailalert"]  # noqa: Y015
     _WhichOneofArgType__emailalert: _TypeAlias = _typing.Literal["_emailalert", b"_emailalert"]  # noqa: Y015
+    _WhichOneofReturnType__emailalertfreq: _TypeAlias = _typing.Literal["emailalertfreq"]  # noqa: Y015
+    _WhichOneofArgType__emailalertfreq: _TypeAlias = _typing.Literal["_emailalertfreq", b"_emailalertfreq"]  # noqa: Y015
     _WhichOneofReturnType__fallback: _TypeAlias = _typing.Literal["fallback"]  # noqa: Y015
     _WhichOneofArgType__fallback: _TypeAlias = _typing.Literal["_fallback", b"_fallback"]  # noqa: Y015
     _WhichOneofReturnType__fallbackcommand: _TypeAlias = _typing.Literal["fallbackcommand"]  # noqa: Y015
     _WhichOneofArgType__fallbackcommand: _TypeAlias = _typing.Literal["_fallbackcommand", b"_fallbackcommand"]  # noqa: Y015
     _WhichOneofReturnType__fwmark: _TypeAlias = _typing.Literal["fwmark"]  # noqa: Y015
     _WhichOneofArgType__fwmark: _TypeAlias = _typing.Literal["_fwmark", b"_fwmark"]  # noqa: Y015
+    _WhichOneofReturnType__monitorfile: _TypeAlias = _typing.Literal["monitorfile"]  # noqa: Y015
+    _WhichOneofArgType__monitorfile: _TypeAlias = _typing.Literal["_monitorfile", b"_monitorfile"]  # noqa: Y015
     _WhichOneofReturnType__netmask: _TypeAlias = _typing.Literal["netmask"]  # noqa: Y015
     _WhichOneofArgType__netmask: _TypeAlias = _typing.Literal["_netmask", b"_netmask"]  # noqa: Y015
     _WhichOneofReturnType__persistent: _TypeAlias = _typing.Literal["persistent"]  # noqa: Y015
@@ -348,6 +367,8 @@ class VirtualService(_message.Message):
     _WhichOneofArgType__readdquiescent: _TypeAlias = _typing.Literal["_readdquiescent", b"_readdquiescent"]  # noqa: Y015
     _WhichOneofReturnType__servicename: _TypeAlias = _typing.Literal["servicename"]  # noqa: Y015
     _WhichOneofArgType__servicename: _TypeAlias = _typing.Literal["_servicename", b"_servicename"]  # noqa: Y015
+    _WhichOneofReturnType__smtp: _TypeAlias = _typing.Literal["smtp"]  # noqa: Y015
+    _WhichOneofArgType__smtp: _TypeAlias = _typing.Literal["_smtp", b"_smtp"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__address) -> _WhichOneofReturnType__address | None: ...
     @_typing.overload
@@ -355,11 +376,15 @@ class VirtualService(_message.Message):
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__emailalert) -> _WhichOneofReturnType__emailalert | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__emailalertfreq) -> _WhichOneofReturnType__emailalertfreq | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__fallback) -> _WhichOneofReturnType__fallback | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__fallbackcommand) -> _WhichOneofReturnType__fallbackcommand | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__fwmark) -> _WhichOneofReturnType__fwmark | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__monitorfile) -> _WhichOneofReturnType__monitorfile | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__netmask) -> _WhichOneofReturnType__netmask | None: ...
     @_typing.overload
@@ -370,6 +395,8 @@ class VirtualService(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__readdquiescent) -> _WhichOneofReturnType__readdquiescent | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__servicename) -> _WhichOneofReturnType__servicename | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__smtp) -> _WhichOneofReturnType__smtp | None: ...
 
 Global___VirtualService: _TypeAlias = VirtualService  # noqa: Y015
 
