@@ -1,0 +1,1 @@
+"""The ``lvs-events`` command line: audit (tail), tables, operator actions, status."""

@@ -1,0 +1,235 @@
+"""``lvs-events``: the operator's command line.
+
+Exit codes: 0 ok; 1 the request was refused or failed; 2 bad usage or input; 3 no coordinator
+answered within ``--timeout``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import getpass
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from typing import NoReturn
+
+import structlog
+
+from lvs_events.cli import views
+from lvs_events.client import CoordinatorClient, CoordinatorRejected, Snapshot, new_event
+from lvs_events.client import Filters as ServerFilters
+from lvs_events.domain.events import AdminAction, AdminOverride
+from lvs_events.domain.table import format_ipvsadm
+from lvs_events.errors import CoordinatorUnavailable, InvalidEvent, LvsEventsError
+
+DEFAULT_ENDPOINTS = "127.0.0.1:7400"
+EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 1, 2, 3
+
+
+class UsageError(LvsEventsError):
+    """Bad arguments or input from the operator."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lvs-events",
+        description="Audit, inspect and operate an lvs-events cluster (the log of two LVS directors).",
+    )
+    p.add_argument(
+        "--endpoints",
+        default=os.environ.get("LVS_EVENTS_ENDPOINTS", DEFAULT_ENDPOINTS),
+        help="coordinator endpoints, comma-separated host:port "
+        "(env LVS_EVENTS_ENDPOINTS; default %(default)s)",
+    )
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for a coordinator (default 5)")
+    p.add_argument("--cluster", default=os.environ.get("LVS_EVENTS_CLUSTER", "lvs"), help="cluster name")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("tail", help="the audit log: who changed what, when and why")
+    start = t.add_mutually_exclusive_group()
+    start.add_argument("--rev", type=int, default=0, help="start at this log revision")
+    start.add_argument("--since", help="start at this time (ISO 8601, or a duration like 10m, 2h, 1d)")
+    t.add_argument("-f", "--follow", action="store_true", help="keep printing new events as they come")
+    t.add_argument("--vip", action="append", default=[], help="only this virtual service (address or key)")
+    t.add_argument("--real", action="append", default=[], help="only this real server (address or ip:port)")
+    t.add_argument("--type", action="append", default=[], help="only this event type (e.g. RealServerHealth)")
+    t.add_argument("--node", action="append", default=[], help="only events from or about this node")
+    t.add_argument("-o", "--output", choices=["text", "json"], default="text")
+
+    tb = sub.add_parser("table", help="the IPVS table the log renders, now or at a revision")
+    tb.add_argument("--at", type=int, default=0, metavar="REV", help="at this log revision (default: now)")
+    tb.add_argument("-o", "--output", choices=["ipvsadm", "json"], default="ipvsadm")
+
+    for name, text in (
+        ("drain", "set a real server's weight to 0"),
+        ("enable", "clear an operator override"),
+    ):
+        a = sub.add_parser(name, help=text)
+        a.add_argument("virtual", help='the virtual service, e.g. "TCP 203.0.113.10:80"')
+        a.add_argument("real", help="the real server, e.g. 192.0.2.11:80")
+        a.add_argument("--reason", required=True, help="why (recorded in the log)")
+        a.add_argument("--operator", default=_operator(), help="who (default: the login name)")
+        if name == "drain":
+            a.add_argument("--for", dest="duration", help="expire after this long (e.g. 30m)")
+
+    st = sub.add_parser("status", help="nodes, their applied revision, digest and lag")
+    st.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    return p
+
+
+def _operator() -> str:
+    return os.environ.get("SUDO_USER") or getpass.getuser()
+
+
+def parse_duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except (ValueError, IndexError) as e:
+        raise UsageError(f"bad duration {text!r}: expected a number with s, m, h or d") from e
+
+
+def parse_since(text: str, now: float) -> float:
+    """An ISO 8601 time (UTC if no zone) or a duration back from now."""
+    try:
+        t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return now - parse_duration(text)
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.UTC)
+    return t.timestamp()
+
+
+def _full_key(text: str) -> str:
+    """Accept ``203.0.113.10:80`` for ``TCP 203.0.113.10:80``."""
+    if text.split(" ", 1)[0] in ("TCP", "UDP", "FWM"):
+        return text
+    return f"TCP {text}"
+
+
+async def _tail(client: CoordinatorClient, args: argparse.Namespace) -> int:
+    since = parse_since(args.since, time.time()) if args.since else 0.0
+    local = views.Filters(
+        types=frozenset(args.type),
+        nodes=frozenset(args.node),
+        virtuals=frozenset(args.vip),
+        reals=frozenset(args.real),
+        since=since,
+    )
+    server = ServerFilters(types=tuple(args.type))
+    out = sys.stdout
+    async with client.subscribe(args.rev, follow=args.follow, filters=server) as sub:
+        async for item in sub:
+            if isinstance(item, Snapshot):
+                if args.output == "text":
+                    out.write(f"# events up to revision {item.revision} were compacted into a snapshot\n")
+                continue
+            if not local.match(item):
+                continue
+            out.write((views.event_json(item) if args.output == "json" else views.event_line(item)) + "\n")
+            out.flush()
+    return 0
+
+
+async def _table(client: CoordinatorClient, args: argparse.Namespace) -> int:
+    view = await client.get_state(args.at)
+    if args.output == "json":
+        doc = {"revision": view.revision, "digest": view.table_digest, "services": view.table.to_json()}
+        sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    else:
+        sys.stdout.write(format_ipvsadm(view.table))
+        sys.stdout.write(f"# revision {view.revision}  digest {view.table_digest}\n")
+    return 0
+
+
+async def _admin(client: CoordinatorClient, args: argparse.Namespace) -> int:
+    expires = time.time() + parse_duration(args.duration) if getattr(args, "duration", None) else 0.0
+    action = AdminAction.DRAIN if args.command == "drain" else AdminAction.ENABLE
+    event = new_event(
+        AdminOverride(_full_key(args.virtual), args.real, action, 0, expires),
+        cluster=args.cluster,
+        origin=_origin(),
+        actor=args.operator,
+        reason=args.reason,
+    )
+    (ack,) = await client.publish([event])
+    if not ack.ok:
+        raise CoordinatorRejected(ack.error_code, ack.error)
+    sys.stdout.write(f"{args.command}: {event.payload} recorded at revision {ack.revision}\n")
+    return 0
+
+
+def _origin() -> str:
+    name = socket.gethostname().split(".")[0]
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in name) or "cli"
+
+
+async def _status(client: CoordinatorClient, args: argparse.Namespace) -> int:
+    view = await client.get_state(0)
+    if args.output == "json":
+        doc = {
+            "cluster": view.state.cluster,
+            "head_revision": view.head_revision,
+            "digest": view.table_digest,
+            "active": view.state.leader,
+            "term": view.state.term,
+            "nodes": {
+                n: {
+                    "applied_revision": s.applied_revision,
+                    "digest": s.digest,
+                    "lag": max(0, view.head_revision - s.applied_revision),
+                    "in_sync": s.digest == view.table_digest,
+                }
+                for n, s in sorted(view.state.nodes.items())
+            },
+        }
+        sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    else:
+        sys.stdout.write(views.status_text(view.state, view.head_revision, view.table_digest))
+    return 0
+
+
+COMMANDS = {"tail": _tail, "table": _table, "drain": _admin, "enable": _admin, "status": _status}
+
+
+async def run(args: argparse.Namespace) -> int:
+    async with CoordinatorClient(args.endpoints, timeout=args.timeout) as client:
+        return await COMMANDS[args.command](client, args)
+
+
+def _fail(code: int, message: str) -> NoReturn:
+    sys.stderr.write(f"lvs-events: {message}\n")
+    sys.exit(code)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    # The CLI's own output is the answer; the client's retries are noise unless something is wrong.
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+    try:
+        sys.exit(asyncio.run(run(args)))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)
+    except CoordinatorUnavailable as e:
+        _fail(EXIT_UNAVAILABLE, str(e).splitlines()[0])
+    except (UsageError, InvalidEvent) as e:
+        _fail(EXIT_USAGE, str(e))
+    except LvsEventsError as e:
+        _fail(EXIT_FAILED, str(e).splitlines()[0])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""Pure text/JSON views for the CLI: one line per event, status tables. No I/O."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from lvs_events.domain import codec
+from lvs_events.domain.events import (
+    AdminOverride,
+    ConfigApplied,
+    DrillMarker,
+    Event,
+    Leadership,
+    RealServerHealth,
+    TableApplied,
+)
+from lvs_events.domain.render import render
+from lvs_events.domain.state import State, observations
+
+
+def summary(event: Event) -> str:
+    """What happened, in a few words."""
+    p = event.payload
+    if isinstance(p, ConfigApplied):
+        n_real = sum(len(v.reals) for v in p.config.virtuals)
+        src = f" from {p.config.source}" if p.config.source else ""
+        return f"config applied{src}: {len(p.config.virtuals)} virtual services, {n_real} real servers"
+    if isinstance(p, RealServerHealth):
+        state = "UP" if p.up else "DOWN"
+        detail = f" ({p.detail})" if p.detail else ""
+        evidence = f"[{p.checktype}{detail}, {p.latency_ms:.1f}ms]"
+        return f"{p.virtual} -> {p.real} {state} seen by {p.observer} {evidence}"
+    if isinstance(p, AdminOverride):
+        extra = f" weight={p.weight}" if p.action.value == "weight" else ""
+        until = f" until {_time(p.expires_at)}" if p.expires_at else ""
+        return f"{p.action.value} {p.virtual} -> {p.real}{extra}{until}"
+    if isinstance(p, TableApplied):
+        return f"{p.node} applied revision {p.revision} digest {p.digest[:12]}"
+    if isinstance(p, Leadership):
+        return f"{p.node} {p.change.value} leadership, term {p.term}"
+    if isinstance(p, DrillMarker):
+        detail = f": {p.detail}" if p.detail else ""
+        return f"drill {p.drill_id} {p.scenario} {p.phase}{detail}"
+    raise TypeError(type(p))
+
+
+def _time(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def event_line(event: Event) -> str:
+    """``REV  TIME  NODE  ACTOR  TYPE  SUMMARY  (why)`` — one readable line per event."""
+    why = f"  reason={event.reason!r}" if event.reason else ""
+    term = f" term={event.term}" if event.term else ""
+    return (
+        f"{event.revision:>8}  {_time(event.wall_time)}  {event.origin:<10} {event.actor:<14} "
+        f"{event.type_name:<16} {summary(event)}{why}{term}"
+    )
+
+
+def event_json(event: Event) -> str:
+    """One JSON object per line (``-o json``)."""
+    return json.dumps(
+        {
+            "revision": event.revision,
+            "time": _time(event.wall_time),
+            "wall_time": event.wall_time,
+            "event_id": event.event_id,
+            "cluster": event.cluster,
+            "node": event.origin,
+            "actor": event.actor,
+            "reason": event.reason,
+            "term": event.term,
+            "type": event.type_name,
+            "summary": summary(event),
+            "payload": codec.encode(event.payload),
+        },
+        sort_keys=True,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    types: frozenset[str] = frozenset()
+    nodes: frozenset[str] = frozenset()
+    virtuals: frozenset[str] = frozenset()
+    reals: frozenset[str] = frozenset()
+    since: float = 0.0
+
+    def match(self, e: Event) -> bool:
+        p = e.payload
+        if self.types and e.type_name not in self.types:
+            return False
+        if self.since and e.wall_time < self.since:
+            return False
+        if self.nodes:
+            node = getattr(p, "observer", None) or getattr(p, "node", None)
+            if e.origin not in self.nodes and node not in self.nodes:
+                return False
+        if self.virtuals and not _vip_match(getattr(p, "virtual", None), self.virtuals):
+            return False
+        return not (self.reals and not _real_match(getattr(p, "real", None), self.reals))
+
+
+def _vip_match(key: str | None, wanted: Iterable[str]) -> bool:
+    """``--vip 203.0.113.10`` matches every service on that address; a full key matches exactly."""
+    if key is None:
+        return False
+    return any(
+        w == key or key.split(" ", 1)[-1].startswith(w.rstrip(":") + ":") or key.endswith(w) for w in wanted
+    )
+
+
+def _real_match(key: str | None, wanted: Iterable[str]) -> bool:
+    if key is None:
+        return False
+    return any(w == key or key.startswith(w + ":") or key.startswith(f"[{w}]:") for w in wanted)
+
+
+def status_text(state: State, head: int, now_digest: str) -> str:
+    """``lvs-events status``: nodes with their applied revision, digest and lag, then disagreements."""
+    lines = [
+        f"cluster {state.cluster or '-'}  head revision {head}  table digest {now_digest[:12]}",
+        f"active: {state.leader or '-'}  term {state.term}",
+        "",
+        f"{'NODE':<12} {'APPLIED':>8} {'LAG':>6}  {'DIGEST':<12}  IN SYNC",
+    ]
+    for node, ns in sorted(state.nodes.items()):
+        lag = max(0, head - ns.applied_revision)
+        sync = "yes" if ns.digest == now_digest else "no"
+        lines.append(f"{node:<12} {ns.applied_revision:>8} {lag:>6}  {ns.digest[:12]:<12}  {sync}")
+    if not state.nodes:
+        lines.append("(no node has reported a table yet)")
+    disagreements = []
+    for (vk, rk), _views in sorted(state.health.items()):
+        views = observations(state, vk, rk)
+        if len({o.up for o in views.values()}) > 1:
+            seen = ", ".join(f"{n}={'up' if o.up else 'down'}" for n, o in sorted(views.items()))
+            disagreements.append(f"  {vk} -> {rk}: {seen}")
+    if disagreements:
+        lines += ["", "health views that disagree:", *disagreements]
+    return "\n".join(lines) + "\n"
+
+
+def table_digest(state: State) -> str:
+    return render(state).digest()
