@@ -1,0 +1,109 @@
+"""The CLI's pure views: event lines, JSON lines, filters, status."""
+
+from __future__ import annotations
+
+import json
+
+from immutables import Map
+
+from lvs_events.cli import views
+from lvs_events.cli.main import parse_duration, parse_since
+from lvs_events.domain.config import Config
+from lvs_events.domain.events import (
+    AdminAction,
+    AdminOverride,
+    ConfigApplied,
+    Event,
+    Payload,
+    RealServerHealth,
+    TableApplied,
+)
+from lvs_events.domain.state import NodeStatus, Observation, State
+
+
+def _e(payload: Payload, origin: str = "master", reason: str = "") -> Event:
+    return Event("01J0", "c1", origin, "alice", reason, 1_764_429_600.5, payload, revision=42)
+
+
+def test_event_line_has_revision_time_node_actor_type_summary_and_reason() -> None:
+    line = views.event_line(
+        _e(
+            AdminOverride("TCP 203.0.113.10:80", "192.0.2.13:80", AdminAction.DRAIN),
+            origin="ops",
+            reason="kernel upgrade",
+        )
+    )
+    assert line.split()[:5] == ["42", "2025-11-29T15:20:00.500Z", "ops", "alice", "AdminOverride"]
+    assert "drain TCP 203.0.113.10:80 -> 192.0.2.13:80" in line
+    assert "reason='kernel upgrade'" in line
+
+
+def test_health_line_carries_the_evidence() -> None:
+    line = views.event_line(
+        _e(
+            RealServerHealth(
+                "TCP 203.0.113.10:80", "192.0.2.11:80", False, "slave", "negotiate", "HTTP/1.1 503", 12.25
+            )
+        )
+    )
+    assert "192.0.2.11:80 DOWN seen by slave [negotiate (HTTP/1.1 503), 12.2ms]" in line
+
+
+def test_json_lines_are_valid_json_with_the_payload() -> None:
+    doc = json.loads(views.event_json(_e(ConfigApplied(Config(source="ldirectord.cf")))))
+    assert doc["revision"] == 42
+    assert doc["type"] == "ConfigApplied"
+    assert doc["payload"]["config"]["source"] == "ldirectord.cf"
+    assert doc["time"].endswith("Z")
+
+
+def test_filters_match_vip_by_address_real_by_address_and_node_by_observer() -> None:
+    e = _e(RealServerHealth("TCP 203.0.113.10:80", "192.0.2.11:80", True, "slave"), origin="slave")
+    assert views.Filters(virtuals=frozenset({"203.0.113.10"})).match(e)
+    assert views.Filters(virtuals=frozenset({"TCP 203.0.113.10:80"})).match(e)
+    assert not views.Filters(virtuals=frozenset({"203.0.113.1"})).match(e)
+    assert views.Filters(reals=frozenset({"192.0.2.11"})).match(e)
+    assert not views.Filters(reals=frozenset({"192.0.2.1"})).match(e)
+    assert views.Filters(nodes=frozenset({"slave"})).match(e)
+    assert not views.Filters(nodes=frozenset({"master"})).match(e)
+    assert views.Filters(types=frozenset({"RealServerHealth"})).match(e)
+    assert not views.Filters(types=frozenset({"TableApplied"})).match(e)
+    assert not views.Filters(since=2e9).match(e)
+
+
+def test_status_shows_lag_sync_and_disagreeing_views() -> None:
+    s = State(
+        cluster="c1",
+        nodes=Map({"master": NodeStatus(10, "a" * 64, 11, 0.0), "slave": NodeStatus(7, "b" * 64, 9, 0.0)}),
+        health=Map(
+            {
+                ("TCP 203.0.113.10:80", "192.0.2.11:80"): Map(
+                    {"master": Observation(True, 3, 0.0), "slave": Observation(False, 4, 0.0)}
+                )
+            }
+        ),
+    )
+    text = views.status_text(s, head=12, now_digest="a" * 64)
+    assert "master" in text
+    assert "slave" in text
+    master = next(line for line in text.splitlines() if line.startswith("master"))
+    slave = next(line for line in text.splitlines() if line.startswith("slave"))
+    assert master.split()[1:3] == ["10", "2"]
+    assert master.endswith("yes")
+    assert slave.split()[1:3] == ["7", "5"]
+    assert slave.endswith("no")
+    assert "192.0.2.11:80: master=up, slave=down" in text
+
+
+def test_durations_and_times() -> None:
+    assert parse_duration("90s") == 90
+    assert parse_duration("2h") == 7200
+    assert parse_since("10m", now=1000.0) == 400.0
+    assert parse_since("2025-11-29T15:20:00Z", now=0) == 1_764_429_600.0
+
+
+def test_table_applied_summary() -> None:
+    assert (
+        views.summary(_e(TableApplied("slave", 9, "ab" * 32)))
+        == "slave applied revision 9 digest abababababab"
+    )
