@@ -1,0 +1,216 @@
+"""The append path: validate, then group-commit concurrent appends into one etcd transaction.
+
+Every Publish stream of this coordinator submits into one bounded queue; one flusher task takes
+whatever is waiting (up to :data:`MAX_BATCH_EVENTS` events or about 1 MB) and appends it in a
+single transaction. There is no artificial delay: while one transaction is in flight the next
+batch accumulates (group commit), so batches grow with load and latency stays one round trip
+when idle.
+
+Queue overflow policy: **backpressure**. :meth:`Appender.submit` waits for room; the Publish
+handler stops reading its stream meanwhile, and gRPC flow control pushes back on the publisher.
+Nothing is dropped.
+
+Fencing seam (leadership issue): ``submit(..., require_term=T)`` appends only while the store's
+``leader`` key holds term ``T`` (else the ack says FAILED_PRECONDITION). Requests with different
+requirements never share a transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from coordinator.store import MAX_BATCH_EVENTS, Appended, EventStore
+from lvs_events import wire
+from lvs_events.domain.validate import MAX_EVENT_BYTES, validate_event
+from lvs_events.errors import InvalidEvent, StoreUnavailable
+from lvs_events.pb.v1 import events_pb2 as pb
+
+log = structlog.get_logger(__name__)
+
+MAX_BATCH_BYTES = 1_000_000  # etcd refuses requests over 1.5 MiB by default
+DEFAULT_QUEUE = 8192
+
+
+def check_event(msg: pb.Event, cluster: str) -> int:
+    """Validate an incoming event; its encoded size. Raises :class:`InvalidEvent`.
+
+    The ``revision`` a publisher may have set is cleared: the log assigns it.
+    """
+    msg.revision = 0
+    size = msg.ByteSize()
+    if size > MAX_EVENT_BYTES:  # refuse before converting a huge message
+        raise InvalidEvent(f"event: expected at most {MAX_EVENT_BYTES} bytes encoded, found {size} bytes")
+    event = wire.event_from_pb(msg)
+    validate_event(event, size=size)
+    if event.cluster != cluster:
+        raise InvalidEvent(
+            f"cluster: expected {cluster!r} (this coordinator's cluster), found {event.cluster!r}"
+        )
+    return size
+
+
+@dataclass(slots=True)
+class _Request:
+    msg: pb.Event
+    size: int
+    require_term: int | None
+    future: asyncio.Future[Appended]
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class Appender:
+    """Group commit in front of :meth:`EventStore.append`. Run :meth:`run` in a TaskGroup."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        *,
+        max_batch_events: int = MAX_BATCH_EVENTS,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
+        queue_size: int = DEFAULT_QUEUE,
+    ) -> None:
+        if not 1 <= max_batch_events <= MAX_BATCH_EVENTS:
+            raise ValueError(f"max_batch_events: 1..{MAX_BATCH_EVENTS}")
+        self.store = store
+        self.max_batch_events = max_batch_events
+        self.max_batch_bytes = max_batch_bytes
+        self._queue: deque[_Request] = deque()
+        self._queue_size = queue_size
+        self._room = asyncio.Semaphore(queue_size)
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closed = False
+        self.head = 0  # newest revision this appender appended
+        self.appended_total = 0
+        self.batches = 0
+        self._listeners: list[Callable[[int], None]] = []
+
+    def on_appended(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback(head)`` after each successful transaction (e.g. snapshot triggers)."""
+        self._listeners.append(callback)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def submit(
+        self, msg: pb.Event, size: int, *, require_term: int | None = None
+    ) -> asyncio.Future[Appended]:
+        """Queue an already validated event; a future for its :class:`Appended`.
+
+        Waits while the queue is full (backpressure). Raises StoreUnavailable once closed.
+        """
+        if self._closed:
+            raise StoreUnavailable("coordinator is shutting down")
+        await self._room.acquire()
+        if self._closed:
+            self._room.release()
+            raise StoreUnavailable("coordinator is shutting down")
+        fut: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Request(msg, size, require_term, fut))
+        self._idle.clear()
+        self._wakeup.set()
+        return fut
+
+    async def append(self, msg: pb.Event, size: int, *, require_term: int | None = None) -> Appended:
+        return await (await self.submit(msg, size, require_term=require_term))
+
+    async def close(self, grace: float) -> None:
+        """Refuse new events; wait (up to ``grace`` seconds) until every queued one is answered."""
+        self._closed = True
+        try:
+            async with asyncio.timeout(grace):
+                await self._idle.wait()
+        except TimeoutError:
+            log.warning("appender: queue not drained before the deadline", queued=len(self._queue))
+
+    async def run(self) -> None:
+        """The flusher: one transaction at a time, each with everything that is waiting."""
+        try:
+            while True:
+                if not self._queue:
+                    self._idle.set()
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                batch = self._take()
+                await self._flush(batch)
+        except BaseException:
+            self._fail_all(StoreUnavailable("coordinator is shutting down"))
+            raise
+
+    def _take(self) -> list[_Request]:
+        first = self._queue.popleft()
+        batch = [first]
+        nbytes = first.size
+        ids = {first.msg.event_id}
+        while self._queue and len(ids) < self.max_batch_events:
+            nxt = self._queue[0]
+            if nxt.require_term != first.require_term:
+                break
+            if nbytes + nxt.size > self.max_batch_bytes:
+                break
+            self._queue.popleft()
+            batch.append(nxt)
+            nbytes += nxt.size
+            ids.add(nxt.msg.event_id)
+        for _ in batch:
+            self._room.release()
+        return batch
+
+    async def _flush(self, batch: list[_Request]) -> None:
+        # dedupe within the batch: the first of each event_id is appended, the others share it
+        unique: dict[str, _Request] = {}
+        for r in batch:
+            unique.setdefault(r.msg.event_id, r)
+        msgs = [r.msg for r in unique.values()]
+        started = time.monotonic()
+        try:
+            results = await self.store.append(msgs, require_term=batch[0].require_term)
+        except asyncio.CancelledError:
+            for r in batch:
+                if not r.future.done():
+                    r.future.set_exception(StoreUnavailable("coordinator is shutting down"))
+            raise
+        except Exception as e:
+            log.warning("append failed", events=len(batch), error=str(e), error_type=type(e).__name__)
+            for r in batch:
+                if not r.future.done():
+                    r.future.set_exception(e)
+            return
+        by_id = {a.event_id: a for a in results}
+        for r in batch:
+            a = by_id[r.msg.event_id]
+            if unique[r.msg.event_id] is not r and not a.duplicate:
+                a = Appended(a.event_id, a.revision, duplicate=True)
+            if not r.future.done():
+                r.future.set_result(a)
+        new_head = max((a.revision for a in results), default=0)
+        self.batches += 1
+        self.appended_total += sum(1 for a in results if not a.duplicate)
+        if new_head > self.head:
+            self.head = new_head
+            for cb in self._listeners:
+                cb(new_head)
+        log.debug(
+            "appended",
+            revision=new_head,
+            events=len(batch),
+            first_event_id=batch[0].msg.event_id,
+            txn_ms=round((time.monotonic() - started) * 1000, 3),
+        )
+
+    def _fail_all(self, error: Exception) -> None:
+        while self._queue:
+            r = self._queue.popleft()
+            self._room.release()
+            if not r.future.done():
+                r.future.set_exception(error)
+        self._idle.set()

@@ -1,0 +1,399 @@
+"""The gRPC face of the coordinator: ``lvs_events.v1.Coordinator``, health and reflection.
+
+The coordinator is stateless: everything durable is in etcd (:mod:`coordinator.store`), so any
+number of instances may serve one cluster. Start one in-process with :func:`serve_coordinator`::
+
+    async with serve_coordinator(CoordinatorSettings(etcd_endpoints=eps, cluster="c1")) as c:
+        channel = grpc.aio.insecure_channel(c.address)
+
+Publish: one ack per event, in the order the events arrived on the stream. A refused event
+(malformed, oversized, invalid, wrong cluster) gets an ack with ``error_code=INVALID_ARGUMENT``
+and nothing of it is stored; the stream goes on. A publisher may keep up to
+``publish_window`` events unacknowledged; past that the coordinator stops reading its stream
+(backpressure through gRPC flow control). Sending one event and waiting for its ack gives unary
+semantics; half-closing the stream ends it once every ack is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import grpc.aio
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer  # the asyncio servicer (health.aio)
+from grpc_reflection.v1alpha import reflection
+
+from coordinator.filters import EventFilter
+from coordinator.log import Appender, check_event
+from coordinator.snapshots import (
+    DEFAULT_RETENTION,
+    DEFAULT_SNAPSHOT_EVERY,
+    DEFAULT_SNAPSHOT_INTERVAL,
+    RevisionAhead,
+    StateService,
+)
+from coordinator.store import MAX_BATCH_EVENTS, Appended, EtcdEventStore, EventStore
+from lvs_events.errors import Compacted, Fenced, InvalidEvent, StoreError, StoreUnavailable
+from lvs_events.pb.v1 import coordinator_pb2 as cpb
+from lvs_events.pb.v1 import coordinator_pb2_grpc as cpb_grpc
+
+log = structlog.get_logger(__name__)
+
+SERVICE_NAME: str = cpb.DESCRIPTOR.services_by_name["Coordinator"].full_name
+MAX_RECEIVE_BYTES = 4 * 1024 * 1024  # > the 1 MB event limit: an oversized event gets a proper ack
+MAX_SEND_BYTES = 256 * 1024 * 1024  # snapshots and GetState of large tables
+DEFAULT_PUBLISH_WINDOW = 1024
+COMPACTED_RESTARTS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinatorSettings:
+    etcd_endpoints: tuple[str, ...] | list[str]
+    cluster: str
+    listen: str = "127.0.0.1:0"
+    snapshot_every: int = DEFAULT_SNAPSHOT_EVERY
+    snapshot_interval: float = DEFAULT_SNAPSHOT_INTERVAL
+    retention: int = DEFAULT_RETENTION
+    etcd_timeout: float = 5.0
+    max_batch_events: int = MAX_BATCH_EVENTS
+    publish_window: int = DEFAULT_PUBLISH_WINDOW
+    grace: float = 10.0  # seconds for in-flight appends and streams at shutdown
+    health_interval: float = 2.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _ack_error(event_id: str, code: str, message: str) -> cpb.PublishAck:
+    return cpb.PublishAck(event_id=event_id, error_code=code, error=message)
+
+
+def _ack_for(event_id: str, fut: asyncio.Future[Appended]) -> cpb.PublishAck:
+    e = fut.exception()
+    if e is None:
+        a = fut.result()
+        return cpb.PublishAck(event_id=event_id, revision=a.revision, duplicate=a.duplicate)
+    if isinstance(e, Fenced):
+        return _ack_error(event_id, "FAILED_PRECONDITION", str(e))
+    if isinstance(e, InvalidEvent):
+        return _ack_error(event_id, "INVALID_ARGUMENT", str(e))
+    return _ack_error(event_id, "UNAVAILABLE", str(e) or type(e).__name__)
+
+
+def _consume(fut: asyncio.Future[Appended]) -> None:
+    if not fut.cancelled():
+        fut.exception()  # mark retrieved: the client went away before its ack
+
+
+_Pending = cpb.PublishAck | tuple[str, asyncio.Future[Appended]]
+
+
+class CoordinatorService(cpb_grpc.CoordinatorServicer):
+    def __init__(
+        self,
+        store: EventStore,
+        appender: Appender,
+        states: StateService,
+        cluster: str,
+        *,
+        publish_window: int = DEFAULT_PUBLISH_WINDOW,
+    ) -> None:
+        self.store = store
+        self.appender = appender
+        self.states = states
+        self.cluster = cluster
+        self.publish_window = publish_window
+        self._readers: set[asyncio.Task[None]] = set()
+        self._publishers = 0
+        self._no_publishers = asyncio.Event()
+        self._no_publishers.set()
+        self.draining = False
+
+    # --- Publish --------------------------------------------------------------------------
+
+    async def Publish(  # an async generator, as grpc.aio allows
+        self, request_iterator: AsyncIterator[cpb.PublishRequest], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[cpb.PublishAck]:
+        if self.draining:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "coordinator is shutting down")
+        window = asyncio.Semaphore(self.publish_window)
+        pending: deque[_Pending | None] = deque()
+        ready = asyncio.Event()
+        reader = asyncio.create_task(self._read_publish(request_iterator, pending, ready, window))
+        self._readers.add(reader)
+        self._publishers += 1
+        self._no_publishers.clear()
+        try:
+            while True:
+                while not pending:
+                    ready.clear()
+                    await ready.wait()
+                item = pending.popleft()
+                if item is None:
+                    break
+                if isinstance(item, tuple):
+                    event_id, fut = item
+                    await asyncio.wait([fut])
+                    item = _ack_for(event_id, fut)
+                window.release()
+                yield item
+        finally:
+            self._readers.discard(reader)
+            if not reader.done():
+                reader.cancel()
+                await asyncio.wait([reader])
+            for left in pending:
+                if isinstance(left, tuple):
+                    left[1].add_done_callback(_consume)
+            self._publishers -= 1
+            if self._publishers == 0:
+                self._no_publishers.set()
+
+    async def _read_publish(
+        self,
+        requests: AsyncIterator[cpb.PublishRequest],
+        pending: deque[_Pending | None],
+        ready: asyncio.Event,
+        window: asyncio.Semaphore,
+    ) -> None:
+        try:
+            async for req in requests:
+                await window.acquire()
+                pending.append(await self._admit(req))
+                ready.set()
+        except grpc.RpcError:
+            pass  # the client went away: the writer side ends with it
+        finally:
+            pending.append(None)
+            ready.set()
+
+    async def _admit(self, req: cpb.PublishRequest) -> _Pending:
+        if not req.HasField("event"):
+            return _ack_error("", "INVALID_ARGUMENT", "PublishRequest without an event")
+        msg = req.event
+        try:
+            size = check_event(msg, self.cluster)
+        except InvalidEvent as e:
+            log.info("event refused", event_id=msg.event_id, error=str(e))
+            return _ack_error(msg.event_id, "INVALID_ARGUMENT", str(e))
+        try:
+            fut = await self.appender.submit(msg, size, require_term=None)  # fencing: leadership issue
+        except StoreUnavailable as e:
+            return _ack_error(msg.event_id, "UNAVAILABLE", str(e))
+        return (msg.event_id, fut)
+
+    async def stop_publishers(self, grace: float) -> None:
+        """Stop reading new events; in-flight ones still get their acks (up to ``grace``)."""
+        self.draining = True
+        for task in list(self._readers):
+            task.cancel()
+        try:
+            async with asyncio.timeout(grace):
+                await self._no_publishers.wait()
+        except TimeoutError:
+            log.warning("publish streams still open after the grace period", streams=self._publishers)
+
+    # --- Subscribe ------------------------------------------------------------------------
+
+    async def Subscribe(  # an async generator, as grpc.aio allows
+        self, request: cpb.SubscribeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[cpb.SubscribeResponse]:
+        try:
+            wanted = EventFilter(request.types, request.nodes, request.virtuals, request.reals)
+        except InvalidEvent as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        nxt = max(request.from_revision, 1)
+        restarts = 0
+        while True:
+            try:
+                async for item in self.store.read(nxt, follow=request.follow):
+                    nxt = item.event.revision + 1
+                    if wanted(item.event):
+                        yield cpb.SubscribeResponse(event=item.event, head_revision=item.head)
+            except Compacted as e:
+                restarts += 1
+                if not request.snapshot_if_compacted or restarts > COMPACTED_RESTARTS:
+                    await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(e))
+                snap = await self._snapshot_or_abort(e, context)
+                log.info("subscriber sent to the snapshot", requested=e.requested, revision=snap.revision)
+                bounds = await self.store.bounds()
+                yield cpb.SubscribeResponse(
+                    snapshot=cpb.Snapshot(
+                        revision=snap.revision, state=snap.state, table_digest=snap.table_digest
+                    ),
+                    head_revision=bounds.head,
+                )
+                nxt = snap.revision + 1
+            except StoreError as e:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+            else:
+                return
+
+    async def _snapshot_or_abort(self, e: Compacted, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            snap = await self.store.get_snapshot()
+        except StoreError as err:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
+        if snap is None or snap.revision + 1 < e.first_available:
+            await context.abort(grpc.StatusCode.OUT_OF_RANGE, f"{e}; and no snapshot covers it")
+        return snap
+
+    # --- GetState -------------------------------------------------------------------------
+
+    async def GetState(
+        self, request: cpb.GetStateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> cpb.GetStateResponse:
+        try:
+            folded = await self.states.state_at(request.revision)
+        except (Compacted, RevisionAhead) as e:
+            await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(e))
+        except StoreError as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        return cpb.GetStateResponse(
+            revision=folded.revision,
+            state=folded.state_json(),
+            table=folded.table_json(),
+            table_digest=folded.table.digest(),
+            head_revision=folded.bounds.head,
+            first_revision=folded.bounds.first,
+        )
+
+
+@dataclass
+class RunningCoordinator:
+    """A coordinator started by :func:`serve_coordinator`."""
+
+    settings: CoordinatorSettings
+    server: grpc.aio.Server
+    port: int
+    store: EtcdEventStore
+    appender: Appender
+    states: StateService
+    service: CoordinatorService
+    health: HealthServicer
+    _drained: bool = False
+
+    @property
+    def address(self) -> str:
+        host = self.settings.listen.rsplit(":", 1)[0]
+        if host in ("", "0.0.0.0", "[::]"):
+            host = "127.0.0.1"
+        return f"{host}:{self.port}"
+
+    async def drain(self, grace: float | None = None) -> None:
+        """Graceful stop: NOT_SERVING, stop reading events, finish in-flight appends, stop the server."""
+        if self._drained:
+            return
+        self._drained = True
+        grace = self.settings.grace if grace is None else grace
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        log.info("draining", grace=grace)
+        await self.health.enter_graceful_shutdown()
+        await self.service.stop_publishers(grace)
+        await self.appender.close(max(0.0, deadline - loop.time()))
+        await self.server.stop(max(0.1, deadline - loop.time()))
+        log.info("stopped", head=self.appender.head)
+
+
+async def _watch_health(store: EtcdEventStore, servicer: HealthServicer, interval: float) -> None:
+    serving: bool | None = None
+    while True:
+        try:
+            await store.ping()
+            ok = True
+        except StoreError as e:
+            ok = False
+            if serving is not False:
+                log.warning("etcd unreachable; NOT_SERVING", error=str(e))
+        if ok != serving:
+            status = (
+                health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            await servicer.set("", status)
+            await servicer.set(SERVICE_NAME, status)
+            serving = ok
+        await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def serve_coordinator(settings: CoordinatorSettings) -> AsyncIterator[RunningCoordinator]:
+    """Run a coordinator (gRPC server + appender + snapshots) until the block exits.
+
+    On exit (or :meth:`RunningCoordinator.drain`) it drains within ``settings.grace``.
+    ``settings.listen`` may use port 0; the chosen port is ``.port`` / ``.address``.
+    """
+    store = EtcdEventStore(settings.etcd_endpoints, settings.cluster, timeout=settings.etcd_timeout)
+    await store.connect()
+    try:
+        appender = Appender(store, max_batch_events=settings.max_batch_events)
+        states = StateService(
+            store,
+            snapshot_every=settings.snapshot_every,
+            snapshot_interval=settings.snapshot_interval,
+            retention=settings.retention,
+        )
+        appender.on_appended(states.appended)
+        service = CoordinatorService(
+            store, appender, states, settings.cluster, publish_window=settings.publish_window
+        )
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+                ("grpc.max_send_message_length", MAX_SEND_BYTES),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        cpb_grpc.add_CoordinatorServicer_to_server(service, server)
+        health_servicer = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
+        port = server.add_insecure_port(settings.listen)
+        if port == 0:
+            raise OSError(f"cannot listen on {settings.listen}")
+        running = RunningCoordinator(
+            settings, server, port, store, appender, states, service, health_servicer
+        )
+        async with asyncio.TaskGroup() as tg:
+            tasks = [
+                tg.create_task(appender.run(), name="appender"),
+                tg.create_task(states.run(), name="snapshots"),
+                tg.create_task(
+                    _watch_health(store, health_servicer, settings.health_interval), name="health"
+                ),
+            ]
+            await server.start()
+            log.info("coordinator serving", address=running.address, cluster=settings.cluster)
+            try:
+                yield running
+            finally:
+                await running.drain()
+                for t in tasks:
+                    t.cancel()
+    finally:
+        await store.close()
+
+
+def install_signal_handlers(stop: Callable[[], None]) -> None:
+    """SIGTERM and SIGINT call ``stop`` (once per signal)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+
+
+__all__ = [
+    "SERVICE_NAME",
+    "CoordinatorService",
+    "CoordinatorSettings",
+    "RunningCoordinator",
+    "install_signal_handlers",
+    "serve_coordinator",
+]

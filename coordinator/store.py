@@ -1,0 +1,604 @@
+"""The event store: the log in etcd. The ONLY module that imports etcd3aio.
+
+Key layout under ``/lvs-events/<cluster>/``:
+
+``log/<revision, 20 digits>``
+    a serialized ``lvs_events.v1.Event`` with its ``revision`` field set; revisions are dense
+    (1, 2, 3, ...) and assigned here.
+``ids/<event_id>``
+    the revision of that event (dedup index; trimmed together with its log entry).
+``head``
+    last appended revision (decimal).
+``first``
+    oldest revision still in the log (decimal; absent means 1).
+``snapshot``
+    JSON ``{"revision": N, "state": <canonical JSON of the folded State>, "table_digest": ...}``.
+``leader``
+    fencing seam for the leadership issue: an append may require its value to equal a term.
+
+An append of a batch is ONE etcd transaction: compare ``head``'s mod_revision with the one read
+(optimistic CAS, so any number of coordinators can append), compare every ``ids/<id>``'s
+create_revision with 0; on success put every log key, every id key and ``head``. On failure the
+same transaction returns (failure branch) the current ``head``, the ids that exist and the leader
+key, so a retry needs no extra round trip. Duplicates get their ORIGINAL revision back.
+
+Reads pin an etcd revision ``R``: range-read ``log/`` from N at ``R`` (paginated), then watch the
+prefix from ``R + 1``. Revisions are dense, so a gap or a repeat is detected by arithmetic: the
+reader tracks the last revision it delivered, skips anything at or below it and re-reads on a gap,
+on a watch cancellation (etcd compaction) and on any reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+import grpc.aio
+import structlog
+from etcd3aio import Etcd3Client, EtcdError, prefix_range_end
+from etcd3aio._protobuf import Compare  # etcd3aio has no txn_compare_mod_revision helper
+from etcd3aio.kv import KVService
+
+from lvs_events.errors import Compacted, Fenced, StoreError, StoreUnavailable
+from lvs_events.pb.v1 import events_pb2 as pb
+
+log = structlog.get_logger(__name__)
+
+REV_DIGITS = 20
+DEFAULT_TIMEOUT = 5.0  # seconds, every etcd call
+DEFAULT_PAGE = 256  # log entries per range read
+MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
+MAX_BATCH_EVENTS = (MAX_TXN_OPS - 1) // 2  # success branch: 2 puts per event + head
+MAX_APPEND_ATTEMPTS = 8
+MAX_REREADS = 64  # consecutive re-reads of a subscription without progress before giving up
+
+
+def rev_key(revision: int) -> str:
+    return f"{revision:0{REV_DIGITS}d}"
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """Where an event landed: its log revision, and whether it was there already."""
+
+    event_id: str
+    revision: int
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    head: int  # last revision (0: empty log)
+    first: int  # oldest revision kept (1 when nothing was trimmed)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRecord:
+    revision: int
+    state: bytes  # canonical JSON of lvs_events.domain.state.State
+    table_digest: str
+
+    def to_json(self) -> bytes:
+        return (
+            b'{"revision":%d,"state":' % self.revision
+            + self.state
+            + b',"table_digest":'
+            + json.dumps(self.table_digest).encode()
+            + b"}"
+        )
+
+    @classmethod
+    def from_json(cls, blob: bytes) -> SnapshotRecord:
+        data = json.loads(blob)
+        state = json.dumps(data["state"], sort_keys=True, separators=(",", ":")).encode()
+        return cls(int(data["revision"]), state, str(data["table_digest"]))
+
+
+@dataclass(frozen=True, slots=True)
+class LogItem:
+    """One event read from the log, with the newest head the reader knows of."""
+
+    event: pb.Event
+    head: int
+
+
+class EventStore(Protocol):
+    """What the coordinator needs from a durable, totally ordered log."""
+
+    async def bounds(self) -> Bounds: ...
+
+    async def append(self, events: Sequence[pb.Event], *, require_term: int | None = None) -> list[Appended]:
+        """Append events (unique event_ids) atomically, in order; duplicates are not re-appended.
+
+        ``require_term``: fencing seam; when set, the append only happens while the ``leader`` key
+        holds that term (else :class:`Fenced`).
+        """
+        ...
+
+    def read(self, from_revision: int, *, follow: bool, to_revision: int = 0) -> AsyncIterator[LogItem]:
+        """Events from ``from_revision`` on (dense, in order, each once); raises Compacted."""
+        ...
+
+    async def get_snapshot(self) -> SnapshotRecord | None: ...
+
+    async def put_snapshot(self, snapshot: SnapshotRecord) -> bool:
+        """Store ``snapshot`` unless a newer (or equal) one is there; True when written."""
+        ...
+
+    async def trim(self, keep_from: int) -> int:
+        """Delete events below ``keep_from`` (and their ids), advance ``first``; number deleted."""
+        ...
+
+    async def ping(self) -> None: ...
+
+
+def _translate(e: BaseException, what: str) -> StoreError:
+    if isinstance(e, TimeoutError):
+        return StoreUnavailable(f"etcd {what}: no answer within the deadline")
+    if isinstance(e, EtcdError):
+        return StoreUnavailable(f"etcd {what}: {e}")
+    if isinstance(e, grpc.aio.AioRpcError):
+        if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return StoreUnavailable(f"etcd {what}: {e.code().name} {e.details()}")
+        return StoreError(f"etcd {what}: {e.code().name} {e.details()}")
+    return StoreError(f"etcd {what}: {e!r}")
+
+
+def _is_etcd_compacted(e: BaseException) -> bool:
+    """etcd's own compaction: 'mvcc: required revision has been compacted' (OUT_OF_RANGE)."""
+    return isinstance(e, grpc.aio.AioRpcError) and e.code() == grpc.StatusCode.OUT_OF_RANGE
+
+
+class _EtcdCompacted(Exception):
+    """Internal: the pinned etcd revision was compacted; start the read over."""
+
+
+class EtcdEventStore:
+    """:class:`EventStore` on etcd (see the module docstring for the key layout)."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        cluster: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        page_size: int = DEFAULT_PAGE,
+        max_append_attempts: int = MAX_APPEND_ATTEMPTS,
+    ) -> None:
+        if not endpoints:
+            raise ValueError("at least one etcd endpoint is needed")
+        self.endpoints = list(endpoints)
+        self.cluster = cluster
+        self.timeout = timeout
+        self.page_size = page_size
+        self.max_append_attempts = max_append_attempts
+        self.prefix = f"/lvs-events/{cluster}/".encode()
+        self.k_log = self.prefix + b"log/"
+        self.k_ids = self.prefix + b"ids/"
+        self.k_head = self.prefix + b"head"
+        self.k_first = self.prefix + b"first"
+        self.k_snapshot = self.prefix + b"snapshot"
+        self.k_leader = self.prefix + b"leader"
+        self._client = Etcd3Client(self.endpoints, rpc_max_attempts=2)
+        self._connected = False
+        # (head revision, mod_revision of the head key) as last seen: the CAS guess for the next
+        # append. A wrong guess costs one failed transaction, which returns the right values.
+        self._head_guess: tuple[int, int] | None = None
+        self._append_lock = asyncio.Lock()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        if not self._connected:
+            await self._client.connect()
+            self._connected = True
+
+    async def close(self) -> None:
+        if self._connected:
+            self._connected = False
+            await self._client.close()
+
+    async def __aenter__(self) -> EtcdEventStore:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def _kv(self) -> KVService:
+        kv = self._client.kv
+        if kv is None:
+            raise StoreUnavailable("etcd client is not connected")
+        return kv
+
+    def log_key(self, revision: int) -> bytes:
+        return self.k_log + rev_key(revision).encode()
+
+    def id_key(self, event_id: str) -> bytes:
+        return self.k_ids + event_id.encode()
+
+    # --- reads ----------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        try:
+            await self._kv.get(self.k_head, serializable=True, timeout=self.timeout)
+        except (EtcdError, grpc.aio.AioRpcError, TimeoutError) as e:
+            raise _translate(e, "ping") from e
+
+    async def bounds(self) -> Bounds:
+        bounds, _ = await self._bounds_at()
+        return bounds
+
+    async def _bounds_at(self) -> tuple[Bounds, int]:
+        """Head and first, and the etcd revision they were read at (one transaction)."""
+        kv = self._kv
+        try:
+            resp = await kv.txn(
+                [], [kv.txn_op_get(self.k_head), kv.txn_op_get(self.k_first)], timeout=self.timeout
+            )
+        except (EtcdError, grpc.aio.AioRpcError, TimeoutError) as e:
+            raise _translate(e, "read head") from e
+        head_kvs = resp.responses[0].response_range.kvs
+        first_kvs = resp.responses[1].response_range.kvs
+        head = int(head_kvs[0].value) if head_kvs else 0
+        first = int(first_kvs[0].value) if first_kvs else 1
+        return Bounds(head, first), int(resp.header.revision)
+
+    async def get_snapshot(self) -> SnapshotRecord | None:
+        snap, _ = await self._get_snapshot()
+        return snap
+
+    async def _get_snapshot(self) -> tuple[SnapshotRecord | None, int]:
+        try:
+            resp = await self._kv.get(self.k_snapshot, timeout=self.timeout)
+        except (EtcdError, grpc.aio.AioRpcError, TimeoutError) as e:
+            raise _translate(e, "read snapshot") from e
+        if not resp.kvs:
+            return None, 0
+        kv = resp.kvs[0]
+        try:
+            return SnapshotRecord.from_json(kv.value), int(kv.mod_revision)
+        except (ValueError, KeyError, TypeError) as e:
+            raise StoreError(f"snapshot in etcd is not readable: {e}") from e
+
+    async def _range_page(self, start: int, stop: int, at: int) -> tuple[list[tuple[int, bytes]], bool, int]:
+        """Log entries with start <= revision < stop (stop 0: no bound), read at etcd revision ``at``.
+
+        Returns (entries, more, etcd revision read at).
+        """
+        end = self.log_key(stop) if stop else prefix_range_end(self.k_log)
+        try:
+            resp = await self._kv.get(
+                self.log_key(start), range_end=end, revision=at, limit=self.page_size, timeout=self.timeout
+            )
+        except grpc.aio.AioRpcError as e:
+            if _is_etcd_compacted(e):
+                raise _EtcdCompacted from e
+            raise _translate(e, "read log") from e
+        except (EtcdError, TimeoutError) as e:
+            raise _translate(e, "read log") from e
+        n = len(self.k_log)
+        entries = [(int(kv.key[n:]), kv.value) for kv in resp.kvs]
+        return entries, bool(resp.more), int(resp.header.revision)
+
+    async def read(self, from_revision: int, *, follow: bool, to_revision: int = 0) -> AsyncIterator[LogItem]:
+        """Events with revision >= ``from_revision`` (and <= ``to_revision`` when not 0).
+
+        Without ``follow`` the read ends at the head as of its start (or ``to_revision``).
+        With ``follow`` it catches up, then watches; a reconnect, a gap or an etcd compaction
+        makes it re-read from the last delivered revision, so nothing is lost or repeated.
+        Raises :class:`Compacted` when ``from_revision`` (or, while following, the next revision
+        wanted) is below the oldest kept revision.
+        """
+        nxt = max(from_revision, 1)
+        rereads = 0
+        while True:
+            progress_from = nxt
+            try:
+                async for item in self._read_once(nxt, follow=follow, to_revision=to_revision):
+                    nxt = item.event.revision + 1
+                    yield item
+            except _EtcdCompacted:
+                log.info("etcd compacted under a read; re-reading", next_revision=nxt)
+            except _Gap as gap:
+                log.warning("gap in the watch; re-reading", next_revision=nxt, seen=gap.seen)
+            except StoreUnavailable as e:
+                if not follow:
+                    raise
+                log.warning("etcd unavailable while following; retrying", next_revision=nxt, error=str(e))
+            else:
+                return
+            rereads = 0 if nxt > progress_from else rereads + 1
+            if rereads > MAX_REREADS:
+                raise StoreUnavailable(f"log read stuck at revision {nxt} after {rereads} attempts")
+            await asyncio.sleep(min(0.05 * 2 ** min(rereads, 6), 2.0) * (0.5 + random.random() / 2))
+
+    async def _read_once(self, nxt: int, *, follow: bool, to_revision: int) -> AsyncIterator[LogItem]:
+        bounds, at = await self._bounds_at()
+        if nxt < bounds.first:
+            raise Compacted(nxt, bounds.first)
+        stop = 0 if follow else bounds.head + 1
+        if to_revision:
+            stop = min(stop, to_revision + 1) if stop else to_revision + 1
+        head = bounds.head
+        # 1. catch up: paginated range read pinned at etcd revision `at`
+        async for item in self._catch_up(nxt, stop, at, head):
+            nxt = item.event.revision + 1
+            yield item
+        if not follow or (stop and nxt >= stop):
+            return
+        # 2. follow: watch the log from the etcd revision after the one the range was read at
+        async for item in self._follow(nxt, stop, at + 1, head):
+            yield item
+
+    async def _catch_up(self, nxt: int, stop: int, at: int, head: int) -> AsyncIterator[LogItem]:
+        while not (stop and nxt >= stop):
+            entries, more, _ = await self._range_page(nxt, stop, at)
+            for rev, blob in entries:
+                if rev != nxt:
+                    # trimmed while we read (then Compacted), or a hole (a broken log)
+                    bounds, _ = await self._bounds_at()
+                    if nxt < bounds.first:
+                        raise Compacted(nxt, bounds.first)
+                    raise StoreError(f"log is not dense: expected revision {nxt}, found {rev}")
+                yield LogItem(_parse(blob, rev), max(head, rev))
+                nxt = rev + 1
+            if not more:
+                return
+
+    async def _follow(self, nxt: int, stop: int, start_revision: int, head: int) -> AsyncIterator[LogItem]:
+        watch = self._client.watch
+        if watch is None:
+            raise StoreUnavailable("etcd client is not connected")
+        n = len(self.k_log)
+        stream = watch.watch(
+            self.k_log, range_end=prefix_range_end(self.k_log), start_revision=start_revision
+        )
+        try:
+            async for resp in stream:
+                if resp.compact_revision > 0 or resp.canceled:
+                    raise _EtcdCompacted
+                for ev in resp.events:
+                    if ev.type != 0:  # DELETE: retention trimming, not news
+                        continue
+                    rev = int(ev.kv.key[n:])
+                    if rev < nxt:
+                        continue  # already delivered (a watch resumed from an older revision)
+                    if rev > nxt:
+                        raise _Gap(rev)
+                    head = max(head, rev)
+                    yield LogItem(_parse(ev.kv.value, rev), head)
+                    nxt = rev + 1
+                    if stop and nxt >= stop:
+                        return
+        except (EtcdError, grpc.aio.AioRpcError) as e:
+            raise _translate(e, "watch log") from e
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]  # an async generator
+        raise StoreUnavailable("etcd closed the watch stream")
+
+    async def _first(self) -> tuple[int, int]:
+        bounds, at = await self._bounds_at()
+        return at, bounds.first
+
+    # --- append ---------------------------------------------------------------------------
+
+    async def append(self, events: Sequence[pb.Event], *, require_term: int | None = None) -> list[Appended]:
+        if not events:
+            return []
+        ids = [e.event_id for e in events]
+        if len(set(ids)) != len(ids):
+            raise ValueError("append: event_ids in one batch must be unique (dedupe first)")
+        if len(events) > MAX_BATCH_EVENTS:
+            raise ValueError(f"append: at most {MAX_BATCH_EVENTS} events per transaction")
+        async with self._append_lock:
+            return await self._append_locked(list(events), require_term)
+
+    async def _append_locked(self, events: list[pb.Event], require_term: int | None) -> list[Appended]:
+        results: dict[str, Appended] = {}
+        pending = events
+        guess = self._head_guess or await self._read_head()
+        for attempt in range(self.max_append_attempts):
+            head, head_mod = guess
+            compare, success, failure, assigned = self._append_txn(pending, head, head_mod, require_term)
+            try:
+                resp = await self._kv.txn(compare, success, failure, timeout=self.timeout)
+            except (EtcdError, grpc.aio.AioRpcError, TimeoutError) as e:
+                # Ambiguous: the transaction may have been applied. The next attempt finds out
+                # (its id compares fail and return the revisions), so nothing is appended twice.
+                self._head_guess = None
+                if attempt + 1 >= self.max_append_attempts:
+                    raise _translate(e, "append") from e
+                log.warning("append failed; retrying", attempt=attempt + 1, error=str(e))
+                await asyncio.sleep(_backoff(attempt))
+                guess = await self._read_head()
+                continue
+            if resp.succeeded:
+                self._head_guess = (assigned[-1].revision, int(resp.header.revision))
+                results.update((a.event_id, a) for a in assigned)
+                return [results[ev.event_id] for ev in events]
+            guess, pending = self._after_failure(resp, pending, results, require_term)
+            self._head_guess = guess
+            if not pending:
+                return [results[ev.event_id] for ev in events]
+            if attempt:  # contention with another appender: back off a little, with jitter
+                await asyncio.sleep(_backoff(attempt - 1) / 4)
+        raise StoreUnavailable(f"append: head kept moving; gave up after {self.max_append_attempts} attempts")
+
+    def _append_txn(
+        self, pending: list[pb.Event], head: int, head_mod: int, require_term: int | None
+    ) -> tuple[list[Any], list[Any], list[Any], list[Appended]]:
+        kv = self._kv
+        compare = [kv.txn_compare_create_revision(self.id_key(ev.event_id), 0) for ev in pending]
+        compare.append(_compare_mod(self.k_head, head_mod))
+        failure = [kv.txn_op_get(self.k_head)]
+        failure.extend(kv.txn_op_get(self.id_key(ev.event_id)) for ev in pending)
+        if require_term is not None:
+            compare.append(kv.txn_compare_value(self.k_leader, str(require_term)))
+            failure.append(kv.txn_op_get(self.k_leader))
+        success = []
+        assigned: list[Appended] = []
+        rev = head
+        for ev in pending:
+            rev += 1
+            ev.revision = rev
+            success.append(kv.txn_op_put(self.log_key(rev), ev.SerializeToString(deterministic=True)))
+            success.append(kv.txn_op_put(self.id_key(ev.event_id), str(rev)))
+            assigned.append(Appended(ev.event_id, rev, duplicate=False))
+        success.append(kv.txn_op_put(self.k_head, str(rev)))
+        return compare, success, failure, assigned
+
+    def _after_failure(
+        self,
+        resp: Any,
+        pending: list[pb.Event],
+        results: dict[str, Appended],
+        require_term: int | None,
+    ) -> tuple[tuple[int, int], list[pb.Event]]:
+        """Read the failure branch ([head, ids..., leader?]): the new head guess, what is left."""
+        rs = resp.responses
+        head_kvs = rs[0].response_range.kvs
+        guess = (int(head_kvs[0].value), int(head_kvs[0].mod_revision)) if head_kvs else (0, 0)
+        still: list[pb.Event] = []
+        for i, ev in enumerate(pending):
+            ev.revision = 0
+            id_kvs = rs[1 + i].response_range.kvs
+            if id_kvs:
+                results[ev.event_id] = Appended(ev.event_id, int(id_kvs[0].value), duplicate=True)
+            else:
+                still.append(ev)
+        if require_term is not None:
+            leader_kvs = rs[1 + len(pending)].response_range.kvs
+            current = leader_kvs[0].value.decode() if leader_kvs else ""
+            if current != str(require_term):
+                raise Fenced(f"leader term is {current or 'unset'}, not {require_term}: append refused")
+        return guess, still
+
+    async def _read_head(self) -> tuple[int, int]:
+        try:
+            resp = await self._kv.get(self.k_head, timeout=self.timeout)
+        except (EtcdError, grpc.aio.AioRpcError, TimeoutError) as e:
+            raise _translate(e, "read head") from e
+        if not resp.kvs:
+            return 0, 0
+        return int(resp.kvs[0].value), int(resp.kvs[0].mod_revision)
+
+    # --- snapshots and retention ----------------------------------------------------------
+
+    async def put_snapshot(self, snapshot: SnapshotRecord) -> bool:
+        kv = self._kv
+        for _ in range(3):
+            current, mod = await self._get_snapshot()
+            if current is not None and current.revision >= snapshot.revision:
+                return False
+            try:
+                resp = await kv.txn(
+                    [_compare_mod(self.k_snapshot, mod)],
+                    [kv.txn_op_put(self.k_snapshot, snapshot.to_json())],
+                    timeout=self.timeout,
+                )
+            except (EtcdError, grpc.aio.AioRpcError, TimeoutError) as e:
+                raise _translate(e, "write snapshot") from e
+            if resp.succeeded:
+                return True
+        return False
+
+    async def trim(self, keep_from: int) -> int:
+        """Advance ``first`` to ``keep_from`` (never backwards), then delete what lies below it.
+
+        Crash-safe and idempotent: ``first`` moves first (readers stop asking for older events),
+        then each page of old entries goes together with its ids in one transaction; a later
+        trim finishes what an interrupted one left.
+        """
+        kv = self._kv
+        bounds, _ = await self._bounds_at()
+        target = min(keep_from, bounds.head + 1)
+        if target > bounds.first:
+            try:
+                await kv.txn(
+                    [kv.txn_compare_value(self.k_first, str(bounds.first))]
+                    if bounds.first > 1
+                    else [kv.txn_compare_create_revision(self.k_first, 0)],
+                    [kv.txn_op_put(self.k_first, str(target))],
+                    timeout=self.timeout,
+                )
+            except (EtcdError, grpc.aio.AioRpcError, TimeoutError) as e:
+                raise _translate(e, "advance first") from e
+        bounds, _ = await self._bounds_at()
+        first = bounds.first
+        deleted = 0
+        page = MAX_BATCH_EVENTS
+        while True:
+            try:
+                resp = await kv.get(
+                    self.k_log, range_end=self.log_key(first), limit=page, timeout=self.timeout
+                )
+            except (EtcdError, grpc.aio.AioRpcError, TimeoutError) as e:
+                raise _translate(e, "read old log") from e
+            if not resp.kvs:
+                return deleted
+            ops = []
+            for item in resp.kvs:
+                msg = pb.Event()
+                with contextlib.suppress(Exception):
+                    msg.ParseFromString(item.value)
+                if msg.event_id:
+                    ops.append(kv.txn_op_delete(self.id_key(msg.event_id)))
+                ops.append(kv.txn_op_delete(item.key))
+            try:
+                await kv.txn([], ops, timeout=self.timeout)
+            except (EtcdError, grpc.aio.AioRpcError, TimeoutError) as e:
+                raise _translate(e, "trim log") from e
+            deleted += len(resp.kvs)
+
+    # --- fencing seam ---------------------------------------------------------------------
+
+    async def set_leader_term(self, term: int) -> None:
+        """Write the ``leader`` key (for tests of the fencing seam; elections come later)."""
+        try:
+            await self._kv.put(self.k_leader, str(term), timeout=self.timeout)
+        except (EtcdError, grpc.aio.AioRpcError, TimeoutError) as e:
+            raise _translate(e, "write leader") from e
+
+    async def raw(self) -> Etcd3Client:
+        """The underlying client, for tests and the benchmark's raw-etcd baseline only."""
+        await self.connect()
+        return self._client
+
+
+class _Gap(Exception):
+    def __init__(self, seen: int) -> None:
+        super().__init__(f"watch delivered revision {seen} ahead of the next expected")
+        self.seen = seen
+
+
+def _parse(blob: bytes, revision: int) -> pb.Event:
+    msg = pb.Event()
+    try:
+        msg.ParseFromString(blob)
+    except Exception as e:
+        raise StoreError(f"log entry {revision} is not a valid event: {e}") from e
+    if msg.revision != revision:
+        raise StoreError(f"log entry {revision} claims revision {msg.revision}")
+    return msg
+
+
+def _compare_mod(key: bytes, mod_revision: int) -> Any:
+    """Compare: the key's mod_revision equals ``mod_revision`` (0: the key does not exist)."""
+    return Compare(result=Compare.EQUAL, target=Compare.MOD, key=key, mod_revision=mod_revision)
+
+
+def _backoff(attempt: int) -> float:
+    base: float = min(0.02 * 2**attempt, 1.0)
+    return base * (0.5 + random.random() / 2)
+
+
+def describe(e: Any) -> str:
+    return f"{type(e).__name__}: {e}"
