@@ -55,7 +55,8 @@ DEFAULT_TIMEOUT = 5.0  # seconds, every etcd call
 DEFAULT_PAGE = 256  # log entries per range read
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
 MAX_BATCH_EVENTS = (MAX_TXN_OPS - 1) // 2  # success branch: 2 puts per event + head
-MAX_APPEND_ATTEMPTS = 8
+MAX_APPEND_ATTEMPTS = 8  # etcd errors per append
+MAX_CAS_CONFLICTS = 500  # lost CAS races per append
 MAX_REREADS = 64  # consecutive re-reads of a subscription without progress before giving up
 
 
@@ -402,23 +403,33 @@ class EtcdEventStore:
             return await self._append_locked(list(events), require_term)
 
     async def _append_locked(self, events: list[pb.Event], require_term: int | None) -> list[Appended]:
+        """CAS loop. Two bounds: ``max_append_attempts`` etcd errors, and for lost races (another
+        appender moved ``head`` first) :data:`MAX_CAS_CONFLICTS` retries within ``4 x timeout``.
+        A lost race is retried at once: its failure branch already returned the fresh head."""
         results: dict[str, Appended] = {}
         pending = events
-        guess = self._head_guess or await self._read_head()
-        for attempt in range(self.max_append_attempts):
-            head, head_mod = guess
-            compare, success, failure, assigned = self._append_txn(pending, head, head_mod, require_term)
+        guess = self._head_guess
+        errors = conflicts = 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 4 * self.timeout
+        while True:
             try:
+                if guess is None:
+                    guess = await self._read_head()
+                head, head_mod = guess
+                compare, success, failure, assigned = self._append_txn(pending, head, head_mod, require_term)
                 resp = await self._kv.txn(compare, success, failure, timeout=self.timeout)
-            except (EtcdError, grpc.aio.AioRpcError, TimeoutError) as e:
+            except (EtcdError, grpc.aio.AioRpcError, TimeoutError, StoreUnavailable) as e:
                 # Ambiguous: the transaction may have been applied. The next attempt finds out
                 # (its id compares fail and return the revisions), so nothing is appended twice.
-                self._head_guess = None
-                if attempt + 1 >= self.max_append_attempts:
+                self._head_guess = guess = None
+                errors += 1
+                if errors >= self.max_append_attempts:
+                    if isinstance(e, StoreUnavailable):
+                        raise
                     raise _translate(e, "append") from e
-                log.warning("append failed; retrying", attempt=attempt + 1, error=str(e))
-                await asyncio.sleep(_backoff(attempt))
-                guess = await self._read_head()
+                log.warning("append failed; retrying", attempt=errors, error=str(e))
+                await asyncio.sleep(_backoff(errors - 1))
                 continue
             if resp.succeeded:
                 self._head_guess = (assigned[-1].revision, int(resp.header.revision))
@@ -428,9 +439,11 @@ class EtcdEventStore:
             self._head_guess = guess
             if not pending:
                 return [results[ev.event_id] for ev in events]
-            if attempt:  # contention with another appender: back off a little, with jitter
-                await asyncio.sleep(_backoff(attempt - 1) / 4)
-        raise StoreUnavailable(f"append: head kept moving; gave up after {self.max_append_attempts} attempts")
+            conflicts += 1
+            if conflicts >= MAX_CAS_CONFLICTS or loop.time() > deadline:
+                raise StoreUnavailable(f"append: head kept moving; gave up after {conflicts} lost races")
+            if conflicts % 4 == 0:  # break a lockstep with another appender
+                await asyncio.sleep(random.random() * 0.002)
 
     def _append_txn(
         self, pending: list[pb.Event], head: int, head_mod: int, require_term: int | None
