@@ -1,0 +1,103 @@
+"""Durable agent state: the last applied revision and the folded state at it.
+
+One JSON file, ``<state-dir>/agent-state.json``, replaced atomically (temp file, fsync, rename,
+fsync of the directory), so a crash at any point leaves either the old or the new version. The
+blocking work runs in a thread, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lvs_events.domain import codec
+from lvs_events.domain.state import State
+
+__all__ = ["StateStore", "Stored", "atomic_write"]
+
+FORMAT = 1
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that readers see the old or the new content, never a mix."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    node: str
+    revision: int
+    digest: str
+    state: State
+
+
+class StateStore:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.path = directory / "agent-state.json"
+
+    def ensure_dir(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def load(self) -> Stored | None:
+        """The stored state, or None when there is none. A corrupt file raises ValueError."""
+        try:
+            blob = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        data = json.loads(blob)
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"{self.path}: unknown format")
+        state: State = codec.decode(State, data["state"])
+        if state.revision != data["revision"]:
+            raise ValueError(f"{self.path}: revision {data['revision']} != state revision {state.revision}")
+        return Stored(str(data["node"]), int(data["revision"]), str(data["digest"]), state)
+
+    def _save(self, node: str, state: State, digest: str) -> None:
+        doc = {
+            "format": FORMAT,
+            "node": node,
+            "revision": state.revision,
+            "digest": digest,
+            "saved_at": time.time(),
+            "state": codec.encode(state),
+        }
+        atomic_write(self.path, json.dumps(doc, sort_keys=True, separators=(",", ":")).encode())
+
+    async def save(self, node: str, state: State, digest: str) -> None:
+        await asyncio.to_thread(self._save, node, state, digest)
+
+    def _append(self, name: str, record: dict[str, object]) -> None:
+        with (self.directory / name).open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    async def record_start(self, record: dict[str, object]) -> None:
+        """Append a line to ``starts.jsonl``: where each run of the agent started from."""
+        await asyncio.to_thread(self._append, "starts.jsonl", record)
+
+    async def write_status(self, record: dict[str, object]) -> None:
+        """``status.json``: the applied revision and digest now (for tests, the CLI and the demo)."""
+        blob = json.dumps(record, sort_keys=True, indent=1).encode() + b"\n"
+        await asyncio.to_thread(atomic_write, self.directory / "status.json", blob)

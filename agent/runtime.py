@@ -1,0 +1,362 @@
+"""The agent's I/O shell around :class:`agent.core.ApplyCore`.
+
+Tasks, all in one ``TaskGroup``:
+
+* **subscriber**: follows the log from the stored revision into the inbox (a bounded buffer of
+  ``inbox_size`` items). Overflow policy: when the apply loop falls that far behind, the buffered
+  items are dropped and the subscriber resyncs from ``GetState`` (one snapshot item stands in
+  for the backlog), then follows again after it. A compacted start gets the coordinator's snapshot.
+* **apply loop**: drains the inbox, folds everything drained, asks the core for a ``Ready`` and
+  carries it out: reconcile the dataplane (verified by a dump), persist the state (atomic write,
+  in a thread), publish ``TableApplied``.
+* **publisher**: the outbox (see :mod:`agent.publisher`).
+* **health checker**: reports verdict transitions (see :mod:`agent.health`).
+* **config**: with ``publish_config``, publishes ``ConfigApplied`` once if the config in force differs.
+
+``stop`` (SIGTERM) drains within ``drain_timeout``: the subscriber and checker stop, the apply loop
+finishes what it holds and persists, the publisher flushes, then everything is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from agent.config_source import LoadedConfig, same_config
+from agent.core import ApplyCore, Policy, Ready
+from agent.dataplane import Dataplane, reconcile
+from agent.health import HealthChecker, PublisherReporter, StaticChecker
+from agent.persist import StateStore
+from agent.publisher import Publisher
+from lvs_events.client import CoordinatorClient, Snapshot
+from lvs_events.domain.events import ConfigApplied, Event
+from lvs_events.errors import CoordinatorUnavailable, DataplaneError
+
+__all__ = ["Agent", "AgentSettings", "Inbox"]
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    node: str
+    cluster: str
+    endpoints: tuple[str, ...]
+    state_dir: Path
+    config: LoadedConfig | None = None
+    publish_config: bool = False
+    health_checks: bool = True
+    inbox_size: int = 10_000
+    outbox_size: int = 10_000
+    drain_timeout: float = 5.0
+    client_timeout: float = 10.0
+    policy: Policy = field(default_factory=Policy)
+
+
+class Inbox:
+    """Bounded buffer between the subscriber and the apply loop (single producer, single consumer)."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self.head_revision = 0
+        self._items: collections.deque[Event | Snapshot] = collections.deque()
+        self._wake = asyncio.Event()
+
+    def offer(self, item: Event | Snapshot, head_revision: int = 0) -> bool:
+        """Append ``item``; False (and nothing appended) when full."""
+        if len(self._items) >= self.maxsize:
+            return False
+        self._items.append(item)
+        self.head_revision = max(self.head_revision, head_revision)
+        self._wake.set()
+        return True
+
+    def drain(self) -> list[Event | Snapshot]:
+        items = list(self._items)
+        self._items.clear()
+        return items
+
+    def clear(self) -> int:
+        n = len(self._items)
+        self._items.clear()
+        return n
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def caught_up(self, revision: int) -> bool:
+        return not self._items and revision >= self.head_revision
+
+    async def wait(self, seconds: float | None) -> None:
+        """Until something is offered (or :meth:`wake`), or ``seconds`` pass."""
+        if self._items:
+            return
+        self._wake.clear()
+        try:
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+        except TimeoutError:
+            return
+
+
+class Agent:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        dataplane: Dataplane,
+        *,
+        client: CoordinatorClient | None = None,
+        checker: HealthChecker | None = None,
+    ) -> None:
+        self.settings = settings
+        self.dataplane = dataplane
+        self._own_client = client is None
+        self.client = client or CoordinatorClient(settings.endpoints, timeout=settings.client_timeout)
+        self.store = StateStore(settings.state_dir)
+        self.log = structlog.get_logger("agent").bind(node=settings.node, cluster=settings.cluster)
+        self.inbox = Inbox(settings.inbox_size)
+        self.core = ApplyCore(settings.node, policy=settings.policy)
+        if checker is None and settings.health_checks:
+            checker = StaticChecker(settings.node)
+        self.checker = checker
+        self.publisher = Publisher(
+            self.client,
+            cluster=settings.cluster,
+            node=settings.node,
+            maxsize=settings.outbox_size,
+            on_overflow=self._on_outbox_overflow,
+        )
+        self.started = asyncio.Event()  # set once the stored state is loaded and tasks run
+        self.resyncs = 0
+        self._stopping = False
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then drain (bounded by ``drain_timeout``)."""
+        try:
+            await self._load()
+            async with asyncio.TaskGroup() as tg:
+                sub = tg.create_task(self._subscribe_loop(), name="subscriber")
+                apply = tg.create_task(self._apply_loop(), name="apply")
+                pub = tg.create_task(self.publisher.run(), name="publisher")
+                side: list[asyncio.Task[None]] = []
+                if self.checker is not None:
+                    side.append(
+                        tg.create_task(self.checker.run(PublisherReporter(self.publisher)), name="health")
+                    )
+                if self.settings.publish_config and self.settings.config is not None:
+                    side.append(tg.create_task(self._publish_config(self.settings.config), name="config"))
+                self.started.set()
+                await stop.wait()
+                await self._drain(sub, apply, pub, side)
+        finally:
+            if self._own_client:
+                await self.client.close()
+
+    async def _load(self) -> None:
+        self.store.ensure_dir()
+        try:
+            stored = await asyncio.to_thread(self.store.load)
+        except (ValueError, KeyError, TypeError) as e:
+            self.log.exception("agent.state_unreadable", path=str(self.store.path), error=str(e))
+            stored = None
+        if stored is not None:
+            if stored.node != self.settings.node:
+                self.log.warning("agent.state_other_node", stored_node=stored.node)
+            self.core = ApplyCore(self.settings.node, stored.state, policy=self.settings.policy)
+        start = self.core.state.revision
+        self.log.info("agent.start", revision=start, from_revision=start + 1, pid=os.getpid())
+        await self.store.record_start(
+            {"pid": os.getpid(), "stored_revision": start, "from_revision": start + 1, "time": time.time()}
+        )
+
+    async def _drain(
+        self,
+        sub: asyncio.Task[None],
+        apply: asyncio.Task[None],
+        pub: asyncio.Task[None],
+        side: list[asyncio.Task[None]],
+    ) -> None:
+        self.log.info(
+            "agent.draining", revision=self.core.state.revision, timeout=self.settings.drain_timeout
+        )
+        sub.cancel()
+        for t in side:
+            t.cancel()
+        self._stopping = True
+        self.inbox.wake()
+        try:
+            async with asyncio.timeout(self.settings.drain_timeout):
+                await apply
+                if self.core.state.revision > self.core.persisted_revision:
+                    await self.store.save(self.settings.node, self.core.state, self.core.applied_digest)
+                await self.publisher.flush()
+        except TimeoutError:
+            self.log.warning("agent.drain_timeout", queued=self.publisher.queued)
+        apply.cancel()
+        pub.cancel()
+        self.log.info("agent.stopped", revision=self.core.state.revision)
+
+    # -- subscriber ----------------------------------------------------------------------------
+
+    async def _subscribe_loop(self) -> None:
+        from_rev = self.core.state.revision + 1
+        failures = 0
+        while True:
+            try:
+                async with self.client.subscribe(from_rev, follow=True, snapshot_if_compacted=True) as sub:
+                    async for item in sub:
+                        failures = 0
+                        if not self.inbox.offer(item, sub.head_revision):
+                            from_rev = await self._resync()
+                            break
+                        from_rev = sub.last_revision + 1
+            except CoordinatorUnavailable as e:
+                failures += 1
+                delay = min(5.0, 0.2 * 2 ** min(failures, 5))
+                self.log.warning(
+                    "agent.subscribe_failed", error=str(e), from_revision=from_rev, retry_in=delay
+                )
+                await asyncio.sleep(delay)
+
+    async def _resync(self) -> int:
+        """Inbox overflow: drop the backlog and jump to the coordinator's state (a snapshot item)."""
+        dropped = self.inbox.clear()
+        self.resyncs += 1
+        try:
+            view = await self.client.get_state()
+        except CoordinatorUnavailable as e:
+            # Nothing dropped reached the core: follow the log again from what it folded.
+            rev = self.core.state.revision + 1
+            self.log.warning("agent.resync_fallback", error=str(e), dropped=dropped, from_revision=rev)
+            return rev
+        self.inbox.offer(Snapshot(view.revision, view.state, view.table_digest), view.head_revision)
+        self.log.warning("agent.resync", dropped=dropped, revision=view.revision)
+        return view.revision + 1
+
+    # -- apply loop ----------------------------------------------------------------------------
+
+    async def _apply_loop(self) -> None:
+        core = self.core
+        while True:
+            items = self.inbox.drain()
+            for item in items:
+                if isinstance(item, Snapshot):
+                    self.log.info("agent.snapshot", revision=item.revision, table_digest=item.table_digest)
+                core.step(item)
+            if items and self.checker is not None:
+                self.checker.observe(core.state)
+            now = time.monotonic()
+            ready = core.ready(now, caught_up=self.inbox.caught_up(core.state.revision))
+            if ready is not None:
+                await self._execute(ready, now)
+                continue
+            if self._stopping:
+                return
+            deadline = core.next_deadline()
+            await self.inbox.wait(None if deadline is None else max(0.0, deadline - now))
+
+    async def _execute(self, ready: Ready, now: float) -> None:
+        core = self.core
+        log = self.log.bind(revision=ready.revision)
+        actual_digest: str | None = None
+        if ready.desired is not None:
+            try:
+                ops, actual = await reconcile(self.dataplane, ready.desired)
+            except DataplaneError as e:
+                log.exception("agent.reconcile_failed", error=str(e))
+                core.reconcile_failed(ready, now)
+                return
+            actual_digest = actual.digest() if ops or actual != ready.desired else ready.desired_digest
+            if actual_digest != ready.desired_digest:
+                log.error("agent.verify_failed", want=ready.desired_digest, have=actual_digest)
+            elif ops:
+                log.info("agent.reconciled", ops=len(ops), digest=actual_digest)
+        persisted = ready.persist
+        if ready.persist:
+            try:
+                await self.store.save(self.settings.node, ready.state, ready.desired_digest)
+            except OSError as e:
+                log.exception("agent.persist_failed", error=str(e))
+                core.persist_failed(now)
+                persisted = False
+        verified = ready.desired is None or actual_digest == ready.desired_digest
+        publish = ready.publish is not None and verified
+        if ready.publish is not None and publish:
+            ev = self.publisher.submit(ready.publish, reason="table applied")
+            log.info(
+                "agent.table_applied",
+                digest=ready.publish.digest,
+                event_id=ev.event_id if ev is not None else "",
+                queued=ev is not None,
+            )
+        core.advance(
+            Ready(ready.revision, ready.state, ready.desired, ready.desired_digest, persisted, ready.publish),
+            now,
+            actual_digest=actual_digest,
+            published=publish,
+        )
+        if ready.desired is not None or persisted:
+            await self._write_status()
+
+    async def _write_status(self) -> None:
+        core = self.core
+        try:
+            await self.store.write_status(
+                {
+                    "node": self.settings.node,
+                    "pid": os.getpid(),
+                    "revision": core.state.revision,
+                    "applied_revision": core.applied_revision,
+                    "digest": core.applied_digest,
+                    "persisted_revision": core.persisted_revision,
+                    "start_revision": core.start_revision,
+                    "events_folded": core.events_folded,
+                    "snapshots_loaded": core.snapshots_loaded,
+                    "resyncs": self.resyncs,
+                    "time": time.time(),
+                }
+            )
+        except OSError as e:
+            self.log.warning("agent.status_write_failed", error=str(e))
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    def _on_outbox_overflow(self) -> None:
+        if self.checker is not None:
+            self.checker.resync()
+        self.inbox.wake()  # the core re-decides TableApplied by itself (republish_after)
+
+    async def _publish_config(self, loaded: LoadedConfig) -> None:
+        """Publish ``ConfigApplied`` if the config in force differs from ours (once, at start)."""
+        failures = 0
+        while True:
+            try:
+                view = await self.client.get_state()
+                if same_config(view.state.config, loaded.config):
+                    self.log.info("agent.config_in_force", revision=view.state.config_revision)
+                    return
+                ev = self.publisher.event(
+                    ConfigApplied(loaded.config, loaded.digest), reason=f"config {loaded.config.source}"
+                )
+                (ack,) = await self.client.publish([ev])
+            except CoordinatorUnavailable as e:
+                failures += 1
+                self.log.warning("agent.config_publish_retry", error=str(e))
+                await asyncio.sleep(min(5.0, 0.2 * 2 ** min(failures, 5)))
+                continue
+            if ack.ok:
+                self.log.info("agent.config_published", event_id=ev.event_id, revision=ack.revision)
+            else:
+                self.log.error(
+                    "agent.config_refused", event_id=ev.event_id, code=ack.error_code, error=ack.error
+                )
+            return
