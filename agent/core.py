@@ -15,8 +15,8 @@ Decisions:
   much of the log, which is harmless: the fold is idempotent);
 * **publish** ``TableApplied`` when the applied digest differs from the one the log last recorded
   for this node, once caught up with the log head (or after ``publish_delay`` seconds when the log
-  keeps moving), not again while one is in flight (``republish_after`` seconds), so catching up
-  publishes once, not once per event.
+  keeps moving), at most once per ``min_publish_interval``, and not again while the same digest is
+  in flight (``republish_after`` seconds): catching up publishes once, not once per event.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ __all__ = ["ApplyCore", "Policy", "Ready"]
 class Policy:
     persist_interval: float = 1.0
     publish_delay: float = 1.0
+    min_publish_interval: float = 0.5  # at most two TableApplied a second from a node
     republish_after: float = 10.0
     resync_interval: float = 60.0
     retry_after: float = 1.0  # after a failed reconcile
@@ -160,6 +161,8 @@ class ApplyCore:
             return None
         if self._publish_pending_since is None:
             self._publish_pending_since = now
+        if self._inflight_digest and now - self._inflight_at < self.policy.min_publish_interval:
+            return None
         if not caught_up and now - self._publish_pending_since < self.policy.publish_delay:
             return None
         return TableApplied(node=self.node, revision=self.state.revision, digest=digest)
@@ -174,7 +177,14 @@ class ApplyCore:
         if self.state.revision > self._persisted_revision and self._persisted_at is not None:
             times.append(self._persisted_at + self.policy.persist_interval)
         if self._publish_pending_since is not None:
-            times.append(self._publish_pending_since + self.policy.publish_delay)
+            times.append(
+                max(
+                    self._publish_pending_since + self.policy.publish_delay,
+                    self._inflight_at + self.policy.min_publish_interval,
+                )
+                if self._inflight_digest
+                else self._publish_pending_since + self.policy.publish_delay
+            )
         if self._inflight_digest and self._inflight_digest != self.reported_digest():
             times.append(self._inflight_at + self.policy.republish_after)
         return min(times) if times else None

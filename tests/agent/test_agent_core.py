@@ -206,3 +206,22 @@ def test_same_items_give_the_same_decisions_on_two_nodes() -> None:
     assert ra is not None
     assert rb2 is not None
     assert ra.desired_digest == rb2.desired_digest
+
+
+def test_table_applied_is_rate_limited_while_the_table_keeps_changing() -> None:
+    core = ApplyCore("lb1", policy=POLICY)
+    core.step(cfg_event(1))
+    r = core.ready(0.0, caught_up=True)
+    assert r is not None
+    assert r.publish is not None
+    _do(core, r, 0.0)
+    core.step(ev(health(REALS[0], True), 2))  # the table changes again at once
+    r2 = core.ready(0.1, caught_up=True)
+    assert r2 is not None
+    assert r2.desired is not None
+    assert r2.publish is None  # applied, but not reported yet: min_publish_interval
+    _do(core, r2, 0.1)
+    r3 = core.ready(0.5, caught_up=True)
+    assert r3 is not None
+    assert r3.publish is not None
+    assert r3.publish.digest == r2.desired_digest
