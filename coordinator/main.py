@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import structlog
 
@@ -80,7 +81,18 @@ async def run(settings: CoordinatorSettings) -> None:
     async with serve_coordinator(settings) as coordinator:
         # one machine-readable line for supervisors and tests that start us with port 0
         log.info("ready", address=coordinator.address, port=coordinator.port)
-        await stop.wait()
+        stopping = asyncio.create_task(stop.wait())
+        waiting: set[asyncio.Future[Any]] = {stopping}
+        if coordinator.background is not None:
+            waiting.add(coordinator.background)
+        try:
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if coordinator.background is not None and coordinator.background.done():
+            log.error("background task failed; stopping")
+            await coordinator.drain()
+            raise SystemExit(1)
         log.info("signal received; draining")
         await coordinator.drain()
 

@@ -277,6 +277,7 @@ class RunningCoordinator:
     states: StateService
     service: CoordinatorService
     health: HealthServicer
+    background: asyncio.Task[None] | None = None  # appender, snapshots, health: done = failed
     _drained: bool = False
 
     @property
@@ -322,6 +323,20 @@ async def _watch_health(store: EtcdEventStore, servicer: HealthServicer, interva
         await asyncio.sleep(interval)
 
 
+async def _background(
+    appender: Appender, states: StateService, store: EtcdEventStore, servicer: HealthServicer, interval: float
+) -> None:
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(appender.run(), name="appender")
+            tg.create_task(states.run(), name="snapshots")
+            tg.create_task(_watch_health(store, servicer, interval), name="health")
+    except Exception:
+        log.exception("coordinator background task failed")
+        await servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        raise
+
+
 @contextlib.asynccontextmanager
 async def serve_coordinator(settings: CoordinatorSettings) -> AsyncIterator[RunningCoordinator]:
     """Run a coordinator (gRPC server + appender + snapshots) until the block exits.
@@ -362,22 +377,23 @@ async def serve_coordinator(settings: CoordinatorSettings) -> AsyncIterator[Runn
         running = RunningCoordinator(
             settings, server, port, store, appender, states, service, health_servicer
         )
-        async with asyncio.TaskGroup() as tg:
-            tasks = [
-                tg.create_task(appender.run(), name="appender"),
-                tg.create_task(states.run(), name="snapshots"),
-                tg.create_task(
-                    _watch_health(store, health_servicer, settings.health_interval), name="health"
-                ),
-            ]
+        # The background tasks run in a TaskGroup inside their own supervisor task, so an error in
+        # the caller's block is not turned into an ExceptionGroup, and a failed background task
+        # (see ``RunningCoordinator.background``) is visible to whoever runs the coordinator.
+        running.background = asyncio.create_task(
+            _background(appender, states, store, health_servicer, settings.health_interval),
+            name="coordinator-background",
+        )
+        try:
             await server.start()
             log.info("coordinator serving", address=running.address, cluster=settings.cluster)
+            yield running
+        finally:
             try:
-                yield running
-            finally:
                 await running.drain()
-                for t in tasks:
-                    t.cancel()
+            finally:
+                running.background.cancel()
+                await asyncio.wait([running.background])
     finally:
         await store.close()
 

@@ -54,9 +54,9 @@ def config_event(event_id: str | None = None, *, reals: int = 2, cluster: str = 
     )
 
 
-async def publish_all(stub: Any, events: list[pb.Event], timeout: float = 30.0) -> list[cpb.PublishAck]:
+async def publish_all(stub: Any, events: list[pb.Event], deadline: float = 30.0) -> list[cpb.PublishAck]:
     """Publish on one stream (pipelined), half-close, collect every ack in order."""
-    call = stub.Publish((cpb.PublishRequest(event=e) for e in events), timeout=timeout)
+    call = stub.Publish((cpb.PublishRequest(event=e) for e in events), timeout=deadline)
     return [ack async for ack in call]
 
 

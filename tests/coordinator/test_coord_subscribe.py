@@ -13,12 +13,13 @@ from coordinator.store import EtcdEventStore
 from lvs_events.domain import codec
 from lvs_events.domain.state import State
 from lvs_events.pb.v1 import coordinator_pb2 as cpb
+from lvs_events.pb.v1 import coordinator_pb2_grpc as cpb_grpc
 from tests.coordinator.helpers import config_event, health_event, publish_all
 
 
-async def _collect(stub, request: cpb.SubscribeRequest, until: int, timeout: float = 30.0) -> list[int]:
+async def _collect(stub, request: cpb.SubscribeRequest, until: int, deadline: float = 30.0) -> list[int]:
     revisions: list[int] = []
-    call = stub.Subscribe(request, timeout=timeout)
+    call = stub.Subscribe(request, timeout=deadline)
     async for resp in call:
         assert resp.WhichOneof("item") == "event"
         assert resp.head_revision >= resp.event.revision
@@ -98,49 +99,49 @@ async def test_follow_survives_etcd_compaction(stub, store: EtcdEventStore) -> N
 
 
 async def test_revision_behind_retention_gets_the_snapshot_first(start_coordinator, store) -> None:
-    async with start_coordinator(retention=10, snapshot_every=1_000_000) as c:
-        async with grpc.aio.insecure_channel(c.address) as channel:
-            from lvs_events.pb.v1 import coordinator_pb2_grpc as cpb_grpc
+    async with (
+        start_coordinator(retention=10, snapshot_every=1_000_000) as c,
+        grpc.aio.insecure_channel(c.address) as channel,
+    ):
+        stub = cpb_grpc.CoordinatorStub(channel)
+        await publish_all(stub, [config_event("cfg")] + [health_event(f"e{i}") for i in range(99)])
+        snap = await c.states.snapshot_once()
+        assert snap is not None
+        assert snap.revision == 100
+        bounds = await store.bounds()
+        assert bounds.first == 91  # 10 kept behind the snapshot
+        await publish_all(stub, [health_event(f"t{i}") for i in range(5)])
 
-            stub = cpb_grpc.CoordinatorStub(channel)
-            await publish_all(stub, [config_event("cfg")] + [health_event(f"e{i}") for i in range(99)])
-            snap = await c.states.snapshot_once()
-            assert snap is not None
-            assert snap.revision == 100
-            bounds = await store.bounds()
-            assert bounds.first == 91  # 10 kept behind the snapshot
-            await publish_all(stub, [health_event(f"t{i}") for i in range(5)])
-
-            # without snapshot_if_compacted: OUT_OF_RANGE
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                async for _ in stub.Subscribe(cpb.SubscribeRequest(from_revision=3), timeout=10):
-                    pass
-            assert err.value.code() == grpc.StatusCode.OUT_OF_RANGE
-            # with it: the snapshot, then the tail after it
-            items = [
-                r
-                async for r in stub.Subscribe(
-                    cpb.SubscribeRequest(from_revision=3, snapshot_if_compacted=True), timeout=10
-                )
-            ]
-            assert items[0].WhichOneof("item") == "snapshot"
-            assert items[0].snapshot.revision == 100
-            state = codec.loads(State, items[0].snapshot.state)
-            assert state.revision == 100
-            assert [r.event.revision for r in items[1:]] == list(range(101, 106))
-            # a revision still in the log needs no snapshot
-            items = [
-                r
-                async for r in stub.Subscribe(
-                    cpb.SubscribeRequest(from_revision=95, snapshot_if_compacted=True), timeout=10
-                )
-            ]
-            assert [r.event.revision for r in items] == list(range(95, 106))
-            # the trimmed events' ids are gone from the dedup index, the kept ones are not
-            client = await store.raw()
-            assert client.kv is not None
-            assert not (await client.kv.get(store.id_key("e5"), timeout=5)).kvs
-            assert (await client.kv.get(store.id_key("e95"), timeout=5)).kvs
+        # without snapshot_if_compacted: OUT_OF_RANGE
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in stub.Subscribe(cpb.SubscribeRequest(from_revision=3), timeout=10):
+                pass
+        assert err.value.code() == grpc.StatusCode.OUT_OF_RANGE
+        # with it: the snapshot, then the tail after it
+        items = [
+            r
+            async for r in stub.Subscribe(
+                cpb.SubscribeRequest(from_revision=3, snapshot_if_compacted=True), timeout=10
+            )
+        ]
+        assert items[0].WhichOneof("item") == "snapshot"
+        assert items[0].snapshot.revision == 100
+        state = codec.loads(State, items[0].snapshot.state)
+        assert state.revision == 100
+        assert [r.event.revision for r in items[1:]] == list(range(101, 106))
+        # a revision still in the log needs no snapshot
+        items = [
+            r
+            async for r in stub.Subscribe(
+                cpb.SubscribeRequest(from_revision=95, snapshot_if_compacted=True), timeout=10
+            )
+        ]
+        assert [r.event.revision for r in items] == list(range(95, 106))
+        # the trimmed events' ids are gone from the dedup index, the kept ones are not
+        client = await store.raw()
+        assert client.kv is not None
+        assert not (await client.kv.get(store.id_key("e5"), timeout=5)).kvs
+        assert (await client.kv.get(store.id_key("e95"), timeout=5)).kvs
 
 
 async def test_coordinator_fixture_address(coordinator: RunningCoordinator) -> None:
