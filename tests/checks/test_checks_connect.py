@@ -1,0 +1,114 @@
+"""connect, none, on/off and the combined N check against loopback TCP listeners."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+
+import pytest
+
+from agent.checks.probes import plan
+from tests.checks.servers import HOST, TIMEOUT, check, closed_port, make_spec, tcp_server
+
+
+async def _silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.close()
+
+
+async def test_checks_connect_healthy() -> None:
+    async with tcp_server(_silent) as port:
+        r = await check(make_spec(port=port, checktype="connect"))
+    assert r.up, r.detail
+
+
+async def test_checks_connect_answers_wrong() -> None:
+    # a connect check has no answer to get wrong: a listener that resets at once still passes,
+    # as in ldirectord (the three-way handshake completed); what fails is a refused connection.
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        r = await check(make_spec(port=port, checktype="connect"))
+    assert r.up, r.detail
+
+
+async def test_checks_connect_hangs() -> None:
+    # a full accept queue (backlog 0, one pending connection) leaves the SYN unanswered
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        s.listen(0)
+        port = s.getsockname()[1]
+        fillers = []
+        for _ in range(4):
+            f = socket.socket()
+            f.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                f.connect((HOST, port))
+            fillers.append(f)
+        try:
+            t0 = time.monotonic()
+            r = await check(make_spec(port=port, checktype="connect"))
+            elapsed = time.monotonic() - t0
+        finally:
+            for f in fillers:
+                f.close()
+    assert not r.up
+    assert "timeout" in r.detail
+    assert elapsed < TIMEOUT + 0.5
+
+
+async def test_checks_connect_port_closed() -> None:
+    r = await check(make_spec(port=closed_port(), checktype="connect"))
+    assert not r.up
+    assert "ConnectionRefused" in r.detail
+
+
+async def test_checks_none_is_up_without_contact() -> None:
+    r = await check(make_spec("none", closed_port()))
+    assert r.up
+
+
+def test_checks_plan_timeouts() -> None:
+    spec = make_spec("http", 80, checktype="3", checktimeout=2.0, negotiatetimeout=7.0)
+    assert spec.checktype == "combined"
+    assert spec.connects == 3
+    assert plan(spec, False)[1:] == (2.0, "connect")
+    assert plan(spec, True)[1:] == (7.0, "negotiate")
+    assert plan(make_spec("ldap", 389, checktimeout=2.0, negotiatetimeout=7.0), False)[1] == 2.0
+    assert plan(make_spec(port=5, checktype="ping", checktimeout=2.0, checkcount=3), False)[1] == 6.0
+
+
+@pytest.mark.parametrize(("ct", "nt", "expect"), [
+    (None, None, (5.0, 30.0)),
+    (3.0, None, (3.0, 3.0)),
+    (None, 8.0, (8.0, 8.0)),
+    (3.0, 8.0, (3.0, 8.0)),
+])  # fmt: skip
+def test_checks_timeouts_are_mutual_defaults(
+    ct: float | None, nt: float | None, expect: tuple[float, float]
+) -> None:
+    from agent.checks import spec_for
+    from lvs_events.domain.config import CheckSettings, GlobalSettings, Protocol, RealServer, VirtualService
+
+    v = VirtualService(
+        Protocol.TCP, "10.0.0.1", 80, reals=(RealServer("10.0.0.2", 80),),
+        check=CheckSettings(checktimeout=ct, negotiatetimeout=nt),
+    )  # fmt: skip
+    s = spec_for(v, v.reals[0], GlobalSettings())
+    assert (s.checktimeout, s.negotiatetimeout) == expect
+
+
+def test_checks_checkport_and_service_port() -> None:
+    from agent.checks import spec_for
+    from lvs_events.domain.config import CheckSettings, GlobalSettings, Protocol, RealServer, VirtualService
+
+    v = VirtualService(Protocol.FWM, None, 0, fwmark=7, reals=(RealServer("10.0.0.2", 0),),
+                       check=CheckSettings(service="https"))  # fmt: skip
+    s = spec_for(v, v.reals[0], GlobalSettings())
+    assert s.port == 443
+    assert s.virtual_address == "7"
+    v2 = VirtualService(Protocol.TCP, "10.0.0.1", 80, reals=(RealServer("10.0.0.2", 80),),
+                        check=CheckSettings(service="http", checkport=8080))  # fmt: skip
+    assert spec_for(v2, v2.reals[0], GlobalSettings()).port == 8080

@@ -1,0 +1,311 @@
+"""The Checker's scheduling and verdict logic, with scripted probes (no network)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import random
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from immutables import Map
+
+from agent.checks import Checker, CheckSpec, Result
+from agent.health import HealthChecker
+from lvs_events.domain.config import (
+    CheckSettings,
+    Config,
+    GlobalSettings,
+    Protocol,
+    RealServer,
+    VirtualService,
+)
+from lvs_events.domain.state import Observation, State
+
+VIP = "TCP 10.0.0.1:80"
+INTERVAL = 0.05
+
+
+@dataclass
+class Reports:
+    items: list[tuple[str, bool, str, str]] = field(default_factory=list)
+    refuse: int = 0  # refuse this many reports first
+
+    def report(
+        self, virtual: str, real: str, up: bool, *, checktype: str, detail: str = "", latency_ms: float = 0.0
+    ) -> bool:
+        if self.refuse > 0:
+            self.refuse -= 1
+            return False
+        self.items.append((real, up, checktype, detail))
+        return True
+
+    def of(self, real: str) -> list[bool]:
+        return [up for r, up, _, _ in self.items if r == real]
+
+
+@dataclass
+class Script:
+    """Per real server ("ip:port"), the results to return in order; the last one repeats."""
+
+    plan: dict[str, list[bool]] = field(default_factory=dict)
+    calls: list[str] = field(default_factory=list)
+    delay: float = 0.0
+    running: int = 0
+    peak: int = 0
+
+    async def __call__(self, spec: CheckSpec) -> Result:
+        self.calls.append(spec.real)
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+        finally:
+            self.running -= 1
+        seq = self.plan.get(spec.real, [True])
+        up = seq.pop(0) if len(seq) > 1 else seq[0]
+        return Result(up, "scripted")
+
+    def count(self, real: str) -> int:
+        return self.calls.count(real)
+
+
+def state(
+    reals: int | list[int] = 1, *, checktype: str = "negotiate", failurecount: int = 1, **kw: object
+) -> State:
+    ports = list(range(1, reals + 1)) if isinstance(reals, int) else reals
+    v = VirtualService(
+        Protocol.TCP, "10.0.0.1", 80,
+        reals=tuple(RealServer("127.0.0.1", p) for p in ports),
+        check=CheckSettings(checktype=checktype, service="http", failurecount=failurecount, **kw),  # type: ignore[arg-type]
+    )  # fmt: skip
+    return State(config=Config(GlobalSettings(checkinterval=INTERVAL), (v,)))
+
+
+@contextlib.asynccontextmanager
+async def running(checker: Checker, reports: Reports) -> AsyncIterator[None]:
+    task = asyncio.create_task(checker.run(reports))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def until(cond: Callable[[], object], within: float = 3.0) -> None:
+    """Poll ``cond`` (the probes and reports are plain lists, there is nothing to wait on)."""
+    async with asyncio.timeout(within):
+        while not cond():  # noqa: ASYNC110 -- polling test state
+            await asyncio.sleep(0.005)
+
+
+def test_checks_checker_is_a_health_checker() -> None:
+    c: HealthChecker = Checker("n1")
+    assert c is not None
+
+
+async def test_checks_failurecount_then_one_success_restores() -> None:
+    script = Script({"127.0.0.1:1": [True, True, False, False, True, False, False, False, True]})
+    reports = Reports()
+    checker = Checker("n1", probe=script, rng=random.Random(1))
+    checker.observe(state(failurecount=3))
+    async with running(checker, reports):
+        await until(lambda: script.count("127.0.0.1:1") >= 9)
+    # up; two soft failures stay up; a success resets; three failures -> down; one success -> up
+    assert reports.of("127.0.0.1:1") == [True, False, True]
+
+
+async def test_checks_only_transitions_are_reported() -> None:
+    script = Script({"127.0.0.1:1": [True] * 5 + [False] * 5 + [True]})
+    reports = Reports()
+    checker = Checker("n1", probe=script)
+    checker.observe(state())
+    async with running(checker, reports):
+        await until(lambda: script.count("127.0.0.1:1") >= 14)
+    assert reports.of("127.0.0.1:1") == [True, False, True]
+    assert {ct for _, _, ct, _ in reports.items} == {"negotiate:http"}
+
+
+async def test_checks_first_failure_is_reported_at_once_even_with_failurecount() -> None:
+    script = Script({"127.0.0.1:1": [False]})
+    reports = Reports()
+    checker = Checker("n1", probe=script)
+    checker.observe(state(failurecount=5))
+    async with running(checker, reports):
+        await until(lambda: reports.items)
+    assert reports.of("127.0.0.1:1") == [False]
+
+
+async def test_checks_config_change_keeps_unchanged_reals() -> None:
+    script = Script()
+    reports = Reports()
+    checker = Checker("n1", probe=script)
+    checker.observe(state([1, 2]))
+    async with running(checker, reports):
+        await until(lambda: len(reports.items) == 2)
+        checker.observe(state([2, 3]))
+        await until(lambda: script.count("127.0.0.1:3") >= 2)
+        gone = script.count("127.0.0.1:1")
+        await asyncio.sleep(INTERVAL * 3)
+        assert script.count("127.0.0.1:1") == gone  # removed: no longer checked
+    assert reports.of("127.0.0.1:2") == [True]  # unchanged: not reported again
+    assert reports.of("127.0.0.1:3") == [True]
+    assert set(checker.verdicts()) == {(VIP, "127.0.0.1:2"), (VIP, "127.0.0.1:3")}
+
+
+async def test_checks_changed_check_is_rescheduled_and_keeps_verdict() -> None:
+    script = Script()
+    reports = Reports()
+    checker = Checker("n1", probe=script)
+    checker.observe(state([1]))
+    async with running(checker, reports):
+        await until(lambda: reports.items)
+        checker.observe(state([1], request="/other"))
+        n = len(script.calls)
+        await until(lambda: len(script.calls) > n + 1)
+    assert reports.of("127.0.0.1:1") == [True]
+
+
+async def test_checks_resync_reports_everything_again() -> None:
+    script = Script()
+    reports = Reports()
+    checker = Checker("n1", probe=script)
+    checker.observe(state(3))
+    async with running(checker, reports):
+        await until(lambda: len(reports.items) == 3)
+        checker.resync()
+        await until(lambda: len(reports.items) == 6)
+    assert sorted(r for r, *_ in reports.items[3:]) == ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
+
+
+async def test_checks_refused_report_is_retried() -> None:
+    script = Script()
+    reports = Reports(refuse=2)
+    checker = Checker("n1", probe=script)
+    checker.observe(state(1))
+    async with running(checker, reports):
+        await until(lambda: reports.items, within=5)
+    assert reports.of("127.0.0.1:1") == [True]
+    assert checker.stats.refused == 2
+
+
+async def test_checks_log_view_seeds_the_verdict() -> None:
+    st = state(2)
+    obs = Observation(up=True, revision=5, wall_time=1.0)
+    st = State(config=st.config, health=Map({(VIP, "127.0.0.1:1"): Map({"n1": obs})}))
+    script = Script({"127.0.0.1:1": [True], "127.0.0.1:2": [True]})
+    reports = Reports()
+    checker = Checker("n1", probe=script)
+    checker.observe(st)
+    async with running(checker, reports):
+        await until(lambda: script.count("127.0.0.1:1") >= 2 and reports.items)
+    assert [r for r, *_ in reports.items] == ["127.0.0.1:2"]
+
+
+async def test_checks_on_and_off_need_no_probe() -> None:
+    script = Script()
+    reports = Reports()
+    checker = Checker("n1", probe=script)
+    checker.observe(state(2, checktype="off"))
+    async with running(checker, reports):
+        await until(lambda: len(reports.items) == 2)
+        checker.observe(state(2, checktype="on"))
+        await until(lambda: len(reports.items) == 4)
+    assert script.calls == []
+    assert [up for _, up, _, _ in reports.items] == [False, False, True, True]
+    assert reports.items[0][3] == "checktype=off"
+
+
+async def test_checks_combined_runs_n_connects_then_negotiate() -> None:
+    kinds: list[str] = []
+
+    def on_check(spec: CheckSpec, result: Result, at: float) -> None:
+        kinds.append(result.detail.split(":")[0])
+
+    reports = Reports()
+    checker = Checker("n1", on_check=on_check)
+    # a real server that is not there: every check fails, so each failed connect forces a
+    # negotiate next; use service none (always up) to see the N-connects rhythm instead
+    st = state(1, checktype="2")
+    v = st.config.virtuals[0]  # type: ignore[union-attr]
+    from dataclasses import replace
+
+    from tests.checks.servers import tcp_server
+
+    async def close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    async with tcp_server(close) as port:
+        v = replace(v, reals=(RealServer("127.0.0.1", port),), check=replace(v.check, service="none"))
+        checker.observe(State(config=Config(GlobalSettings(checkinterval=INTERVAL), (v,))))
+        async with running(checker, reports):
+            await until(lambda: len(kinds) >= 7)
+    assert kinds[:7] == ["negotiate", "connect", "connect", "negotiate", "connect", "connect", "negotiate"]
+    assert reports.items[0][2] == "2:none"
+
+
+async def test_checks_concurrency_is_bounded() -> None:
+    script = Script(delay=0.05)
+    reports = Reports()
+    checker = Checker("n1", probe=script, max_concurrency=3)
+    checker.observe(state(20))
+    async with running(checker, reports):
+        await until(lambda: len(reports.items) == 20)
+    assert script.peak == 3
+
+
+async def test_checks_hung_probe_is_cancelled_at_its_timeout() -> None:
+    async def forever(spec: CheckSpec) -> Result:
+        await asyncio.sleep(3600)
+        return Result(True)
+
+    reports = Reports()
+    checker = Checker("n1", probe=forever)
+    checker.observe(state(1, negotiatetimeout=0.1, checktimeout=0.1))
+    async with running(checker, reports):
+        await until(lambda: reports.items)
+    assert reports.items[0][1] is False
+    assert "timeout after 0.1s" in reports.items[0][3]
+    assert checker.stats.timeouts >= 1
+
+
+async def test_checks_first_checks_are_spread_over_the_interval() -> None:
+    times: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def stamp(spec: CheckSpec) -> Result:
+        times.append(loop.time())
+        return Result(True)
+
+    st = state(200)
+    v = st.config.virtuals[0]  # type: ignore[union-attr]
+    from dataclasses import replace
+
+    st = State(config=Config(GlobalSettings(checkinterval=0.5), (replace(v),)))
+    checker = Checker("n1", probe=stamp, rng=random.Random(7))
+    checker.observe(st)
+    t0 = loop.time()
+    async with running(checker, Reports()):
+        await until(lambda: len(times) >= 200)
+    first = sorted(t - t0 for t in times[:200])
+    assert first[-1] - first[0] > 0.35  # spread, not a burst
+    assert max(first) <= 0.5 + 0.05
+
+
+async def test_checks_achieved_interval_is_the_checkinterval() -> None:
+    times: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def stamp(spec: CheckSpec) -> Result:
+        times.append(loop.time())
+        return Result(True)
+
+    checker = Checker("n1", probe=stamp)
+    checker.observe(state(1))
+    async with running(checker, Reports()):
+        await until(lambda: len(times) >= 10)
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert all(abs(g - INTERVAL) < 0.02 for g in gaps), gaps
