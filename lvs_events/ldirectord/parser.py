@@ -319,7 +319,7 @@ class _Parser:
                 line, 1, "the timeout directive was removed",
                 upstream="timeout directive deprecated in favour of checktimeout and negotiatetimeout",
                 found="timeout=", expected="checktimeout= and/or negotiatetimeout=",
-                hint="use checktimeout= (connect/ping/external checks) and negotiatetimeout= (negotiate checks)",
+                hint="use checktimeout= (connect, ping, external checks) and negotiatetimeout= (negotiate)",
             )  # fmt: skip
         stripped = text.lstrip(" \t")
         word = re.match(r"\w*", stripped, A)
@@ -378,7 +378,7 @@ class _Parser:
 
     # -- virtual blocks --------------------------------------------------------------------------
 
-    def virtual_block(self, raw: str, m: re.Match[str]) -> str | None:
+    def virtual_block(self, raw: str, m: re.Match[str]) -> str | None:  # noqa: PLR0912
         """Read one block; return the line that ended it (to be read again), None at end of file."""
         line = self.pos
         af = Family.INET6 if m.group(1) else Family.INET
@@ -920,7 +920,7 @@ def _parse_emailalertstatus(p: _Parser, line: int, col: int, value: str) -> tupl
         if w not in _EMAIL_STATUSES:
             raise p.fail(
                 line, col, "invalid email alert status", upstream=f'invalid email alert status at: "{w}"',
-                found=repr(w), expected="all, none, starting, running, stopping or reloading, comma separated",
+                found=repr(w), expected="all, none, starting, running, stopping or reloading",
                 hint=_comment_hint(value, global_line=True),
             )  # fmt: skip
         if none:
@@ -1009,7 +1009,7 @@ def _b_real(v6: bool) -> _BlockHandler:
             name = "real6" if v6 else "real"
             want = "real" if b.af is Family.INET else "real6"
             raise p.fail(
-                loc.line, loc.col(0), f"{name}= is not allowed in a {'virtual6' if v6 is False else 'virtual'}"
+                loc.line, loc.col(0), f"{name}= is not allowed in a {'virtual' if v6 else 'virtual6'}"
                 " block", upstream=f'cannot specify "{name}" here.  please use "{want}" instead',
                 found=f"{name}=", expected=f"{want}=",
             )  # fmt: skip
@@ -1019,9 +1019,7 @@ def _b_real(v6: bool) -> _BlockHandler:
     return handler
 
 
-def _b_quoted(
-    key: str, upstream: str, *, slash: bool = False, word: bool = False
-) -> _BlockHandler:
+def _b_quoted(key: str, upstream: str, *, slash: bool = False, word: bool = False) -> _BlockHandler:
     def handler(p: _Parser, b: _Block, value: str, loc: _Loc, off: int) -> bool:
         inner = _quoted(value)
         if inner is None:
@@ -1079,7 +1077,9 @@ def _b_number(key: str, upstream: str, kind: type) -> _BlockHandler:
                          found=repr(value), expected="a positive whole number")  # fmt: skip
         setattr(b, key, kind(int(m.group(0))))
         if key == "checkcount":
-            p.warn(loc.line, "checkcount option is deprecated and slated for removal.  please see 'failurecount'")
+            p.warn(
+                loc.line, "checkcount option is deprecated and slated for removal.  please see 'failurecount'"
+            )
         if key == "checkinterval":
             b.checkinterval_line = loc.line
         return True
@@ -1115,7 +1115,8 @@ def _b_scheduler(p: _Parser, b: _Block, value: str, loc: _Loc, off: int) -> bool
     if not m:
         raise p.fail(loc.line, loc.col(off), "invalid scheduler",
                      upstream="invalid scheduler, should be only lowercase letters (a-z)",
-                     found=repr(value), expected="a scheduler name in lower case (rr, wrr, lc, wlc, sh, ...)")  # fmt: skip
+                     found=repr(value),
+                     expected="a lower-case scheduler name (rr, wrr, lc, wlc, sh, ...)")  # fmt: skip
     b.scheduler = m.group(0)
     return True
 
@@ -1365,6 +1366,4 @@ def parse_file(
             column=0,
             upstream=f"can not open file {name}",
         ) from exc
-    return parse_text(
-        data.decode("utf-8", "surrogateescape"), name, resolver, strict, warnings=warnings
-    )
+    return parse_text(data.decode("utf-8", "surrogateescape"), name, resolver, strict, warnings=warnings)

@@ -60,7 +60,7 @@ def _real(server: RealServer) -> str:
     return text
 
 
-def _globals(g: GlobalSettings) -> Iterable[str]:
+def _globals(g: GlobalSettings) -> Iterable[str]:  # noqa: PLR0912 (one branch per directive)
     defaults = GlobalSettings()
     if (g.checktimeout, g.negotiatetimeout) != (defaults.checktimeout, defaults.negotiatetimeout):
         yield f"checktimeout={_num(g.checktimeout)}"
@@ -136,7 +136,7 @@ def _check(v: VirtualService, c: CheckSettings) -> Iterable[str]:
         yield f"cleanstop={_yes(c.cleanstop)}"
 
 
-def _virtual(v: VirtualService) -> Iterable[str]:
+def _virtual(v: VirtualService) -> Iterable[str]:  # noqa: PLR0912 (one branch per directive)
     six = "6" if v.family is Family.INET6 else ""
     if v.protocol is Protocol.FWM or v.fwmark is not None:
         yield f"virtual{six}={v.fwmark}"

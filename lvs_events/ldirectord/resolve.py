@@ -141,9 +141,8 @@ class StaticResolver:
         services: Mapping[str | tuple[str, str], int] | None = None,
     ) -> None:
         self._hosts = dict(hosts or {})
-        self._services: dict[str | tuple[str, str], int] = dict(
-            DEFAULT_SERVICES if services is None else services
-        )
+        self._services: dict[str | tuple[str, str], int] = {}
+        self._services.update(DEFAULT_SERVICES if services is None else services)
 
     def host(self, name: str, family: Family) -> str | None:
         if not name:

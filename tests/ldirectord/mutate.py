@@ -29,7 +29,9 @@ def _lines(data: bytes) -> list[bytes]:
     return data.splitlines(keepends=True)
 
 
-def mutate_once(rng: random.Random, data: bytes, pool: Sequence[bytes]) -> bytes:
+def mutate_once(  # noqa: PLR0911, PLR0912, PLR0915 (one branch per kind of edit)
+    rng: random.Random, data: bytes, pool: Sequence[bytes]
+) -> bytes:
     """One random edit of ``data`` (``pool``: other corpus files, for splicing)."""
     kind = rng.randrange(12)
     lines = _lines(data)

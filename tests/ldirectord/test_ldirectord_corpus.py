@@ -61,7 +61,9 @@ def test_same_structure_as_upstream(entry: Entry) -> None:
 @pytest.mark.parametrize("entry", ACCEPTED, ids=[e.file for e in ACCEPTED])
 def test_round_trip(entry: Entry) -> None:
     d = require_corpus()
-    config = parse_file(d / entry.file, resolver=resolver_for(upstream_parse(entry.file)), filename=entry.file)
+    config = parse_file(
+        d / entry.file, resolver=resolver_for(upstream_parse(entry.file)), filename=entry.file
+    )
     text = format_config(config)
     # the printed form is numeric: it needs no resolver beyond numeric addresses
     again = parse_text(text, entry.file, resolver=resolver_for({}))

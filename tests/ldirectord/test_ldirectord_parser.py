@@ -71,7 +71,8 @@ def test_yes_no_with_trailing_comment_is_refused_with_a_hint() -> None:
     err = refuse("autoreload=yes\nquiescent=no   # remove\n")
     assert (err.line, err.column) == (2, 11)
     assert err.upstream == "quiescent must be 'yes' or 'no'"
-    assert err.hint is not None and "trailing comment" in err.hint
+    assert err.hint is not None
+    assert "trailing comment" in err.hint
     assert str(err).startswith("t.cf:2:11: quiescent must be 'yes' or 'no' (found ")
     assert " hint: " in str(err)
 
@@ -82,7 +83,8 @@ def test_quoted_only_globals() -> None:
     assert c.globals.callback == "/usr/local/sbin/sync"
     err = refuse("logfile=/var/log/ld.log\n")
     assert err.upstream == "Unknown command logfile=/var/log/ld.log"
-    assert err.hint is not None and "double quotes" in err.hint
+    assert err.hint is not None
+    assert "double quotes" in err.hint
 
 
 def test_callback_is_accepted_with_a_warning() -> None:
@@ -99,7 +101,10 @@ def test_misc_globals() -> None:
         "fallbackcommand=/bin/fb start\n"
     )
     g = c.globals
-    assert g.fork and g.supervised and g.readdquiescent and not g.cleanstop
+    assert g.fork
+    assert g.supervised
+    assert g.readdquiescent
+    assert not g.cleanstop
     assert g.maintenancedir == "/var/maint"
     assert g.emailalert == "a@example.com"
     assert g.emailalertfreq == 60
@@ -136,7 +141,8 @@ def test_global_fallback() -> None:
 def test_global_fallback_with_trailing_comment_reads_the_comment_as_method() -> None:
     err = refuse("fallback=127.0.0.1:80    #sorry server\n")
     assert err.upstream == "forward method must be gate, masq or ipip"
-    assert err.hint is not None and "trailing comment" in err.hint
+    assert err.hint is not None
+    assert "trailing comment" in err.hint
 
 
 @pytest.mark.parametrize(
@@ -160,7 +166,8 @@ def test_checkcount_is_deprecated_but_accepted() -> None:
 
 def test_virtual_only_directive_at_global_level() -> None:
     err = refuse("scheduler=rr\n")
-    assert err.hint is not None and "virtual block" in err.hint
+    assert err.hint is not None
+    assert "virtual block" in err.hint
 
 
 # -- blocks: indentation, comments, how a block ends ------------------------------------------
@@ -169,14 +176,18 @@ BLOCK = "virtual=192.0.2.10:80\n\treal=192.0.2.1:80 gate\n"
 
 
 def test_tab_or_four_spaces_indent_a_block_line() -> None:
-    c = p("virtual=192.0.2.10:80\n\treal=192.0.2.1:80 gate\n    real=192.0.2.2:80 gate\n  \treal=192.0.2.3:80 gate\n")
+    c = p(
+        "virtual=192.0.2.10:80\n\treal=192.0.2.1:80 gate\n"
+        "    real=192.0.2.2:80 gate\n  \treal=192.0.2.3:80 gate\n"
+    )
     assert [r.address for r in c.virtuals[0].reals] == ["192.0.2.1", "192.0.2.2", "192.0.2.3"]
 
 
 def test_three_spaces_end_the_block_and_are_then_unknown() -> None:
     err = refuse(BLOCK + "   scheduler=rr\n")
     assert err.line == 3
-    assert err.hint is not None and "not inside a virtual block" in err.hint
+    assert err.hint is not None
+    assert "not inside a virtual block" in err.hint
 
 
 def test_blank_line_ends_the_block() -> None:
@@ -203,7 +214,8 @@ def test_line_of_only_spaces_in_a_block_is_unknown() -> None:
 def test_global_directive_inside_a_block() -> None:
     err = refuse(BLOCK + "    autoreload=yes\n")
     assert err.line == 3
-    assert err.hint is not None and "global directive" in err.hint
+    assert err.hint is not None
+    assert "global directive" in err.hint
 
 
 def test_crlf_line_endings_keep_the_carriage_return() -> None:
@@ -246,16 +258,23 @@ def test_fwmark_virtual() -> None:
 
 def test_virtual_address_without_port() -> None:
     err = refuse("virtual=10.0.0.1\n    real=192.0.2.1:80 gate\n")
-    assert err.line == 1 and err.hint is not None and "firewall mark" in err.hint
+    assert err.line == 1
+    assert err.hint is not None
+    assert "firewall mark" in err.hint
     assert p("virtual=10.0.0.1\n    real=192.0.2.1:80 gate\n", strict=True).virtuals[0].fwmark == 10
 
 
 def test_virtual6_real6_fallback6() -> None:
-    c = p("virtual6=[2001:db8::1]:80\n    real6=[2001:db8::2]:80 masq 3\n    fallback6=[::1]:80\n    netmask=64\n")
+    c = p(
+        "virtual6=[2001:db8::1]:80\n    real6=[2001:db8::2]:80 masq 3\n"
+        "    fallback6=[::1]:80\n    netmask=64\n"
+    )
     v = c.virtuals[0]
     assert (v.family, v.address, v.port) == (Family.INET6, "2001:db8::1", 80)
-    assert v.reals[0].address == "2001:db8::2" and v.reals[0].weight == 3
-    assert v.fallback is not None and v.fallback.address == "::1"
+    assert v.reals[0].address == "2001:db8::2"
+    assert v.reals[0].weight == 3
+    assert v.fallback is not None
+    assert v.fallback.address == "::1"
     assert v.netmask == "64"
     assert v.key == "TCP [2001:db8::1]:80"
 
@@ -280,7 +299,10 @@ def test_virtual_errors(text: str, line: int) -> None:
 
 
 def test_duplicate_virtual_is_reported_at_the_line_ending_the_second_block() -> None:
-    text = "virtual=192.0.2.10:80\n    real=192.0.2.1:80 gate\n\nvirtual=192.0.2.10:http\n    real=192.0.2.2:80 gate\n\n"
+    text = (
+        "virtual=192.0.2.10:80\n    real=192.0.2.1:80 gate\n\n"
+        "virtual=192.0.2.10:http\n    real=192.0.2.2:80 gate\n\n"
+    )
     err = refuse(text)
     assert err.line == 6
     assert err.upstream == "duplicate virtual server"
@@ -297,7 +319,10 @@ def test_virtual_on_the_last_line() -> None:
 
 
 def test_real_flags() -> None:
-    c = p('virtual=192.0.2.10:80\n    real=192.0.2.1:80 masq 5 "/health", "OK" l:10 u:20\n    real=192.0.2.2 ipip\n')
+    c = p(
+        'virtual=192.0.2.10:80\n    real=192.0.2.1:80 masq 5 "/health", "OK" l:10 u:20\n'
+        "    real=192.0.2.2 ipip\n"
+    )
     r1, r2 = c.virtuals[0].reals
     assert (r1.forwarding, r1.weight, r1.request, r1.receive) == (Forwarding.MASQ, 5, "/health", "OK")
     assert (r1.lower_threshold, r1.upper_threshold) == (10, 20)
@@ -364,7 +389,7 @@ def test_check_directives() -> None:
         "virtual=192.0.2.10:3306\n    real=192.0.2.1:3306 gate\n    checktype=negotiate\n"
         '    login="u"\n    passwd="p"\n    database="db"\n    request="SELECT 1"\n    receive="1"\n'
         "    checkport=3307\n    checktimeout=4\n    negotiatetimeout=9\n    failurecount=3\n"
-        "    checkinterval=20\n    httpmethod=head\n    virtualhost=\"www.example\"\n"
+        '    checkinterval=20\n    httpmethod=head\n    virtualhost="www.example"\n'
         '    checkcommand="/bin/check arg"\n    cleanstop=no\n    secret="s"\n'
     )
     k = c.virtuals[0].check
@@ -421,8 +446,10 @@ def test_per_virtual_notifications() -> None:
     assert (v.emailalert, v.emailalertfreq, v.emailalertstatus) == ("ops@example.com", 300, ("none",))
     assert (v.smtp, v.monitorfile, v.servicename, v.comment) == ("mail.example", "/var/log/mon", "Web Site",
                                                                   "front end  ")  # fmt: skip
-    assert v.quiescent is True and v.fallbackcommand == "/bin/fb"
-    assert v.fallback is not None and (v.fallback.port, v.fallback.forwarding) == (80, Forwarding.MASQ)
+    assert v.quiescent is True
+    assert v.fallbackcommand == "/bin/fb"
+    assert v.fallback is not None
+    assert (v.fallback.port, v.fallback.forwarding) == (80, Forwarding.MASQ)
 
 
 # -- resolver, files, printer -----------------------------------------------------------------
@@ -467,18 +494,33 @@ def test_seed_config() -> None:
         "TCP 203.0.113.10:80", "TCP 203.0.113.10:443", "TCP 203.0.113.20:80", "TCP 203.0.113.20:443",
     ]  # fmt: skip
     weights = {v.key: [(r.address, r.port, r.weight) for r in v.reals] for v in c.virtuals}
-    assert weights["TCP 203.0.113.10:80"] == [("192.0.2.11", 80, 10), ("192.0.2.12", 80, 20), ("192.0.2.13", 80, 30)]
+    assert weights["TCP 203.0.113.10:80"] == [
+        ("192.0.2.11", 80, 10),
+        ("192.0.2.12", 80, 20),
+        ("192.0.2.13", 80, 30),
+    ]
     assert weights["TCP 203.0.113.20:443"] == [(f"198.51.100.{i}", 443, 10) for i in (11, 12, 13)]
     for v in c.virtuals:
         assert v.scheduler == "wrr"
         assert v.protocol is Protocol.TCP
         assert all(r.forwarding is Forwarding.GATE for r in v.reals)
-        assert v.fallback is not None and (v.fallback.address, v.fallback.port) == (v.address, v.port)
+        assert v.fallback is not None
+        assert (v.fallback.address, v.fallback.port) == (v.address, v.port)
         assert v.check.checktype == "negotiate"
         assert (v.check.request, v.check.receive) == ("/areyouthere.php", "OK web[0-9]+")
     assert [v.persistent for v in c.virtuals] == [7200, 7200, 30, 30]
     assert [v.check.service for v in c.virtuals] == ["http", "https", "http", "https"]
     g = c.globals
-    assert (g.checktimeout, g.checkinterval, g.autoreload, g.fork, g.quiescent) == (8.0, 5.0, True, True, False)
-    assert (g.logfile, g.callback, g.emailalert) == ("local0", "/usr/local/sbin/lb_sync.sh", "my@emailaddress.com")
+    assert (g.checktimeout, g.checkinterval, g.autoreload, g.fork, g.quiescent) == (
+        8.0,
+        5.0,
+        True,
+        True,
+        False,
+    )
+    assert (g.logfile, g.callback, g.emailalert) == (
+        "local0",
+        "/usr/local/sbin/lb_sync.sh",
+        "my@emailaddress.com",
+    )
     assert parse_text(format_config(c), "ldirectord.cf", resolver=R) == c

@@ -21,14 +21,16 @@ from lvs_events.ldirectord import SERVICES, StaticResolver, derived_service, for
 
 SOURCE = "generated.cf"
 _SAFE = st.characters(
-    codec="utf-8", exclude_characters="#\t\n\r\"\x0b\x0c\x1c\x1d\x1e\x1f\x85\xa0", exclude_categories=("Cs", "Cc")
+    codec="utf-8",
+    exclude_characters='#\t\n\r"\x0b\x0c\x1c\x1d\x1e\x1f\x85\xa0',
+    exclude_categories=("Cs", "Cc"),
 )
 # text inside a virtual block: no '#' (comment), no tab (widened), no quote (so quoting stays simple)
 block_text = st.text(_SAFE, min_size=1, max_size=20)
 # a raw (unquoted) value: ldirectord drops leading blanks
 raw_text = block_text.filter(lambda s: not s[0].isspace())
 global_text = st.text(
-    st.characters(codec="utf-8", exclude_characters="\n\r\"", exclude_categories=("Cs", "Cc")), max_size=20
+    st.characters(codec="utf-8", exclude_characters='\n\r"', exclude_categories=("Cs", "Cc")), max_size=20
 )
 raw_global = global_text.filter(lambda s: s != "" and not s[0].isspace())
 small = st.integers(min_value=0, max_value=100_000)
@@ -71,9 +73,9 @@ def opt(strategy: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
 statuses = st.one_of(
     st.just(("none",)),
     st.just(()),
-    st.lists(st.sampled_from(["all", "starting", "running", "stopping", "reloading"]), min_size=1, max_size=3).map(
-        tuple
-    ),
+    st.lists(
+        st.sampled_from(["all", "starting", "running", "stopping", "reloading"]), min_size=1, max_size=3
+    ).map(tuple),
 )
 floats = positive.map(float)
 
