@@ -100,7 +100,7 @@ def to_pb(value: Any, msg: Message) -> Message:
 
 def from_pb(tp: type[Any], msg: Message, path: str) -> Any:
     """Build a domain dataclass of type ``tp`` from ``msg``; raises InvalidEvent on a bad value."""
-    hints = typing.get_type_hints(tp)
+    hints = _type_hints(tp)
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(tp):
         hint = hints[f.name]
@@ -127,6 +127,17 @@ def from_pb(tp: type[Any], msg: Message, path: str) -> Any:
         return tp(**kwargs)
     except (TypeError, ValueError) as e:
         raise InvalidEvent(f"{path}: {e}") from e
+
+
+_HINTS: dict[type[Any], dict[str, Any]] = {}
+
+
+def _type_hints(tp: type[Any]) -> dict[str, Any]:
+    """``typing.get_type_hints`` per dataclass, once: it dominated the cost of a conversion."""
+    hints = _HINTS.get(tp)
+    if hints is None:
+        hints = _HINTS[tp] = typing.get_type_hints(tp)
+    return hints
 
 
 def _has(msg: Message, name: str) -> bool:
