@@ -1,0 +1,88 @@
+"""Golden tests: an event script in, the rendered table out (files in ``testdata/``).
+
+Commands (one event each, folded in order; ``table`` prints the rendered table and its digest):
+
+    config FILE                 apply an ldirectord.cf (FILE in testdata/, or "seed" for the shared seed)
+    health NODE VIP REAL up|down
+    drain VIP REAL [EXPIRES]    enable VIP REAL    disable VIP REAL    weight VIP REAL W
+    leader NODE TERM            lost NODE TERM
+    time T                      wall time of the following events (unix seconds)
+    table                       the table, as ``ipvsadm -L -n``, and its digest
+
+Rewrite the expectations with ``UPDATE_GOLDEN=1 pytest tests/golden``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from lvs_events.domain.events import (
+    AdminAction,
+    AdminOverride,
+    ConfigApplied,
+    Event,
+    Leadership,
+    LeadershipChange,
+    Payload,
+    RealServerHealth,
+)
+from lvs_events.domain.render import render
+from lvs_events.domain.state import State, fold
+from lvs_events.domain.table import format_ipvsadm
+from lvs_events.ldirectord import parse_text
+from lvs_events.ldirectord.resolve import StaticResolver
+from tests.golden.datadriven import run_file
+
+HERE = Path(__file__).parent / "testdata"
+SHARED = Path(os.environ.get("LVS_SHARED_DIR", Path(__file__).resolve().parents[3] / "shared"))
+
+
+class Script:
+    def __init__(self) -> None:
+        self.state = State()
+        self.now = 1_700_000_000.0
+
+    def emit(self, payload: Payload, origin: str = "master") -> None:
+        rev = self.state.revision + 1
+        event = Event(f"g{rev}", "golden", origin, "golden", "", self.now, payload, revision=rev)
+        self.state = fold(self.state, event)
+
+    def __call__(self, cmd: str, args: list[str]) -> str:  # noqa: PLR0911 -- one branch per command
+        if cmd == "config":
+            path = SHARED / "seed" / "ldirectord.cf" if args[0] == "seed" else HERE / args[0]
+            if not path.exists():
+                pytest.skip(f"{path} not found (set LVS_SHARED_DIR)")
+            cfg = parse_text(path.read_text(), path.name, resolver=StaticResolver({}))
+            self.emit(ConfigApplied(cfg))
+            reals = sum(len(v.reals) for v in cfg.virtuals)
+            return f"applied {len(cfg.virtuals)} virtual services, {reals} real servers"
+        if cmd == "health":
+            node, vip, real, verdict = args
+            self.emit(RealServerHealth(vip, real, verdict == "up", node, "negotiate"), origin=node)
+            return "ok"
+        if cmd in ("drain", "enable", "disable"):
+            expires = float(args[2]) if len(args) > 2 else 0.0
+            self.emit(AdminOverride(args[0], args[1], AdminAction(cmd), 0, expires), origin="cli")
+            return "ok"
+        if cmd == "weight":
+            self.emit(AdminOverride(args[0], args[1], AdminAction.WEIGHT, int(args[2])), origin="cli")
+            return "ok"
+        if cmd in ("leader", "lost"):
+            change = LeadershipChange.ACQUIRED if cmd == "leader" else LeadershipChange.LOST
+            self.emit(Leadership(args[0], change, int(args[1])), origin=args[0])
+            return "ok"
+        if cmd == "time":
+            self.now = float(args[0])
+            return "ok"
+        if cmd == "table":
+            table = render(self.state)
+            return format_ipvsadm(table, header=False) + f"digest {table.digest()}"
+        raise ValueError(f"unknown command {cmd}")
+
+
+@pytest.mark.parametrize("path", sorted(HERE.glob("*.txt")), ids=lambda p: p.stem)
+def test_golden(path: Path) -> None:
+    run_file(path, Script())
