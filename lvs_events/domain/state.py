@@ -8,7 +8,7 @@ coordinator keeps snapshots and serves ``GetState`` at old revisions without cop
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from immutables import Map
 
@@ -86,39 +86,57 @@ def fold(state: State, event: Event) -> State:
     if event.revision and event.revision <= state.revision:
         return state
     revision = event.revision or state.revision + 1
-    clock = max(state.clock, event.wall_time)
+    clock = state.clock if state.clock >= event.wall_time else event.wall_time
     p = event.payload
-    s = state
-    if isinstance(p, ConfigApplied):
-        s = replace(s, config=p.config, config_revision=revision)
-    elif isinstance(p, RealServerHealth):
+    # One constructor call at the end (``replace`` per field is the slow part of a replay).
+    config, config_revision = state.config, state.config_revision
+    health, overrides, nodes = state.health, state.overrides, state.nodes
+    leader, term, last_drill = state.leader, state.term, state.last_drill
+    kind = type(p)
+    if kind is RealServerHealth:
+        assert isinstance(p, RealServerHealth)
         key = (p.virtual, p.real)
-        views = s.health.get(key, Map()).set(
-            p.observer, Observation(p.up, revision, event.wall_time, p.checktype, p.detail, p.latency_ms)
-        )
-        s = replace(s, health=s.health.set(key, views))
-    elif isinstance(p, AdminOverride):
+        views = health.get(key)
+        obs = Observation(p.up, revision, event.wall_time, p.checktype, p.detail, p.latency_ms)
+        health = health.set(key, (views if views is not None else Map()).set(p.observer, obs))
+    elif kind is AdminOverride:
+        assert isinstance(p, AdminOverride)
         key = (p.virtual, p.real)
         if p.action is AdminAction.ENABLE:
-            overrides = s.overrides.delete(key) if key in s.overrides else s.overrides
+            overrides = overrides.delete(key) if key in overrides else overrides
         else:
-            overrides = s.overrides.set(
+            overrides = overrides.set(
                 key, Override(p.action, p.weight, p.expires_at, event.actor, event.reason, revision)
             )
-        s = replace(s, overrides=overrides)
-    elif isinstance(p, TableApplied):
-        s = replace(
-            s, nodes=s.nodes.set(p.node, NodeStatus(p.revision, p.digest, revision, event.wall_time))
-        )
-    elif isinstance(p, Leadership):
-        if p.term >= s.term:
+    elif kind is ConfigApplied:
+        assert isinstance(p, ConfigApplied)
+        config, config_revision = p.config, revision
+    elif kind is TableApplied:
+        assert isinstance(p, TableApplied)
+        nodes = nodes.set(p.node, NodeStatus(p.revision, p.digest, revision, event.wall_time))
+    elif kind is Leadership:
+        assert isinstance(p, Leadership)
+        if p.term >= term:
             if p.change is LeadershipChange.ACQUIRED:
-                s = replace(s, leader=p.node, term=p.term)
-            elif s.leader == p.node:
-                s = replace(s, leader=None, term=p.term)
-    elif isinstance(p, DrillMarker):
-        s = replace(s, last_drill=f"{p.drill_id} {p.scenario} {p.phase}")
-    return replace(s, revision=revision, clock=clock, cluster=s.cluster or event.cluster)
+                leader, term = p.node, p.term
+            elif leader == p.node:
+                leader, term = None, p.term
+    elif kind is DrillMarker:
+        assert isinstance(p, DrillMarker)
+        last_drill = f"{p.drill_id} {p.scenario} {p.phase}"
+    return State(
+        state.cluster or event.cluster,
+        revision,
+        clock,
+        config,
+        config_revision,
+        health,
+        overrides,
+        nodes,
+        leader,
+        term,
+        last_drill,
+    )
 
 
 def fold_all(state: State, events: list[Event] | tuple[Event, ...]) -> State:

@@ -215,6 +215,9 @@ def apply_ops(table: Table, ops: Iterable[Op]) -> Table:  # noqa: PLR0912 -- one
     """Apply operations to a table value (the in-memory dataplane, and tests of ``diff``)."""
     services: dict[str, Service] = {s.key: s for s in table.services}
     order: list[str] = [s.key for s in table.services]
+    # Destinations being edited, per service, kept as dicts until the end (a service of n
+    # destinations built up by n add-dest ops costs O(n), not O(n^2)).
+    working: dict[str, dict[str, Dest]] = {}
     for op in ops:
         key = op.service.key
         cur = services.get(key)
@@ -222,6 +225,7 @@ def apply_ops(table: Table, ops: Iterable[Op]) -> Table:  # noqa: PLR0912 -- one
             if cur is not None:
                 raise ValueError(f"service {key} exists")
             services[key] = replace(op.service, dests=())
+            working.pop(key, None)
             order.append(key)
         elif op.kind == "edit-service":
             if cur is None:
@@ -231,11 +235,14 @@ def apply_ops(table: Table, ops: Iterable[Op]) -> Table:  # noqa: PLR0912 -- one
             if cur is None:
                 raise ValueError(f"no service {key}")
             del services[key]
+            working.pop(key, None)
             order.remove(key)
         else:
             if cur is None or op.dest is None:
                 raise ValueError(f"no service {key} for {op}")
-            dests = {d.key: d for d in cur.dests}
+            dests = working.get(key)
+            if dests is None:
+                dests = working[key] = {d.key: d for d in cur.dests}
             dk = op.dest.key
             if op.kind == "add-dest" and dk in dests:
                 raise ValueError(f"destination {dk} exists in {key}")
@@ -245,7 +252,8 @@ def apply_ops(table: Table, ops: Iterable[Op]) -> Table:  # noqa: PLR0912 -- one
                 del dests[dk]
             else:
                 dests[dk] = op.dest
-            services[key] = replace(cur, dests=tuple(dests.values()))
+    for key, dests in working.items():
+        services[key] = replace(services[key], dests=tuple(dests.values()))
     return Table(tuple(services[k] for k in order))
 
 
