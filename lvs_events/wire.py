@@ -100,44 +100,58 @@ def to_pb(value: Any, msg: Message) -> Message:
 
 def from_pb(tp: type[Any], msg: Message, path: str) -> Any:
     """Build a domain dataclass of type ``tp`` from ``msg``; raises InvalidEvent on a bad value."""
-    hints = _type_hints(tp)
     kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(tp):
-        hint = hints[f.name]
-        optional = _is_optional(hint)
-        inner = _strip_optional(hint)
-        fpath = f"{path}.{f.name}"
-        if optional and not _has(msg, f.name):
-            kwargs[f.name] = None
+    for name, optional, kind, inner in _plan(tp):
+        if optional and not _has(msg, name):
+            kwargs[name] = None
             continue
-        raw = getattr(msg, f.name)
-        if get_origin(inner) is tuple:
-            (item_tp, _ellipsis) = get_args(inner)
-            if isinstance(item_tp, type) and dataclasses.is_dataclass(item_tp):
-                kwargs[f.name] = tuple(from_pb(item_tp, m, f"{fpath}[{i}]") for i, m in enumerate(raw))
-            else:
-                kwargs[f.name] = tuple(raw)
-        elif isinstance(inner, type) and dataclasses.is_dataclass(inner):
-            kwargs[f.name] = from_pb(inner, raw, fpath)
-        elif isinstance(inner, type) and issubclass(inner, enum.Enum):
-            kwargs[f.name] = _enum_from_pb(inner, raw, fpath)
+        raw = getattr(msg, name)
+        if kind == _SCALAR:
+            kwargs[name] = raw
+        elif kind == _TUPLE_OF_DATACLASS:
+            fpath = f"{path}.{name}"
+            kwargs[name] = tuple(from_pb(inner, m, f"{fpath}[{i}]") for i, m in enumerate(raw))
+        elif kind == _TUPLE:
+            kwargs[name] = tuple(raw)
+        elif kind == _DATACLASS:
+            kwargs[name] = from_pb(inner, raw, f"{path}.{name}")
         else:
-            kwargs[f.name] = raw
+            kwargs[name] = _enum_from_pb(inner, raw, f"{path}.{name}")
     try:
         return tp(**kwargs)
     except (TypeError, ValueError) as e:
         raise InvalidEvent(f"{path}: {e}") from e
 
 
-_HINTS: dict[type[Any], dict[str, Any]] = {}
+_SCALAR, _TUPLE, _TUPLE_OF_DATACLASS, _DATACLASS, _ENUM = range(5)
+_PLANS: dict[type[Any], list[tuple[str, bool, int, Any]]] = {}
 
 
-def _type_hints(tp: type[Any]) -> dict[str, Any]:
-    """``typing.get_type_hints`` per dataclass, once: it dominated the cost of a conversion."""
-    hints = _HINTS.get(tp)
-    if hints is None:
-        hints = _HINTS[tp] = typing.get_type_hints(tp)
-    return hints
+def _plan(tp: type[Any]) -> list[tuple[str, bool, int, Any]]:
+    """Per dataclass, once: (field, optional, kind, inner type). Type-hint analysis dominated the
+    cost of a conversion when done per call."""
+    plan = _PLANS.get(tp)
+    if plan is not None:
+        return plan
+    hints = typing.get_type_hints(tp)
+    plan = []
+    for f in dataclasses.fields(tp):
+        hint = hints[f.name]
+        inner = _strip_optional(hint)
+        if get_origin(inner) is tuple:
+            (item_tp, _ellipsis) = get_args(inner)
+            if isinstance(item_tp, type) and dataclasses.is_dataclass(item_tp):
+                plan.append((f.name, _is_optional(hint), _TUPLE_OF_DATACLASS, item_tp))
+            else:
+                plan.append((f.name, _is_optional(hint), _TUPLE, None))
+        elif isinstance(inner, type) and dataclasses.is_dataclass(inner):
+            plan.append((f.name, _is_optional(hint), _DATACLASS, inner))
+        elif isinstance(inner, type) and issubclass(inner, enum.Enum):
+            plan.append((f.name, _is_optional(hint), _ENUM, inner))
+        else:
+            plan.append((f.name, _is_optional(hint), _SCALAR, None))
+    _PLANS[tp] = plan
+    return plan
 
 
 def _has(msg: Message, name: str) -> bool:

@@ -6,6 +6,7 @@ fails; nothing of a refused event is stored. Messages name the field and what wa
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import re
@@ -140,6 +141,7 @@ def _ip(addr: str | None, path: str, family: Family | None) -> None:
         _need(ip.version == want, path, f"an IPv{want} address", addr)
 
 
+@functools.lru_cache(maxsize=4096)  # pure; the same real servers come back in every event
 def _endpoint(text: str, path: str) -> None:
     m = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([0-9.]+):(\d+)", text)
     _need(m is not None, path, "ip:port (IPv6 as [ip]:port)", text)
@@ -148,6 +150,7 @@ def _endpoint(text: str, path: str) -> None:
     _need(0 <= int(m.group(2) or m.group(4)) < 65536, path, "a port 0..65535", text)
 
 
+@functools.lru_cache(maxsize=4096)
 def _service_key(text: str, path: str) -> None:
     m = re.fullmatch(r"(TCP|UDP) (.+)|FWM (\d+)( IPv6)?", text)
     _need(m is not None, path, '"TCP ip:port", "UDP ip:port" or "FWM mark"', text)

@@ -1,0 +1,246 @@
+"""Coordinator append benchmark: prints one JSON object.
+
+In one run, on one freshly started etcd (``tests/support/etcd.py``):
+
+* raw etcd, from this process with etcd3aio: sequential single puts (throughput, p50/p99
+  latency) and sequential transactions of 64 puts (throughput in puts/s);
+* the coordinator, started as its own process (``python -m coordinator.main``): append
+  throughput and ack latency p50/p99 through gRPC Publish streams with 1, 16 and 64 concurrent
+  publishers. Each publisher has one event in flight at a time (send, wait for the ack, next),
+  so the latency is the full round trip one event sees;
+* replay: folding the whole log (``StateService.state_at``) in events/s.
+
+Targets (issue 2): coordinator throughput >= 0.5 x raw batched-transaction throughput; p50 ack
+latency (1 publisher) <= 2 x raw single-put p50.
+
+Run from the repository root: ``python bench/bench_coordinator.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import grpc  # noqa: E402
+import grpc.aio  # noqa: E402
+from etcd3aio import Etcd3Client  # noqa: E402
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+
+from coordinator.snapshots import StateService  # noqa: E402
+from coordinator.store import EtcdEventStore  # noqa: E402
+from lvs_events.pb.v1 import coordinator_pb2 as cpb  # noqa: E402
+from lvs_events.pb.v1 import coordinator_pb2_grpc as cpb_grpc  # noqa: E402
+from lvs_events.pb.v1 import events_pb2 as pb  # noqa: E402
+from tests.support.etcd import EtcdCluster, free_port  # noqa: E402
+
+CLUSTER = "bench"
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+def event(i: int, publisher: int) -> pb.Event:
+    return pb.Event(
+        event_id=f"b-{publisher}-{i}-{uuid.uuid4().hex[:8]}",
+        cluster=CLUSTER,
+        origin="lvs-a",
+        actor="lvs-agent",
+        reason="bench",
+        wall_time=time.time(),
+        real_server_health=pb.RealServerHealth(
+            virtual="TCP 203.0.113.10:80", real=f"192.0.2.{1 + i % 200}:80", up=i % 2 == 0, observer="lvs-a"
+        ),
+    )
+
+
+async def raw_etcd(endpoints: list[str], singles: int, txns: int) -> dict[str, Any]:
+    value = event(0, 0).SerializeToString()
+    async with Etcd3Client(endpoints) as client:
+        kv = client.kv
+        assert kv is not None
+        for i in range(50):  # warm up
+            await kv.put(f"/raw/warm/{i}", value, timeout=5)
+        lat: list[float] = []
+        t0 = time.perf_counter()
+        for i in range(singles):
+            s = time.perf_counter()
+            await kv.put(f"/raw/single/{i:08d}", value, timeout=5)
+            lat.append(time.perf_counter() - s)
+        single_elapsed = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        txn_lat: list[float] = []
+        for j in range(txns):
+            ops = [kv.txn_op_put(f"/raw/txn/{j:06d}/{k:02d}", value) for k in range(64)]
+            s = time.perf_counter()
+            await kv.txn([], ops, timeout=5)
+            txn_lat.append(time.perf_counter() - s)
+        txn_elapsed = time.perf_counter() - t0
+    return {
+        "single_put": {
+            "count": singles,
+            "throughput_per_s": round(singles / single_elapsed, 1),
+            "p50_ms": ms(pct(lat, 0.5)),
+            "p99_ms": ms(pct(lat, 0.99)),
+        },
+        "txn_64_puts": {
+            "count_txns": txns,
+            "throughput_puts_per_s": round(txns * 64 / txn_elapsed, 1),
+            "txn_p50_ms": ms(pct(txn_lat, 0.5)),
+        },
+    }
+
+
+async def wait_serving(address: str, proc: subprocess.Popen[bytes]) -> None:
+    end = time.monotonic() + 20
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError("coordinator exited during start")
+            try:
+                resp = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            if time.monotonic() > end:
+                raise RuntimeError("coordinator did not start")
+            await asyncio.sleep(0.1)
+
+
+async def publishers(address: str, count: int, per_publisher: int) -> dict[str, Any]:
+    channels = [grpc.aio.insecure_channel(address) for _ in range(min(count, 4))]
+    events = [[event(i, p) for i in range(per_publisher)] for p in range(count)]
+    latencies: list[float] = []
+    start = asyncio.Event()
+
+    async def one(p: int) -> None:
+        stub = cpb_grpc.CoordinatorStub(channels[p % len(channels)])
+        call = stub.Publish(timeout=300)
+        await start.wait()
+        for e in events[p]:
+            s = time.perf_counter()
+            await call.write(cpb.PublishRequest(event=e))
+            ack = await call.read()
+            latencies.append(time.perf_counter() - s)
+            if ack.error_code:
+                raise RuntimeError(f"append refused: {ack.error_code} {ack.error}")
+        await call.done_writing()
+
+    tasks = [asyncio.create_task(one(p)) for p in range(count)]
+    await asyncio.sleep(0.2)  # streams open
+    t0 = time.perf_counter()
+    start.set()
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - t0
+    for ch in channels:
+        await ch.close()
+    total = count * per_publisher
+    return {
+        "publishers": count,
+        "events": total,
+        "throughput_per_s": round(total / elapsed, 1),
+        "ack_p50_ms": ms(pct(latencies, 0.5)),
+        "ack_p99_ms": ms(pct(latencies, 0.99)),
+    }
+
+
+async def replay(endpoints: list[str]) -> dict[str, Any]:
+    async with EtcdEventStore(endpoints, CLUSTER) as store:
+        head = (await store.bounds()).head
+        t0 = time.perf_counter()
+        folded = await StateService(store).state_at(head)
+        elapsed = time.perf_counter() - t0
+    return {"events": folded.revision, "events_per_s": round(folded.revision / elapsed, 1)}
+
+
+async def main_async(quick: bool) -> dict[str, Any]:
+    scale = 0.25 if quick else 1.0
+    with EtcdCluster(size=1) as etcd, tempfile.TemporaryDirectory() as tmp:
+        endpoints = etcd.endpoints
+        raw = await raw_etcd(endpoints, int(2000 * scale), int(200 * scale))
+        port = free_port()
+        address = f"127.0.0.1:{port}"
+        log_path = Path(tmp) / "coordinator.log"
+        with open(log_path, "wb") as out:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "coordinator.main",
+                    f"--listen={address}",
+                    f"--etcd-endpoints={','.join(endpoints)}",
+                    f"--cluster={CLUSTER}",
+                    "--log-format=json",
+                    "--log-level=WARNING",
+                    "--snapshot-every=100000",
+                ],
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        try:
+            await wait_serving(address, proc)
+            await publishers(address, 4, 50)  # warm up
+            runs = [
+                await publishers(address, 1, int(1000 * scale)),
+                await publishers(address, 16, int(400 * scale)),
+                await publishers(address, 64, int(200 * scale)),
+            ]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(15)
+        rep = await replay(endpoints)
+    best = max(r["throughput_per_s"] for r in runs)
+    raw_txn = raw["txn_64_puts"]["throughput_puts_per_s"]
+    raw_p50 = raw["single_put"]["p50_ms"]
+    p50_one = runs[0]["ack_p50_ms"]
+    return {
+        "bench": "coordinator",
+        "host": {"python": platform.python_version(), "cpus": os.cpu_count(), "machine": platform.machine()},
+        "raw_etcd": raw,
+        "coordinator": runs,
+        "replay": rep,
+        "targets": {
+            "throughput_ratio_vs_raw_txn": round(best / raw_txn, 3),
+            "throughput_target_met": best >= 0.5 * raw_txn,
+            "p50_ratio_vs_raw_single_put": round(p50_one / raw_p50, 3) if raw_p50 else None,
+            "p50_target_met": p50_one <= 2 * raw_p50,
+        },
+        "median_publisher_throughput": statistics.median(r["throughput_per_s"] for r in runs),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="a quarter of the work (CI smoke)")
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(main_async(args.quick)), indent=2))
+
+
+if __name__ == "__main__":
+    main()
