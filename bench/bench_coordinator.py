@@ -177,6 +177,27 @@ async def replay(endpoints: list[str]) -> dict[str, Any]:
     return {"events": folded.revision, "events_per_s": round(folded.revision / elapsed, 1)}
 
 
+def start_coordinator(address: str, endpoints: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    with open(log_path, "wb") as out:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "coordinator.main",
+                f"--listen={address}",
+                f"--etcd-endpoints={','.join(endpoints)}",
+                f"--cluster={CLUSTER}",
+                "--log-format=json",
+                "--log-level=WARNING",
+                "--snapshot-every=100000",
+            ],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+
 async def main_async(quick: bool) -> dict[str, Any]:
     scale = 0.25 if quick else 1.0
     with EtcdCluster(size=1) as etcd, tempfile.TemporaryDirectory() as tmp:
@@ -184,25 +205,7 @@ async def main_async(quick: bool) -> dict[str, Any]:
         raw = await raw_etcd(endpoints, int(2000 * scale), int(200 * scale))
         port = free_port()
         address = f"127.0.0.1:{port}"
-        log_path = Path(tmp) / "coordinator.log"
-        with open(log_path, "wb") as out:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "coordinator.main",
-                    f"--listen={address}",
-                    f"--etcd-endpoints={','.join(endpoints)}",
-                    f"--cluster={CLUSTER}",
-                    "--log-format=json",
-                    "--log-level=WARNING",
-                    "--snapshot-every=100000",
-                ],
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
+        proc = start_coordinator(address, endpoints, Path(tmp) / "coordinator.log")
         try:
             await wait_serving(address, proc)
             await publishers(address, 4, 50)  # warm up
