@@ -1,0 +1,375 @@
+"""The kernel dataplane: the IPVS table over generic netlink (pyroute2), for one director.
+
+* **Never blocks the event loop.** Every netlink call runs in one dedicated thread (a
+  single-worker executor) that owns the one netlink socket; coroutines only await it.
+* **Ownership.** The agent manages the services it *owns*: those of the desired table (claimed by
+  :meth:`IpvsDataplane.reconcile` / :meth:`claim`) and those it created. :meth:`dump` reports only
+  owned services, so :func:`agent.dataplane.reconcile` never deletes a service an operator added
+  by hand for something else; :meth:`foreign` lists those. A service is released when the agent
+  deletes it. With ``owned_path`` the owned set survives a restart of the agent (a service removed
+  from the configuration while the agent was down is still removed when it comes back).
+* **A shadow of the owned table.** After one real dump the dataplane keeps what it last wrote
+  (the kernel acked every request), so the steady-state path (one event, one weight change) costs
+  one netlink round trip, not a dump of every service. :meth:`drift` dumps the kernel for real,
+  reports what differs from the desired table and resets the shadow to the kernel's truth; the
+  agent's periodic check calls :meth:`check_and_repair` (or ``drift`` then ``reconcile``) and
+  records the difference as an event. Any refusal by the kernel also drops the shadow.
+* **Idempotent against races.** An add of something that already exists becomes a set (the
+  service is then adopted: it is in the desired table); a delete of something already gone is
+  success; a set of a destination that vanished becomes an add. Anything else the kernel refuses
+  raises :class:`~lvs_events.errors.DataplaneError` naming the operation and the errno, after the
+  rest of the batch was attempted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TypeVar
+
+from agent.dataplane import reconcile
+from lvs_events.domain.ipvsadm_save import sorted_like_ipvsadm
+from lvs_events.domain.table import Op, Service, Table, apply_ops, diff
+from lvs_events.errors import DataplaneError
+
+from ._netlink import IpvsSocket, NetlinkFailure, Request, dest_request, service_request
+
+__all__ = ["Drift", "IpvsDataplane", "sort_ipvsadm"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Drift:
+    """What the kernel holds that the desired table does not (owned services only)."""
+
+    ops: tuple[Op, ...]  # the operations that repair it, in apply order
+    actual: Table  # the owned part of the kernel table as dumped
+    foreign: tuple[str, ...] = ()  # keys of services this agent does not own (left alone)
+
+    @property
+    def clean(self) -> bool:
+        return not self.ops
+
+    def lines(self) -> list[str]:
+        """One line per repair, e.g. ``edit-dest TCP 203.0.113.10:80 -> 192.0.2.11:80 w=10``."""
+        return [str(op) for op in self.ops]
+
+
+@dataclass(slots=True)
+class _Stats:
+    dumps: int = 0
+    requests: int = 0
+    refusals: int = 0
+    adopted: set[str] = field(default_factory=set)
+
+
+class IpvsDataplane:
+    """:class:`agent.dataplane.Dataplane` on the kernel's IPVS table."""
+
+    def __init__(
+        self,
+        *,
+        owned: Iterable[str] = (),
+        owned_path: Path | None = None,
+        batch_size: int = 256,
+        use_shadow: bool = True,
+    ) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ipvs-netlink")
+        self._sock = IpvsSocket(batch_size=batch_size)
+        self._owned: set[str] = set(owned)
+        self._owned_path = owned_path
+        if owned_path is not None and owned_path.exists():
+            self._owned |= _load_owned(owned_path)
+        self._use_shadow = use_shadow
+        self._shadow: Table | None = None
+        self._lock = asyncio.Lock()
+        self._closed = False
+        self.stats = _Stats()
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def open(self) -> IpvsDataplane:
+        """Open the netlink socket now (else on first use): fails early without IPVS."""
+        await self._run(self._sock.open)
+        return self
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._sock.close)
+        finally:
+            self._executor.shutdown(wait=False)
+
+    async def __aenter__(self) -> IpvsDataplane:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- ownership --------------------------------------------------------------------------
+
+    @property
+    def owned(self) -> frozenset[str]:
+        return frozenset(self._owned)
+
+    def claim(self, desired: Table) -> None:
+        """Own every service of ``desired`` (the services the configuration says are ours)."""
+        new = {s.key for s in desired.services} - self._owned
+        if new:
+            self._owned |= new
+            self._shadow = None  # the shadow does not hold the newly claimed services yet
+
+    async def foreign(self) -> Table:
+        """The services in the kernel this agent does not own (with their destinations)."""
+        return await self._locked_run(lambda: self._dump_sync(owned=False))
+
+    # --- the Dataplane protocol ----------------------------------------------------------------
+
+    async def dump(self) -> Table:
+        """The owned services as the kernel holds them (the shadow after the first dump)."""
+        async with self._lock:
+            if self._use_shadow and self._shadow is not None:
+                return self._shadow
+            table = await self._run(lambda: self._dump_sync(owned=True))
+            self._shadow = table
+            return table
+
+    async def dump_kernel(self) -> Table:
+        """The owned services, dumped from the kernel now (never the shadow)."""
+        async with self._lock:
+            table = await self._run(lambda: self._dump_sync(owned=True))
+            self._shadow = table
+            return table
+
+    async def apply(self, ops: list[Op]) -> None:
+        if not ops:
+            return
+        async with self._lock:
+            await self._run(lambda: self._apply_sync(ops))
+
+    # --- reconciliation and drift ------------------------------------------------------------
+
+    async def reconcile(self, desired: Table) -> tuple[list[Op], Table]:
+        """Claim ``desired``'s services, then :func:`agent.dataplane.reconcile` (minimal ops)."""
+        self.claim(desired)
+        return await reconcile(self, desired)
+
+    async def drift(self, desired: Table) -> Drift:
+        """Dump the kernel (for real), diff it against ``desired``: the repair, not yet applied."""
+        self.claim(desired)
+        async with self._lock:
+            actual, foreign = await self._run(self._dump_split_sync)
+            self._shadow = actual
+        return Drift(tuple(diff(actual, desired)), actual, tuple(s.key for s in foreign.services))
+
+    async def check_and_repair(self, desired: Table) -> Drift:
+        """The periodic check: :meth:`drift`, then apply its repair. Returns what was repaired."""
+        d = await self.drift(desired)
+        if d.ops:
+            await self.apply(list(d.ops))
+        return d
+
+    # --- test and benchmark helpers ------------------------------------------------------------
+
+    async def flush_owned(self) -> None:
+        """Delete every owned service from the kernel (foreign ones stay)."""
+        table = await self.dump_kernel()
+        await self.apply([Op("del-service", s) for s in table.services])
+
+    # --- in the netlink thread ---------------------------------------------------------------
+
+    def _dump_split_sync(self) -> tuple[Table, Table]:
+        services = self._sock.dump_services()
+        self.stats.dumps += 1
+        mine: list[Service] = []
+        theirs: list[Service] = []
+        for s in services:
+            full = replace(s, dests=tuple(self._sock.dump_dests(s)))
+            (mine if s.key in self._owned else theirs).append(full)
+        return Table(tuple(sort_ipvsadm(mine))), Table(tuple(sort_ipvsadm(theirs)))
+
+    def _dump_sync(self, *, owned: bool) -> Table:
+        services = self._sock.dump_services()
+        self.stats.dumps += 1
+        out = [
+            replace(s, dests=tuple(self._sock.dump_dests(s)))
+            for s in services
+            if (s.key in self._owned) == owned
+        ]
+        return Table(tuple(sort_ipvsadm(out)))
+
+    def _apply_sync(self, ops: list[Op]) -> None:
+        try:
+            requests = [_request(op) for op in ops]
+        except (ValueError, KeyError) as e:
+            self._shadow = None
+            raise DataplaneError(f"cannot encode an IPVS operation: {e}") from e
+        for op in ops:  # services we create are ours from the first request on
+            if op.kind == "add-service":
+                self._owned.add(op.service.key)
+        refused, raced = self._send_with_fallbacks(ops, requests)
+        failed = {id(op) for op, _ in refused}
+        for op in ops:
+            if op.kind == "del-service" and id(op) not in failed:
+                self._owned.discard(op.service.key)
+        if self._owned_path is not None:
+            _save_owned(self._owned_path, self._owned)
+        self._shadow = None if refused or raced else _applied(self._shadow, ops)
+        if refused:
+            self.stats.refusals += len(refused)
+            first_op, first = refused[0]
+            more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+            raise DataplaneError(f"the kernel refused {first_op}: {first.message}{more}") from OSError(
+                first.code, first.message
+            )
+
+    def _send_with_fallbacks(
+        self, ops: list[Op], requests: list[Request]
+    ) -> tuple[list[tuple[Op, NetlinkFailure]], bool]:
+        """Send; retry what a race explains (exists / already gone). Returns refusals, raced."""
+        retries: list[tuple[Op, Request]] = []
+        refused: list[tuple[Op, NetlinkFailure]] = []
+        for f in self._send(requests):
+            op = ops[f.index]
+            fallback = _fallback(op, f.code)
+            if fallback is not None:
+                retries.append(fallback)
+                if op.kind == "add-service":
+                    self.stats.adopted.add(op.service.key)
+            elif not _already_done(op, f.code):
+                refused.append((op, f))
+        if retries:
+            refused.extend((retries[f.index][0], f) for f in self._send([r for _, r in retries]))
+        return refused, bool(retries)
+
+    def _send(self, requests: list[Request]) -> list[NetlinkFailure]:
+        self.stats.requests += len(requests)
+        try:
+            return self._sock.send(requests)
+        except OSError as e:
+            self._shadow = None
+            raise DataplaneError(f"IPVS netlink request failed: {e}") from e
+        except Exception as e:
+            self._shadow = None
+            if type(e).__name__ == "NetlinkError":
+                raise DataplaneError(f"IPVS netlink request failed: {e}") from e
+            raise
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        if self._closed:
+            raise DataplaneError("the IPVS dataplane is closed")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, _guard, fn)
+        except DataplaneError:
+            raise
+        except OSError as e:
+            raise DataplaneError(f"IPVS netlink: {e}") from e
+
+    async def _locked_run(self, fn: Callable[[], T]) -> T:
+        async with self._lock:
+            return await self._run(fn)
+
+
+def _guard(fn: Callable[[], T]) -> T:
+    """Run ``fn``, turning pyroute2's netlink errors (not OSError subclasses) into OSError."""
+    try:
+        return fn()
+    except (DataplaneError, OSError):
+        raise
+    except Exception as e:
+        if type(e).__name__ in ("NetlinkError", "NetlinkDecodeError"):
+            code = int(getattr(e, "code", 0) or errno.EIO)
+            raise OSError(code, f"{os.strerror(code)} ({e})") from e
+        raise
+
+
+def _request(op: Op) -> Request:
+    if op.kind == "add-service":
+        return service_request("add", op.service)
+    if op.kind == "edit-service":
+        return service_request("set", op.service)
+    if op.kind == "del-service":
+        return service_request("del", op.service)
+    if op.dest is None:
+        raise ValueError(f"{op.kind} without a destination")
+    kind = {"add-dest": "add", "edit-dest": "set", "del-dest": "del"}[op.kind]
+    return dest_request(kind, op.service, op.dest)
+
+
+def _fallback(op: Op, code: int) -> tuple[Op, Request] | None:
+    """The request that makes ``op`` true after a refusal caused by a race, or None."""
+    if op.kind == "add-service" and code == errno.EEXIST:
+        return op, service_request("set", op.service)
+    if op.kind == "add-dest" and code == errno.EEXIST and op.dest is not None:
+        return op, dest_request("set", op.service, op.dest)
+    if op.kind == "edit-dest" and code == errno.ENOENT and op.dest is not None:
+        return op, dest_request("add", op.service, op.dest)
+    return None
+
+
+def _already_done(op: Op, code: int) -> bool:
+    """A delete of something already gone."""
+    if op.kind == "del-dest":
+        return code == errno.ENOENT
+    return op.kind == "del-service" and code == errno.ESRCH
+
+
+def _applied(shadow: Table | None, ops: list[Op]) -> Table | None:
+    if shadow is None:
+        return None
+    try:
+        return apply_ops(shadow, ops)
+    except ValueError:
+        return None
+
+
+# --- ordering like ipvsadm ---------------------------------------------------------------------
+
+
+def sort_ipvsadm(services: Iterable[Service]) -> list[Service]:
+    """Services (and their destinations) in the order ``ipvsadm -L -n`` / ``-S -n`` lists them."""
+    return list(sorted_like_ipvsadm(services))
+
+
+# --- the owned set on disk ---------------------------------------------------------------------
+
+
+def _load_owned(path: Path) -> set[str]:
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError) as e:
+        raise DataplaneError(f"cannot read the owned-services file {path}: {e}") from e
+    if not isinstance(data, list) or not all(isinstance(k, str) for k in data):
+        raise DataplaneError(f"the owned-services file {path} is not a list of service keys")
+    return set(data)
+
+
+_save_lock = threading.Lock()
+
+
+def _save_owned(path: Path, owned: set[str]) -> None:
+    blob = json.dumps(sorted(owned), indent=0).encode() + b"\n"
+    with _save_lock:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(blob)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
