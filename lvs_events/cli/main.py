@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime as dt
 import getpass
+import hashlib
 import json
 import logging
 import os
@@ -17,6 +19,7 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 import structlog
@@ -24,11 +27,15 @@ import structlog
 from lvs_events.cli import views
 from lvs_events.client import CoordinatorClient, CoordinatorRejected, Snapshot, new_event
 from lvs_events.client import Filters as ServerFilters
-from lvs_events.domain.events import AdminAction, AdminOverride
+from lvs_events.domain.config import Config
+from lvs_events.domain.config_diff import diff_configs
+from lvs_events.domain.events import AdminAction, AdminOverride, ConfigApplied
 from lvs_events.domain.table import format_ipvsadm
+from lvs_events.domain.validate import validate_config
 from lvs_events.errors import CoordinatorUnavailable, InvalidEvent, LvsEventsError
+from lvs_events.ldirectord import ConfigError, ConfigWarning, format_config, parse_file
 
-DEFAULT_ENDPOINTS = "127.0.0.1:7400"
+DEFAULT_ENDPOINTS = "127.0.0.1:7420"
 EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 1, 2, 3
 
 
@@ -48,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
         "(env LVS_EVENTS_ENDPOINTS; default %(default)s)",
     )
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for a coordinator (default 5)")
-    p.add_argument("--cluster", default=os.environ.get("LVS_EVENTS_CLUSTER", "lvs"), help="cluster name")
+    p.add_argument("--cluster", default=os.environ.get("LVS_EVENTS_CLUSTER", "default"), help="cluster name")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("tail", help="the audit log: who changed what, when and why")
@@ -77,6 +84,22 @@ def _parser() -> argparse.ArgumentParser:
         a.add_argument("--operator", default=_operator(), help="who (default: the login name)")
         if name == "drain":
             a.add_argument("--for", dest="duration", help="expire after this long (e.g. 30m)")
+
+    cf = sub.add_parser("config", help="ldirectord.cf through the log: validate, diff, apply, show")
+    csub = cf.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    v = csub.add_parser("validate", help="parse a file as ldirectord would; print what it defines")
+    v.add_argument("file")
+    v.add_argument("--strict", action="store_true", help="reproduce ldirectord's verdicts exactly")
+    d = csub.add_parser("diff", help="what applying FILE would change, against the config in force")
+    d.add_argument("file")
+    d.add_argument("--strict", action="store_true")
+    ap = csub.add_parser("apply", help="validate FILE, then publish it as the config in force")
+    ap.add_argument("file")
+    ap.add_argument("--reason", required=True, help="why (recorded in the log)")
+    ap.add_argument("--operator", default=_operator(), help="who (default: the login name)")
+    ap.add_argument("--strict", action="store_true")
+    sh = csub.add_parser("show", help="the config in force, written back as ldirectord.cf")
+    sh.add_argument("--at", type=int, default=0, metavar="REV", help="as it was at this log revision")
 
     st = sub.add_parser("status", help="nodes, their applied revision, digest and lag")
     st.add_argument("-o", "--output", choices=["text", "json"], default="text")
@@ -197,7 +220,75 @@ async def _status(client: CoordinatorClient, args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"tail": _tail, "table": _table, "drain": _admin, "enable": _admin, "status": _status}
+async def _load(path: str, strict: bool) -> tuple[Config, str, list[ConfigWarning]]:
+    """Parse off the event loop (file I/O and name resolution block)."""
+
+    def work() -> tuple[Config, str, list[ConfigWarning]]:
+        warnings: list[ConfigWarning] = []
+        cfg = parse_file(path, strict=strict, warnings=warnings)
+        try:
+            validate_config(cfg)  # what the log would refuse, e.g. a scheduler the kernel lacks
+        except InvalidEvent as e:
+            raise UsageError(f"{path}: ldirectord would accept this file, but the log refuses it: {e}") from e
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        return cfg, digest, warnings
+
+    return await asyncio.to_thread(work)
+
+
+def _print_warnings(warnings: list[ConfigWarning]) -> None:
+    for w in warnings:
+        sys.stderr.write(f"{w}\n")
+
+
+async def _config(client: CoordinatorClient, args: argparse.Namespace) -> int:
+    action = args.config_command
+    if action == "show":
+        view = await client.get_state(args.at)
+        if view.state.config is None:
+            raise CoordinatorRejected("NOT_FOUND", f"no config in force at revision {view.revision}")
+        sys.stdout.write(
+            f"# config in force at revision {view.revision} (applied at {view.state.config_revision})\n"
+        )
+        sys.stdout.write(format_config(view.state.config))
+        return 0
+    cfg, digest, warnings = await _load(args.file, args.strict)
+    _print_warnings(warnings)
+    if action == "validate":
+        reals = sum(len(v.reals) for v in cfg.virtuals)
+        sys.stdout.write(f"{args.file}: OK, {len(cfg.virtuals)} virtual services, {reals} real servers\n")
+        return 0
+    view = await client.get_state(0)
+    changes = diff_configs(view.state.config, cfg)
+    if action == "diff":
+        sys.stdout.write("\n".join(changes) + "\n" if changes else "no changes\n")
+        return 0
+    if not changes and view.state.config is not None:
+        sys.stdout.write(f"no changes: {args.file} is the config in force; nothing published\n")
+        return 0
+    event = new_event(
+        ConfigApplied(dataclasses.replace(cfg, source=Path(args.file).name), digest),
+        cluster=args.cluster,
+        origin=_origin(),
+        actor=args.operator,
+        reason=args.reason,
+    )
+    (ack,) = await client.publish([event])
+    if not ack.ok:
+        raise CoordinatorRejected(ack.error_code, ack.error)
+    sys.stdout.write("\n".join(changes) + "\n")
+    sys.stdout.write(f"applied {args.file} at revision {ack.revision}\n")
+    return 0
+
+
+COMMANDS = {
+    "tail": _tail,
+    "table": _table,
+    "drain": _admin,
+    "enable": _admin,
+    "status": _status,
+    "config": _config,
+}
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -225,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(0)
     except CoordinatorUnavailable as e:
         _fail(EXIT_UNAVAILABLE, str(e).splitlines()[0])
-    except (UsageError, InvalidEvent) as e:
+    except (UsageError, InvalidEvent, ConfigError) as e:
         _fail(EXIT_USAGE, str(e))
     except LvsEventsError as e:
         _fail(EXIT_FAILED, str(e).splitlines()[0])

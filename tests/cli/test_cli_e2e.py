@@ -1,0 +1,268 @@
+"""End to end through the installed programs: real etcd, ``lvs-coordinator``, two ``lvs-agent``
+processes loading the seed's ldirectord.cf, and the ``lvs-events`` CLI as an operator runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lvs_events.ldirectord import StaticResolver, parse_text
+from tests.support.etcd import EtcdCluster, free_port
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = Path(os.environ.get("LVS_SHARED_DIR", REPO.parent / "shared"))
+SEED = SHARED / "seed" / "ldirectord.cf"
+CLUSTER = "e2e"
+
+
+def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", *args],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        cwd=REPO,
+    )
+
+
+class Stack:
+    def __init__(self, etcd: EtcdCluster, tmp: Path) -> None:
+        self.tmp = tmp
+        self.port = free_port()
+        self.endpoint = f"127.0.0.1:{self.port}"
+        self.etcd = etcd
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start_coordinator(self) -> None:
+        self.procs["coordinator"] = _spawn(
+            [
+                "coordinator.main",
+                "--listen",
+                self.endpoint,
+                "--etcd-endpoints",
+                ",".join(self.etcd.endpoints),
+                "--cluster",
+                CLUSTER,
+                "--log-format",
+                "json",
+            ],
+            self.tmp / "coordinator.log",
+        )
+
+    def start_agent(self, node: str, *, publish: bool) -> None:
+        args = [
+            "agent.main",
+            "--node",
+            node,
+            "--cluster",
+            CLUSTER,
+            "--coordinators",
+            self.endpoint,
+            "--state-dir",
+            str(self.tmp / node),
+            "--config",
+            str(SEED),
+            "--log-format",
+            "json",
+        ]
+        if publish:
+            args.append("--publish-config")
+        self.procs[node] = _spawn(args, self.tmp / f"{node}.log")
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "lvs_events.cli.main",
+                "--endpoints",
+                self.endpoint,
+                "--cluster",
+                CLUSTER,
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=REPO,
+            check=False,
+        )
+        if check and res.returncode != 0:
+            raise AssertionError(f"lvs-events {' '.join(args)} exited {res.returncode}: {res.stderr}")
+        return res
+
+    def close(self) -> None:
+        for p in self.procs.values():
+            p.terminate()
+        for p in self.procs.values():
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+@pytest.fixture
+def stack(etcd: EtcdCluster, tmp_path: Path) -> Iterator[Stack]:
+    if not SEED.exists():
+        pytest.skip(f"{SEED} not found (set LVS_SHARED_DIR)")
+    s = Stack(etcd, tmp_path)
+    s.start_coordinator()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def _wait(pred: object, timeout: float = 30.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():  # type: ignore[operator]
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _read_lines(proc: subprocess.Popen[str], until: object, timeout: float) -> list[str]:
+    """Lines printed by a running process until ``until(lines)`` holds."""
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not until(lines):  # type: ignore[operator]
+        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+        if ready:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+    return lines
+
+
+def test_operator_workflow_end_to_end(stack: Stack) -> None:
+    # the coordinator is up when the CLI gets an answer
+    _wait(lambda: stack.cli("status", check=False).returncode == 0, what="coordinator")
+
+    # tail -f -o json shows both agents' events as they happen
+    follower = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lvs_events.cli.main",
+            "--endpoints",
+            stack.endpoint,
+            "tail",
+            "-f",
+            "-o",
+            "json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        stack.start_agent("master", publish=True)
+        stack.start_agent("slave", publish=False)
+
+        def both_reported(lines: list[str]) -> bool:
+            docs = [json.loads(x) for x in lines]
+            config = [d["revision"] for d in docs if d["type"] == "ConfigApplied"]
+            nodes = {
+                d["payload"]["node"]
+                for d in docs
+                if d["type"] == "TableApplied" and config and d["payload"]["revision"] >= config[0]
+            }
+            return {"master", "slave"} <= nodes
+
+        lines = _read_lines(follower, both_reported, timeout=60)
+    finally:
+        follower.terminate()
+        follower.wait(10)
+    docs = [json.loads(line) for line in lines]  # every line is valid JSON
+    configs = [d for d in docs if d["type"] == "ConfigApplied"]
+    assert [(d["node"], d["actor"]) for d in configs] == [("master", "lvs-agent")]
+    assert both_reported(lines)
+    assert [d["revision"] for d in docs] == sorted(d["revision"] for d in docs)
+
+    # the seed file is the config in force: validate passes, apply publishes nothing
+    assert "4 virtual services, 12 real servers" in stack.cli("config", "validate", str(SEED)).stdout
+    assert "no changes" in stack.cli("config", "apply", str(SEED), "--reason", "same").stdout
+
+    # an operator drain is recorded with who and why, and reaches both agents' tables
+    stack.cli(
+        "drain", "TCP 203.0.113.10:80", "192.0.2.13:80", "--reason", "kernel upgrade", "--operator", "alice"
+    )
+    tail = stack.cli("tail", "--type", "AdminOverride").stdout
+    assert "alice" in tail
+    assert "reason='kernel upgrade'" in tail
+    assert "drain TCP 203.0.113.10:80 -> 192.0.2.13:80" in tail
+
+    table = stack.cli("table").stdout
+    assert table.startswith("IP Virtual Server version")
+    assert "TCP  203.0.113.10:80 wrr persistent 7200" in table
+    digest = table.strip().splitlines()[-1].split()[-1]
+
+    def in_sync() -> bool:
+        doc = json.loads(stack.cli("status", "-o", "json").stdout)
+        return all(doc["nodes"].get(n, {}).get("digest") == digest for n in ("master", "slave"))
+
+    _wait(in_sync, what="both agents at the CLI's table digest")
+    status = stack.cli("status").stdout
+    assert "master" in status
+    assert "slave" in status
+
+    # the table at an older revision differs (before the drain), and JSON output parses
+    doc = json.loads(stack.cli("table", "-o", "json").stdout)
+    assert doc["digest"] == digest
+    old = json.loads(stack.cli("table", "-o", "json", "--at", "1").stdout)
+    assert old["revision"] == 1
+
+    # config show writes the config in force back as ldirectord.cf that parses to the same config
+    shown = stack.cli("config", "show").stdout
+    original = parse_text(SEED.read_text(), "ldirectord.cf", resolver=StaticResolver({}))
+    again = parse_text(shown, "shown.cf", resolver=StaticResolver({}))
+    assert again.virtuals == original.virtuals
+    assert again.globals == original.globals
+
+
+def test_unreachable_coordinator_is_one_line_and_exit_3() -> None:
+    port = free_port()
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lvs_events.cli.main",
+            "--endpoints",
+            f"127.0.0.1:{port}",
+            "--timeout",
+            "1",
+            "status",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+        check=False,
+    )
+    assert res.returncode == 3
+    assert res.stdout == ""
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert res.stderr.startswith("lvs-events: no coordinator answered")
+
+
+def test_a_refused_file_publishes_nothing(stack: Stack, tmp_path: Path) -> None:
+    _wait(lambda: stack.cli("status", check=False).returncode == 0, what="coordinator")
+    bad = tmp_path / "bad.cf"
+    bad.write_text("virtual=203.0.113.10:80\n\treal=192.0.2.11:80 gate 10\n\tquiescent=maybe\n")
+    res = stack.cli("config", "apply", str(bad), "--reason", "typo", check=False)
+    assert res.returncode == 2
+    assert "bad.cf:3" in res.stderr
+    assert json.loads(stack.cli("status", "-o", "json").stdout)["head_revision"] == 0
