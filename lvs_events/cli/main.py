@@ -30,6 +30,7 @@ from lvs_events.client import Filters as ServerFilters
 from lvs_events.domain.config import Config
 from lvs_events.domain.config_diff import diff_configs
 from lvs_events.domain.events import AdminAction, AdminOverride, ConfigApplied
+from lvs_events.domain.render import render
 from lvs_events.domain.table import format_ipvsadm
 from lvs_events.domain.validate import validate_config
 from lvs_events.errors import CoordinatorUnavailable, InvalidEvent, LvsEventsError
@@ -168,7 +169,8 @@ async def _table(client: CoordinatorClient, args: argparse.Namespace) -> int:
         doc = {"revision": view.revision, "digest": view.table_digest, "services": view.table.to_json()}
         sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     else:
-        sys.stdout.write(format_ipvsadm(view.table))
+        # render from the state for the config's own order (the digest is order-independent)
+        sys.stdout.write(format_ipvsadm(render(view.state) if view.state.config else view.table))
         sys.stdout.write(f"# revision {view.revision}  digest {view.table_digest}\n")
     return 0
 
@@ -186,7 +188,7 @@ async def _admin(client: CoordinatorClient, args: argparse.Namespace) -> int:
     (ack,) = await client.publish([event])
     if not ack.ok:
         raise CoordinatorRejected(ack.error_code, ack.error)
-    sys.stdout.write(f"{args.command}: {event.payload} recorded at revision {ack.revision}\n")
+    sys.stdout.write(f"{views.summary(event)}: recorded at revision {ack.revision}\n")
     return 0
 
 
@@ -208,7 +210,9 @@ async def _status(client: CoordinatorClient, args: argparse.Namespace) -> int:
                 n: {
                     "applied_revision": s.applied_revision,
                     "digest": s.digest,
-                    "lag": max(0, view.head_revision - s.applied_revision),
+                    "lag": 0
+                    if s.digest == view.table_digest
+                    else max(0, view.head_revision - s.applied_revision),
                     "in_sync": s.digest == view.table_digest,
                 }
                 for n, s in sorted(view.state.nodes.items())

@@ -121,7 +121,12 @@ def _real_match(key: str | None, wanted: Iterable[str]) -> bool:
 
 
 def status_text(state: State, head: int, now_digest: str) -> str:
-    """``lvs-events status``: nodes with their applied revision, digest and lag, then disagreements."""
+    """``lvs-events status``: nodes with their applied revision, digest and lag, then disagreements.
+
+    Agents report (``TableApplied``) when their table changes, not at every revision: a node whose
+    digest is the current one is in sync (lag 0); otherwise the lag counts revisions since its
+    last report.
+    """
     lines = [
         f"cluster {state.cluster or '-'}  head revision {head}  table digest {now_digest[:12]}",
         f"active: {state.leader or '-'}  term {state.term}",
@@ -129,8 +134,9 @@ def status_text(state: State, head: int, now_digest: str) -> str:
         f"{'NODE':<12} {'APPLIED':>8} {'LAG':>6}  {'DIGEST':<12}  IN SYNC",
     ]
     for node, ns in sorted(state.nodes.items()):
-        lag = max(0, head - ns.applied_revision)
-        sync = "yes" if ns.digest == now_digest else "no"
+        in_sync = ns.digest == now_digest
+        lag = 0 if in_sync else max(0, head - ns.applied_revision)
+        sync = "yes" if in_sync else "no"
         lines.append(f"{node:<12} {ns.applied_revision:>8} {lag:>6}  {ns.digest[:12]:<12}  {sync}")
     if not state.nodes:
         lines.append("(no node has reported a table yet)")

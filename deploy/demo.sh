@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# The lvs-events demo: a single-member etcd, one coordinator and two agents (master and slave,
+# as in the how-to) on the in-memory dataplane, loading the how-to's ldirectord.cf unchanged.
+#
+# Everything runs inside a private network namespace in which the seed's real-server addresses
+# (192.0.2.11-13, 198.51.100.11-13) sit on the loopback interface and answer "OK webN", so the
+# health checks reach real servers and nothing leaves the machine. Needs root (ip netns).
+#
+# It shows: the config applied through the log, both agents' tables (same digest), an operator
+# drain and enable with who and why, a real server stopped and started again, and the audit log.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+REPO=$PWD
+SHARED=${LVS_SHARED_DIR:-$REPO/../shared}
+SEED=$SHARED/seed/ldirectord.cf
+RUN=${DEMO_DIR:-$REPO/run/demo}
+NS=lvs-demo-$$
+CLUSTER=demo
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+[ -f "$SEED" ] || { echo "demo: $SEED not found (set LVS_SHARED_DIR)" >&2; exit 2; }
+[ "$(id -u)" = 0 ] || { echo "demo: needs root (network namespaces)" >&2; exit 2; }
+
+if ! command -v etcd >/dev/null; then
+    say "installing etcd-server"
+    DEBIAN_FRONTEND=noninteractive apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q etcd-server iproute2 openssl
+fi
+if [ ! -x .venv/bin/lvs-events ]; then
+    say "installing lvs-events into .venv"
+    python3 -m venv .venv
+    .venv/bin/python -m pip install -q -e .
+fi
+BIN=$REPO/.venv/bin
+
+rm -rf "$RUN"
+mkdir -p "$RUN"
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    ip netns del "$NS" 2>/dev/null || true
+}
+trap cleanup EXIT
+
+in_ns() { ip netns exec "$NS" "$@"; }
+bg() { local log=$1; shift; in_ns "$@" >"$RUN/$log" 2>&1 & PIDS+=($!); }
+cli() { in_ns "$BIN/lvs-events" --endpoints 127.0.0.1:7420 --cluster "$CLUSTER" "$@"; }
+
+say "network namespace $NS: real servers and VIPs on its loopback"
+ip netns add "$NS"
+in_ns ip link set lo up
+for a in 192.0.2.11 192.0.2.12 192.0.2.13 198.51.100.11 198.51.100.12 198.51.100.13 203.0.113.10 203.0.113.20; do
+    in_ns ip addr add "$a/32" dev lo
+done
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=demo -keyout "$RUN/key.pem" \
+    -out "$RUN/cert.pem" 2>/dev/null
+web() {  # web NAME ADDR: HTTP on :80 and HTTPS on :443
+    bg "$1.log" "$BIN/python" deploy/demo_realservers.py "$RUN/cert.pem" "$RUN/key.pem" \
+        "$2:80:$1" "$2:443:$1:tls"
+    eval "PID_$1=\$!"
+}
+web web1 192.0.2.11; web web2 192.0.2.12; web web3 192.0.2.13
+web web4 198.51.100.11; web web5 198.51.100.12; web web6 198.51.100.13
+
+say "etcd (single member, data in $RUN/etcd) and one coordinator"
+bg etcd.log etcd --name demo --data-dir "$RUN/etcd" \
+    --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
+    --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+    --initial-cluster demo=http://127.0.0.1:2380
+for _ in $(seq 50); do in_ns curl -fsS http://127.0.0.1:2379/health >/dev/null 2>&1 && break; sleep 0.2; done
+bg coordinator.log "$BIN/lvs-coordinator" --listen 127.0.0.1:7420 --etcd-endpoints 127.0.0.1:2379 \
+    --cluster "$CLUSTER" --log-format json
+for _ in $(seq 50); do cli --timeout 1 status >/dev/null 2>&1 && break; sleep 0.2; done
+
+say "lvs-events tail -f (live, in $RUN/tail.log)"
+bg tail.log "$BIN/lvs-events" --endpoints 127.0.0.1:7420 tail -f
+
+say "two agents, master and slave, both loading $SEED unchanged"
+cli config validate "$SEED"
+for node in master slave; do
+    extra=()
+    [ "$node" = master ] && extra=(--publish-config)
+    bg "$node.log" "$BIN/lvs-agent" --node "$node" --cluster "$CLUSTER" --coordinators 127.0.0.1:7420 \
+        --state-dir "$RUN/$node" --config "$SEED" --log-format json "${extra[@]}"
+done
+
+wait_sync() {  # until both agents report the table the log renders now
+    for _ in $(seq 100); do
+        if cli status -o json | "$BIN/python" -c '
+import json, sys
+d = json.load(sys.stdin)
+sys.exit(0 if all(d["nodes"].get(n, {}).get("in_sync") for n in ("master", "slave")) else 1)'; then
+            return 0
+        fi
+        sleep 0.3
+    done
+    echo "demo: agents did not converge" >&2
+    return 1
+}
+sleep 3  # a few check rounds
+wait_sync
+cli status
+
+say "operator: drain web3 on 203.0.113.10:80 for maintenance"
+cli drain "TCP 203.0.113.10:80" 192.0.2.13:80 --reason "kernel upgrade on web3" --operator alice
+wait_sync
+say "real server web2 stops answering"
+kill "$PID_web2"
+sleep 4
+wait_sync
+say "the table now (lvs-events table), like ipvsadm -L -n"
+cli table
+say "web2 comes back; the operator enables web3"
+web web2 192.0.2.12
+cli enable "TCP 203.0.113.10:80" 192.0.2.13:80 --reason "web3 upgraded" --operator alice
+sleep 4
+wait_sync
+
+say "lvs-events tail: who changed what, when and why"
+cli tail
+say "lvs-events status"
+cli status
+for node in master slave; do
+    say "$node's in-memory IPVS table ($RUN/$node/table.txt)"
+    cat "$RUN/$node/table.txt"
+done
+say "done: logs in $RUN"
