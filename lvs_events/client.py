@@ -444,15 +444,22 @@ class CoordinatorClient:
             except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
                 call.cancel()  # the reader sees the failure and reports it
 
+        failure: grpc.aio.AioRpcError | _StreamEnded | None = None
         async with asyncio.TaskGroup() as tg:
             tg.create_task(writer())
-            for _ in msgs:
-                resp = await call.read()
-                if not isinstance(resp, cpb.PublishAck):  # grpc.aio.EOF
-                    raise _StreamEnded("the coordinator closed the Publish stream")
-                acks[resp.event_id] = Ack(
-                    resp.event_id, resp.revision, resp.duplicate, resp.error_code, resp.error
-                )
+            try:
+                for _ in msgs:
+                    resp = await call.read()
+                    if not isinstance(resp, cpb.PublishAck):  # grpc.aio.EOF
+                        _publish_ended()
+                    acks[resp.event_id] = Ack(
+                        resp.event_id, resp.revision, resp.duplicate, resp.error_code, resp.error
+                    )
+            except (grpc.aio.AioRpcError, _StreamEnded) as e:
+                failure = e  # raised below, outside the group (which would wrap it)
+                call.cancel()
+        if failure is not None:
+            raise failure
 
     # -- Subscribe -----------------------------------------------------------------------------
 
@@ -603,6 +610,10 @@ class Subscription:
 
 
 # --- helpers ----------------------------------------------------------------------------------
+
+
+def _publish_ended() -> NoReturn:
+    raise _StreamEnded("the coordinator closed the Publish stream")
 
 
 def _settled(ack: Ack | None) -> bool:
