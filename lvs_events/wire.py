@@ -28,6 +28,7 @@ PAYLOAD_FIELDS: dict[type[Any], str] = {
     de.TableApplied: "table_applied",
     de.Leadership: "leadership",
     de.DrillMarker: "drill_marker",
+    de.ConfigRejected: "config_rejected",
 }
 FIELD_PAYLOADS = {v: k for k, v in PAYLOAD_FIELDS.items()}
 

@@ -11,6 +11,7 @@ from lvs_events.domain import codec
 from lvs_events.domain.events import (
     AdminOverride,
     ConfigApplied,
+    ConfigRejected,
     DrillMarker,
     Event,
     Leadership,
@@ -21,7 +22,7 @@ from lvs_events.domain.render import render
 from lvs_events.domain.state import State, observations
 
 
-def summary(event: Event) -> str:
+def summary(event: Event) -> str:  # noqa: PLR0911 -- one return per payload type
     """What happened, in a few words."""
     p = event.payload
     if isinstance(p, ConfigApplied):
@@ -41,6 +42,8 @@ def summary(event: Event) -> str:
         return f"{p.node} applied revision {p.revision} digest {p.digest[:12]}"
     if isinstance(p, Leadership):
         return f"{p.node} {p.change.value} leadership, term {p.term}"
+    if isinstance(p, ConfigRejected):
+        return f"config {p.source} REFUSED, the config in force stays: {p.error}"
     if isinstance(p, DrillMarker):
         detail = f": {p.detail}" if p.detail else ""
         return f"drill {p.drill_id} {p.scenario} {p.phase}{detail}"
@@ -146,6 +149,8 @@ def status_text(state: State, head: int, now_digest: str) -> str:
         if len({o.up for o in views.values()}) > 1:
             seen = ", ".join(f"{n}={'up' if o.up else 'down'}" for n, o in sorted(views.items()))
             disagreements.append(f"  {vk} -> {rk}: {seen}")
+    if state.config_error:
+        lines += ["", f"last refused config: {state.config_error}"]
     if disagreements:
         lines += ["", "health views that disagree:", *disagreements]
     return "\n".join(lines) + "\n"

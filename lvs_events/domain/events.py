@@ -72,7 +72,24 @@ class DrillMarker:
     detail: str = ""
 
 
-Payload = ConfigApplied | RealServerHealth | AdminOverride | TableApplied | Leadership | DrillMarker
+@dataclass(frozen=True, slots=True)
+class ConfigRejected:
+    """A changed config file that could not be applied (autoreload); the config in force stays."""
+
+    source: str
+    error: str
+    digest: str = ""
+
+
+Payload = (
+    ConfigApplied
+    | RealServerHealth
+    | AdminOverride
+    | TableApplied
+    | Leadership
+    | DrillMarker
+    | ConfigRejected
+)
 
 PAYLOAD_TYPES: dict[type[object], str] = {
     ConfigApplied: "ConfigApplied",
@@ -81,6 +98,7 @@ PAYLOAD_TYPES: dict[type[object], str] = {
     TableApplied: "TableApplied",
     Leadership: "Leadership",
     DrillMarker: "DrillMarker",
+    ConfigRejected: "ConfigRejected",
 }
 
 

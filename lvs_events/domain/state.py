@@ -17,6 +17,7 @@ from lvs_events.domain.events import (
     AdminAction,
     AdminOverride,
     ConfigApplied,
+    ConfigRejected,
     DrillMarker,
     Event,
     Leadership,
@@ -79,9 +80,10 @@ class State:
     leader: str | None = None
     term: int = 0
     last_drill: str = ""
+    config_error: str = ""  # the last refused config (autoreload) since the last one applied
 
 
-def fold(state: State, event: Event) -> State:
+def fold(state: State, event: Event) -> State:  # noqa: PLR0912 -- one branch per payload type
     """Apply one event. Events at or below ``state.revision`` are ignored (replay is idempotent)."""
     if event.revision and event.revision <= state.revision:
         return state
@@ -92,6 +94,7 @@ def fold(state: State, event: Event) -> State:
     config, config_revision = state.config, state.config_revision
     health, overrides, nodes = state.health, state.overrides, state.nodes
     leader, term, last_drill = state.leader, state.term, state.last_drill
+    config_error = state.config_error
     kind = type(p)
     if kind is RealServerHealth:
         assert isinstance(p, RealServerHealth)
@@ -110,7 +113,7 @@ def fold(state: State, event: Event) -> State:
             )
     elif kind is ConfigApplied:
         assert isinstance(p, ConfigApplied)
-        config, config_revision = p.config, revision
+        config, config_revision, config_error = p.config, revision, ""
     elif kind is TableApplied:
         assert isinstance(p, TableApplied)
         nodes = nodes.set(p.node, NodeStatus(p.revision, p.digest, revision, event.wall_time))
@@ -124,6 +127,9 @@ def fold(state: State, event: Event) -> State:
     elif kind is DrillMarker:
         assert isinstance(p, DrillMarker)
         last_drill = f"{p.drill_id} {p.scenario} {p.phase}"
+    elif kind is ConfigRejected:
+        assert isinstance(p, ConfigRejected)
+        config_error = f"revision {revision}: {p.error}"
     return State(
         state.cluster or event.cluster,
         revision,
@@ -136,6 +142,7 @@ def fold(state: State, event: Event) -> State:
         leader,
         term,
         last_drill,
+        config_error,
     )
 
 

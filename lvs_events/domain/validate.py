@@ -16,6 +16,7 @@ from lvs_events.domain.events import (
     AdminAction,
     AdminOverride,
     ConfigApplied,
+    ConfigRejected,
     DrillMarker,
     Event,
     Leadership,
@@ -85,6 +86,14 @@ def validate_event(event: Event, *, max_bytes: int = MAX_EVENT_BYTES, size: int 
     elif isinstance(p, Leadership):
         _need(bool(_NAME_RE.match(p.node)), "leadership.node", "a node name", p.node)
         _need(p.term > 0, "leadership.term", "a term > 0", p.term)
+    elif isinstance(p, ConfigRejected):
+        _need(bool(p.source), "config_rejected.source", "a file name", p.source)
+        _need(
+            0 < len(p.error) <= MAX_TEXT,
+            "config_rejected.error",
+            "the error, at most 4096 characters",
+            p.error,
+        )
     elif isinstance(p, DrillMarker):
         _need(bool(p.drill_id), "drill_marker.drill_id", "an id", p.drill_id)
 

@@ -18,6 +18,7 @@ from lvs_events.domain.events import (
     AdminAction,
     AdminOverride,
     ConfigApplied,
+    ConfigRejected,
     DrillMarker,
     Event,
     Leadership,
@@ -79,7 +80,7 @@ def configs(draw: st.DrawFn) -> Config:
 
 
 @st.composite
-def payloads(draw: st.DrawFn, universe: Config) -> Payload:
+def payloads(draw: st.DrawFn, universe: Config) -> Payload:  # noqa: PLR0911 -- one return per kind
     pairs = [(v.key, r.key) for v in universe.virtuals for r in v.reals]
     pairs = pairs or [("TCP 203.0.113.10:80", "192.0.2.11:80")]
     kind = draw(st.integers(0, 9))
@@ -98,6 +99,8 @@ def payloads(draw: st.DrawFn, universe: Config) -> Payload:
             draw(st.sampled_from(list(LeadershipChange))),
             draw(st.integers(1, 5)),
         )
+    if kind == 8 and draw(st.booleans()):
+        return ConfigRejected("ldirectord.cf", "ldirectord.cf:3:5: bad", "0" * 64)
     if kind == 8:
         return TableApplied(draw(st.sampled_from(NODES)), draw(st.integers(0, 100)), "0" * 64)
     return DrillMarker("d1", "switchover", "start")

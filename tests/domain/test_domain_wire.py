@@ -27,6 +27,7 @@ PAIRS = [
     (de.TableApplied, pb.TableApplied),
     (de.Leadership, pb.Leadership),
     (de.DrillMarker, pb.DrillMarker),
+    (de.ConfigRejected, pb.ConfigRejected),
 ]
 
 

@@ -768,6 +768,36 @@ class DrillMarker(_message.Message):
 Global___DrillMarker: _TypeAlias = DrillMarker  # noqa: Y015
 
 @_typing.final
+class ConfigRejected(_message.Message):
+    """A configuration file that could not be applied (autoreload): the config in force stays."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    """file name"""
+    error: _builtins.str
+    """file:line:column: message"""
+    digest: _builtins.str
+    """sha256 of the refused text"""
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        error: _builtins.str = ...,
+        digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "error", b"error", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfigRejected: _TypeAlias = ConfigRejected  # noqa: Y015
+
+@_typing.final
 class Event(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -785,6 +815,7 @@ class Event(_message.Message):
     TABLE_APPLIED_FIELD_NUMBER: _builtins.int
     LEADERSHIP_FIELD_NUMBER: _builtins.int
     DRILL_MARKER_FIELD_NUMBER: _builtins.int
+    CONFIG_REJECTED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """made by the publisher; a retry with the same id is a no-op"""
     cluster: _builtins.str
@@ -811,6 +842,8 @@ class Event(_message.Message):
     def leadership(self) -> Global___Leadership: ...
     @_builtins.property
     def drill_marker(self) -> Global___DrillMarker: ...
+    @_builtins.property
+    def config_rejected(self) -> Global___ConfigRejected: ...
     def __init__(
         self,
         *,
@@ -828,12 +861,13 @@ class Event(_message.Message):
         table_applied: Global___TableApplied | None = ...,
         leadership: Global___Leadership | None = ...,
         drill_marker: Global___DrillMarker | None = ...,
+        config_rejected: Global___ConfigRejected | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["admin_override", b"admin_override", "config_applied", b"config_applied", "drill_marker", b"drill_marker", "leadership", b"leadership", "payload", b"payload", "real_server_health", b"real_server_health", "table_applied", b"table_applied"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["admin_override", b"admin_override", "config_applied", b"config_applied", "config_rejected", b"config_rejected", "drill_marker", b"drill_marker", "leadership", b"leadership", "payload", b"payload", "real_server_health", b"real_server_health", "table_applied", b"table_applied"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "admin_override", b"admin_override", "cluster", b"cluster", "config_applied", b"config_applied", "drill_marker", b"drill_marker", "event_id", b"event_id", "leadership", b"leadership", "origin", b"origin", "payload", b"payload", "real_server_health", b"real_server_health", "reason", b"reason", "revision", b"revision", "table_applied", b"table_applied", "term", b"term", "wall_time", b"wall_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "admin_override", b"admin_override", "cluster", b"cluster", "config_applied", b"config_applied", "config_rejected", b"config_rejected", "drill_marker", b"drill_marker", "event_id", b"event_id", "leadership", b"leadership", "origin", b"origin", "payload", b"payload", "real_server_health", b"real_server_health", "reason", b"reason", "revision", b"revision", "table_applied", b"table_applied", "term", b"term", "wall_time", b"wall_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["config_applied", "real_server_health", "admin_override", "table_applied", "leadership", "drill_marker"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["config_applied", "real_server_health", "admin_override", "table_applied", "leadership", "drill_marker", "config_rejected"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
