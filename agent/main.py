@@ -84,6 +84,7 @@ def settings_from(args: argparse.Namespace) -> AgentSettings:
         endpoints=endpoints,
         state_dir=args.state_dir,
         config=load_config(args),
+        config_path=args.config,
         publish_config=args.publish_config,
         health_checks=not args.no_health_checks,
         drain_timeout=args.drain_timeout,

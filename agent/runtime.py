@@ -28,6 +28,7 @@ from pathlib import Path
 
 import structlog
 
+from agent.autoreload import AutoReloader
 from agent.config_source import LoadedConfig, same_config
 from agent.core import ApplyCore, Policy, Ready
 from agent.dataplane import Dataplane, reconcile
@@ -48,6 +49,7 @@ class AgentSettings:
     endpoints: tuple[str, ...]
     state_dir: Path
     config: LoadedConfig | None = None
+    config_path: Path | None = None  # the ldirectord.cf to watch when autoreload=yes
     publish_config: bool = False
     health_checks: bool = True
     inbox_size: int = 10_000
@@ -154,12 +156,25 @@ class Agent:
                     )
                 if self.settings.publish_config and self.settings.config is not None:
                     side.append(tg.create_task(self._publish_config(self.settings.config), name="config"))
+                if self.settings.config_path is not None:
+                    side.append(tg.create_task(self._autoreloader().run(), name="autoreload"))
                 self.started.set()
                 await stop.wait()
                 await self._drain(sub, apply, pub, side)
         finally:
             if self._own_client:
                 await self.client.close()
+
+    def _autoreloader(self) -> AutoReloader:
+        assert self.settings.config_path is not None
+        # Until leadership lands, the agent that publishes the config at start is the one that
+        # watches the file; the other only replays.
+        return AutoReloader(
+            self.settings.config_path,
+            self.publisher,
+            in_force=lambda: self.core.state.config,
+            is_active=lambda: self.settings.publish_config,
+        )
 
     async def _load(self) -> None:
         self.store.ensure_dir()

@@ -268,3 +268,56 @@ def test_a_refused_file_publishes_nothing(stack: Stack, tmp_path: Path) -> None:
     assert res.returncode == 2
     assert "bad.cf:3" in res.stderr
     assert json.loads(stack.cli("status", "-o", "json").stdout)["head_revision"] == 0
+
+
+def test_autoreload_applies_a_changed_file_and_records_a_broken_one(stack: Stack) -> None:
+    _wait(lambda: stack.cli("status", check=False).returncode == 0, what="coordinator")
+    cf = stack.tmp / "ldirectord.cf"
+    seed = SEED.read_text().replace("checkinterval=5", "checkinterval=1")
+    cf.write_text(seed)
+    args = [
+        "agent.main",
+        "--node",
+        "master",
+        "--cluster",
+        CLUSTER,
+        "--coordinators",
+        stack.endpoint,
+        "--state-dir",
+        str(stack.tmp / "master"),
+        "--config",
+        str(cf),
+        "--publish-config",
+        "--no-health-checks",
+        "--log-format",
+        "json",
+    ]
+    stack.procs["master"] = _spawn(args, stack.tmp / "master.log")
+
+    def config_events() -> list[dict[str, object]]:
+        out = stack.cli("tail", "-o", "json", "--type", "ConfigApplied", "--type", "ConfigRejected").stdout
+        return [json.loads(line) for line in out.splitlines()]
+
+    _wait(lambda: len(config_events()) == 1, what="the config published at start")
+
+    # a changed weight is applied through the log
+    time.sleep(1.1)  # a new mtime
+    cf.write_text(seed.replace("real = 192.0.2.12:80 gate 20", "real = 192.0.2.12:80 gate 25"))
+    _wait(lambda: len(config_events()) == 2, what="the reloaded config")
+    reload_event = config_events()[1]
+    assert reload_event["type"] == "ConfigApplied"
+    assert reload_event["reason"] == "autoreload: file changed"
+    assert stack.cli("config", "diff", str(cf)).stdout == "no changes\n"
+
+    # a broken file keeps the config in force and is recorded once, with the line
+    time.sleep(1.1)
+    cf.write_text(seed.replace("scheduler = wrr", "scheduler = wrr\n    quiescent = maybe", 1))
+    _wait(lambda: len(config_events()) == 3, what="the refusal")
+    time.sleep(2.5)  # two more polls: not recorded again
+    events = config_events()
+    assert [e["type"] for e in events] == ["ConfigApplied", "ConfigApplied", "ConfigRejected"]
+    assert "ldirectord.cf:" in str(events[2]["summary"])
+    assert "quiescent" in str(events[2]["summary"])
+    assert "last refused config" in stack.cli("status").stdout
+    shown = stack.cli("config", "show").stdout
+    assert "real=192.0.2.12:80 gate 25" in shown.replace(" = ", "=")

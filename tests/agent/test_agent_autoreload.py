@@ -1,0 +1,57 @@
+"""autoreload's decision (pure) and its file watching on a real file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent.autoreload import AutoReloader, Loaded, decide, load
+from lvs_events.domain.config import Config, GlobalSettings
+from lvs_events.domain.events import ConfigApplied, ConfigRejected, Payload
+
+GOOD = (
+    "autoreload=yes\ncheckinterval=1\n\n"
+    "virtual=203.0.113.10:80\n\treal=192.0.2.11:80 gate 10\n\tservice=http\n"
+)
+
+
+def test_decide() -> None:
+    cfg = Config(GlobalSettings(autoreload=True), source="a.cf")
+    assert (
+        decide(cfg, Loaded("d1", Config(GlobalSettings(autoreload=True), source="b.cf")), "x.cf", "") is None
+    )
+    new = Config(GlobalSettings(autoreload=True, checkinterval=2.0))
+    applied = decide(cfg, Loaded("d2", new), "x.cf", "")
+    assert isinstance(applied, ConfigApplied)
+    assert applied.config.source == "x.cf"
+    assert applied.digest == "d2"
+    refused = decide(cfg, Loaded("d3", None, "x.cf:3:1: bad"), "x.cf", "")
+    assert refused == ConfigRejected("x.cf", "x.cf:3:1: bad", "d3")
+    assert decide(cfg, Loaded("d3", None, "x.cf:3:1: bad"), "x.cf", "d3") is None
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.sent: list[Payload] = []
+
+    def submit(self, payload: Payload, reason: str = "", term: int = 0) -> object | None:
+        self.sent.append(payload)
+        return payload
+
+
+async def test_watches_only_when_active_and_autoreload_is_on(tmp_path: Path) -> None:
+    path = tmp_path / "ldirectord.cf"
+    path.write_text(GOOD)
+    in_force = load(path).config
+    assert in_force is not None
+    active = False
+    sink = Sink()
+    r = AutoReloader(path, sink, in_force=lambda: in_force, is_active=lambda: active)
+    path.write_text(GOOD.replace("gate 10", "gate 11"))
+    assert await r.poll_once() is None  # standby: nothing
+    active = True
+    changed = await r.poll_once()
+    assert isinstance(changed, ConfigApplied)
+    assert changed.config.virtuals[0].reals[0].weight == 11
+    assert await r.poll_once() is None  # unchanged file: not read again
+    assert r.interval() == 1.0
+    assert sink.sent == [changed]
