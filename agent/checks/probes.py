@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from agent.checks import dbs, directory, dns, mail, udp
 from agent.checks.base import Result
 from agent.checks.http import check_http
 from agent.checks.ping import ping
@@ -40,6 +41,23 @@ NEGOTIATORS: dict[str, Probe] = {
     "http": check_http,
     "https": check_http,
     "http_proxy": check_http,
+    "ftp": mail.check_ftp,
+    "smtp": mail.check_smtp,
+    "submission": mail.check_smtp,
+    "pop": mail.check_pop,
+    "pops": mail.check_pop,
+    "imap": mail.check_imap,
+    "imaps": mail.check_imap,
+    "nntp": mail.check_nntp,
+    "ldap": directory.check_ldap,
+    "ldaps": directory.check_ldap,
+    "dns": dns.check_dns,
+    "mysql": dbs.check_mysql,
+    "pgsql": dbs.check_pgsql,
+    "oracle": dbs.check_oracle,
+    "radius": udp.check_radius,
+    "sip": udp.check_sip,
+    "simpletcp": udp.check_simpletcp,
     "none": check_none,
 }
 

@@ -11,6 +11,7 @@ import os
 import shlex
 import shutil
 import socket
+import struct
 from typing import Final
 
 import structlog
@@ -24,6 +25,7 @@ __all__ = ["check_connect", "check_external", "check_external_perl", "check_none
 log = structlog.get_logger("agent.checks")
 
 _OUTPUT_TAIL: Final = 200
+_LINGER_RESET: Final = struct.pack("ii", 1, 0)
 _reapers: set[asyncio.Task[None]] = set()
 
 
@@ -36,6 +38,9 @@ async def check_connect(spec: CheckSpec) -> Result:
     try:
         sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(sock, addr)
+        # close with a reset: no TIME_WAIT left on the director (at 10,000 checks a second the
+        # kernel's search for a free source port among them costs more than the check itself)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
     finally:
         sock.close()
     return Result(True, "connected")

@@ -91,8 +91,8 @@ async def tcp_server(
 
 
 async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Accept and never answer (until the client goes away)."""
-    await reader.read()
+    """Accept and never answer, not even to an EOF (the test server closes it at the end)."""
+    await asyncio.Event().wait()
 
 
 @contextlib.asynccontextmanager
@@ -105,8 +105,7 @@ async def udp_server(
         transport: asyncio.DatagramTransport
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            assert isinstance(transport, asyncio.DatagramTransport)
-            self.transport = transport
+            self.transport = transport  # type: ignore[assignment]  # a datagram transport
 
         def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
             out = respond(data, addr)
