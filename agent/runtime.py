@@ -32,6 +32,7 @@ from agent.autoreload import AutoReloader
 from agent.config_source import LoadedConfig, same_config
 from agent.core import ApplyCore, Policy, Ready
 from agent.dataplane import Dataplane, reconcile
+from agent.fallback import FallbackRunner
 from agent.health import HealthChecker, PublisherReporter, StaticChecker
 from agent.persist import StateStore
 from agent.publisher import Publisher
@@ -135,6 +136,7 @@ class Agent:
             maxsize=settings.outbox_size,
             on_overflow=self._on_outbox_overflow,
         )
+        self.fallbacks = FallbackRunner()
         self.started = asyncio.Event()  # set once the stored state is loaded and tasks run
         self.resyncs = 0
         self._stopping = False
@@ -156,6 +158,7 @@ class Agent:
                     )
                 if self.settings.publish_config and self.settings.config is not None:
                     side.append(tg.create_task(self._publish_config(self.settings.config), name="config"))
+                side.append(tg.create_task(self.fallbacks.run(), name="fallbackcommand"))
                 if self.settings.config_path is not None:
                     side.append(tg.create_task(self._autoreloader().run(), name="autoreload"))
                 self.started.set()
@@ -295,6 +298,7 @@ class Agent:
                 log.error("agent.verify_failed", want=ready.desired_digest, have=actual_digest)
             elif ops:
                 log.info("agent.reconciled", ops=len(ops), digest=actual_digest)
+            self.fallbacks.observe(ready.state, actual)
         persisted = ready.persist
         if ready.persist:
             try:

@@ -14,7 +14,9 @@ with a weight above 0), as ldirectord does. The virtual service itself is always
 
 from __future__ import annotations
 
-from lvs_events.domain.config import RealServer, VirtualService
+from dataclasses import dataclass, replace
+
+from lvs_events.domain.config import Config, Family, RealServer, VirtualService
 from lvs_events.domain.events import AdminAction
 from lvs_events.domain.state import State, effective_health
 from lvs_events.domain.table import Dest, Service, Table
@@ -34,7 +36,7 @@ def render(state: State) -> Table:
             if d is not None:
                 dests.append(d)
         if not any(d.weight > 0 for d in dests):
-            fb = v.fallback or (g.fallback6 if ":" in (v.address or "") else g.fallback)
+            fb = fallback_for(cfg, v)
             if fb is not None and all(d.key != fb.key for d in dests):
                 dests.append(_dest(fb, fb.weight))
         services.append(
@@ -53,6 +55,49 @@ def render(state: State) -> Table:
             )
         )
     return Table(tuple(services))
+
+
+def fallback_for(cfg: Config, v: VirtualService) -> RealServer | None:
+    """The virtual's own fallback, else the global one (``fallback6`` for IPv6); a global
+    fallback without a port takes the virtual service's port, as ldirectord does."""
+    if v.fallback is not None:
+        return v.fallback
+    fb = cfg.globals.fallback6 if v.family is Family.INET6 else cfg.globals.fallback
+    if fb is not None and fb.port == 0 and v.port:
+        fb = replace(fb, port=v.port)
+    return fb
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackCommand:
+    """``fallbackcommand``: run with ``start`` when the fallback enters a service's table and
+    ``stop`` when it leaves, with ldirectord's arguments ``<start|stop> <vip>:<port> <protocol>``."""
+
+    virtual: str
+    command: str
+    active: bool
+    args: tuple[str, ...]
+
+
+def fallback_commands(state: State, table: Table) -> dict[str, FallbackCommand]:
+    """For every virtual service with a ``fallbackcommand``: is its fallback serving now?"""
+    cfg = state.config
+    if cfg is None:
+        return {}
+    out: dict[str, FallbackCommand] = {}
+    for v in cfg.virtuals:
+        command = v.fallbackcommand or cfg.globals.fallbackcommand
+        fb = fallback_for(cfg, v)
+        svc = table.service(v.key)
+        if not command or fb is None or svc is None:
+            continue
+        active = any(d.key == fb.key for d in svc.dests) and not any(
+            d.weight > 0 and d.key != fb.key for d in svc.dests
+        )
+        where = f"{v.fwmark}" if v.fwmark is not None else f"{v.address}:{v.port}"
+        status = "start" if active else "stop"
+        out[v.key] = FallbackCommand(v.key, command, active, (status, where, v.protocol.value))
+    return out
 
 
 def real_is_up(state: State, v: VirtualService, r: RealServer) -> bool:
