@@ -26,7 +26,7 @@ def test_candidates_in_ldirectords_order() -> None:
     "name", ["192.0.2.11:80", "192.0.2.11", "web1.example.org:80", "web1.example.org", "web1:80", "web1"]
 )
 def test_each_name_form_forces_the_server_down(tmp_path: Path, name: str) -> None:
-    m = Maintenance(tmp_path, resolve=lambda a: {"192.0.2.11": "web1.example.org"}.get(a))
+    m = Maintenance(tmp_path, resolve={"192.0.2.11": "web1.example.org"}.get)
     assert m.check("192.0.2.11", 80) is None
     (tmp_path / name).touch()
     assert m.check("192.0.2.11", 80) == name
