@@ -1,0 +1,556 @@
+"""The HA decision logic of one director, as a pure state machine (cf. google/seesaw's engine).
+
+``step(state, input, timing) -> (state, actions)``: no clock, no I/O. The shell
+(:mod:`agent.ha.runner`) feeds it inputs (ticks, election results from the coordinator, peer
+heartbeats) stamped with a monotonic ``now`` and carries out the actions it returns (campaign,
+take over, keep the lease alive, add/remove the VIPs, run the notify hooks, hand over).
+
+Who decides: only etcd (through the coordinator) makes a node active; a node is ACTIVE only after
+an election call returned ``acquired``. The heartbeat with the peer only makes two things faster:
+a standby that hears nothing from the active for ``timing.silence`` asks etcd to *take over* (which
+succeeds only if the leader key still holds the term it saw), and an active that cannot reach etcd
+keeps going while its peer acknowledges its term (failsafe).
+
+Why there is never a second VIP holder (see ``docs/failover.md``):
+
+1. An active keeps the VIPs only until ``authority`` seconds after its last *confirmation*: the
+   send time of the last keepalive that found the leader key holding its term, or of the last
+   heartbeat whose reply acknowledged its term. Then it removes them by itself (fault).
+2. A standby stops acknowledging the active's term before it asks for a takeover, and a
+   keepalive sent after the takeover is refused. So every confirmation the old active can still
+   hold was sent before the takeover's answer, and it runs out within ``authority`` of it.
+3. A node that took over adds the VIPs only ``authority`` after the answer (1 and 2 make the old
+   active let go by then), unless the old active handed over explicitly, VIPs already removed.
+4. A node elected by create-if-absent (no leader key) adds them at once: the key is absent only
+   after a resign (the VIPs were removed first) or after the lease expired (``authority <=
+   lease_ttl``: the old active let go before).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, replace
+
+from agent.ha.timing import HaTiming
+
+__all__ = [
+    "Action",
+    "AddVips",
+    "Campaign",
+    "ElectionFailed",
+    "ElectionResult",
+    "HaState",
+    "HandoverAsked",
+    "HandoverResult",
+    "Input",
+    "KeepAlive",
+    "KeepAliveFailed",
+    "KeepAliveResult",
+    "Notify",
+    "Observed",
+    "PeerAck",
+    "PeerSeen",
+    "PeerView",
+    "RemoveVips",
+    "Resign",
+    "Role",
+    "SendHandover",
+    "Stop",
+    "SwitchoverRequested",
+    "Takeover",
+    "Tick",
+    "ack_for",
+    "authority_until",
+    "can_switchover",
+    "step",
+]
+
+NEVER = -math.inf
+
+
+class Role(enum.StrEnum):
+    STANDBY = "standby"
+    ACTIVE = "active"
+    HANDING_OVER = "handing-over"  # planned switchover: VIPs removed, waiting for the successor
+    FAULT = "fault"  # let go because leadership could not be confirmed in time
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class PeerView:
+    node: str
+    role: str
+    term: int
+    revision: int
+    digest: str
+    seen_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class HaState:
+    node: str
+    role: Role = Role.STANDBY
+    term: int = 0  # our term while ACTIVE / HANDING_OVER
+    lease_id: int = 0
+    leader: str | None = None  # etcd's leader as last learned
+    leader_term: int = 0  # its term (or the term counter when there is no leader)
+    vips: bool = False  # the VIPs are (being) held
+    vip_not_before: float = 0.0
+    vip_after_confirm: float = NEVER  # VIPs only after a keepalive sent later than this confirms
+    confirmed_etcd: float = NEVER  # send time of the last keepalive that confirmed our term
+    confirmed_peer: float = NEVER  # send time of the last heartbeat the peer acknowledged
+    keepalive_due: float = 0.0
+    keepalive_inflight: bool = False
+    inflight: str = ""  # election call in flight: "campaign" | "takeover" | ""
+    election_not_before: float = 0.0
+    handover_term: int = 0  # standby: the term the active handed over to us (VIPs already gone)
+    handover_deadline: float = 0.0
+    peer: PeerView | None = None
+    acked_term: int = 0  # what we acknowledged in reply to the peer's last heartbeat
+    acked_at: float = NEVER  # when we last acknowledged an active peer's term
+    reason: str = ""  # why the last role change happened (status, logs)
+    changed_at: float = 0.0
+
+
+# --- inputs -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """etcd's leader (None: no leader key) and term, from Observe / GetLeader."""
+
+    now: float
+    leader: str | None
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class ElectionResult:
+    now: float
+    op: str  # "campaign" | "takeover"
+    acquired: bool
+    term: int  # ours when acquired
+    lease_id: int
+    leader: str | None  # the leader after the call
+    leader_term: int
+    sent_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ElectionFailed:
+    now: float
+    op: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeepAliveResult:
+    now: float
+    sent_at: float
+    term: int  # the term the keepalive was for
+    held: bool
+    leader: str | None = None
+    leader_term: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class KeepAliveFailed:
+    now: float
+    sent_at: float
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerSeen:
+    """The peer's heartbeat (``reply=True``: it asked, answer with ``state.acked_term``) or its
+    reply to ours."""
+
+    now: float
+    node: str
+    role: str
+    term: int
+    revision: int = 0
+    digest: str = ""
+    reply: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAck:
+    """The peer answered a heartbeat we sent at ``sent_at``, acknowledging ``ack_term`` (0: none)."""
+
+    now: float
+    sent_at: float
+    ack_term: int
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchoverRequested:
+    now: float
+    to: str  # "" = the peer
+
+
+@dataclass(frozen=True, slots=True)
+class HandoverAsked:
+    """The active told us (standby) it released the VIPs of ``term``: take over now."""
+
+    now: float
+    from_node: str
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class HandoverResult:
+    now: float
+    ok: bool
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    now: float
+
+
+Input = (
+    Tick
+    | Observed
+    | ElectionResult
+    | ElectionFailed
+    | KeepAliveResult
+    | KeepAliveFailed
+    | PeerSeen
+    | PeerAck
+    | SwitchoverRequested
+    | HandoverAsked
+    | HandoverResult
+    | Stop
+)
+
+# --- actions ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Campaign:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Takeover:
+    stale_term: int
+
+
+@dataclass(frozen=True, slots=True)
+class KeepAlive:
+    term: int
+    lease_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Resign:
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class AddVips:
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveVips:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Notify:
+    hook: str  # "active" | "standby" | "fault"
+    term: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendHandover:
+    to: str
+    term: int
+
+
+Action = Campaign | Takeover | KeepAlive | Resign | AddVips | RemoveVips | Notify | SendHandover
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def authority_until(s: HaState, t: HaTiming) -> float:
+    """Until when an active may act without a new confirmation."""
+    return max(s.confirmed_etcd, s.confirmed_peer) + t.authority
+
+
+def peer_silent(s: HaState, now: float, t: HaTiming) -> bool:
+    return s.peer is None or now - s.peer.seen_at >= t.silence
+
+
+def ack_for(s: HaState, role: str, term: int) -> int:
+    """The term we acknowledge in reply to a heartbeat from a peer claiming ``role``/``term``.
+
+    A standby acknowledges an active it is not about to replace; the acknowledgement lets the
+    active keep its VIPs while etcd is unreachable (failsafe), so it is never given while an
+    election call of ours is in flight or once we hold a term ourselves; and a node that wins an
+    election adds its VIPs no earlier than ``authority`` after its last acknowledgement.
+    """
+    standby = s.role in (Role.STANDBY, Role.FAULT) and not s.inflight
+    if standby and role == Role.ACTIVE.value and term >= s.leader_term and term > 0:
+        return term
+    return 0
+
+
+def can_switchover(s: HaState, to: str, peer_ready: bool) -> str:
+    """ "" when a planned switchover to ``to`` ("" = the peer) may start, else why not."""
+    if s.role is not Role.ACTIVE:
+        return f"this node is {s.role.value}, not active"
+    if s.peer is None:
+        return "no peer heard from"
+    if to and to != s.peer.node:
+        return f"{to!r} is not the peer ({s.peer.node!r})"
+    if s.peer.role not in (Role.STANDBY.value, Role.FAULT.value):
+        return f"the peer is {s.peer.role}, not standby"
+    if not peer_ready:
+        return "the peer is not caught up (revision or table digest differs)"
+    return ""
+
+
+def _demote(s: HaState, now: float, role: Role, hook: str, reason: str) -> tuple[HaState, list[Action]]:
+    actions: list[Action] = []
+    if s.vips:
+        actions.append(RemoveVips(reason))
+    actions.append(Notify(hook, s.term, reason))
+    return (
+        replace(
+            s,
+            role=role,
+            vips=False,
+            lease_id=0,
+            keepalive_inflight=False,
+            confirmed_etcd=NEVER,
+            confirmed_peer=NEVER,
+            vip_after_confirm=NEVER,
+            reason=reason,
+            changed_at=now,
+        ),
+        actions,
+    )
+
+
+def _learn(s: HaState, leader: str | None, term: int) -> HaState:
+    if term < s.leader_term:
+        return s  # older news
+    return replace(s, leader=leader, leader_term=term)
+
+
+# --- the machine ------------------------------------------------------------------------------
+
+
+def step(s: HaState, inp: Input, t: HaTiming) -> tuple[HaState, list[Action]]:  # noqa: PLR0911, PLR0912
+    """One input in, the next state and the actions to carry out (in order) out."""
+    if s.role is Role.STOPPED:
+        if isinstance(inp, ElectionResult) and inp.acquired:
+            return s, [Resign(inp.term)]  # won after we stopped: give it back at once
+        return s, []
+    if isinstance(inp, Tick):
+        return _tick(s, inp.now, t)
+    if isinstance(inp, Observed):
+        return _observed(s, inp)
+    if isinstance(inp, ElectionResult):
+        return _elected(s, inp, t)
+    if isinstance(inp, ElectionFailed):
+        return replace(s, inflight="", election_not_before=inp.now + t.heartbeat_interval), []
+    if isinstance(inp, KeepAliveResult):
+        return _kept_alive(s, inp)
+    if isinstance(inp, KeepAliveFailed):
+        return replace(s, keepalive_inflight=False, keepalive_due=inp.now), []
+    if isinstance(inp, PeerSeen):
+        return _peer_seen(s, inp)
+    if isinstance(inp, PeerAck):
+        if s.role is Role.ACTIVE and inp.ack_term == s.term and inp.sent_at > s.confirmed_peer:
+            return replace(s, confirmed_peer=inp.sent_at), []
+        return s, []
+    if isinstance(inp, SwitchoverRequested):
+        if s.role is not Role.ACTIVE or s.peer is None:
+            return s, []
+        s2 = replace(
+            s,
+            role=Role.HANDING_OVER,
+            vips=False,
+            handover_deadline=inp.now + 2 * t.retry_deadline + t.silence,
+            reason=f"switchover to {s.peer.node}",
+            changed_at=inp.now,
+        )
+        out: list[Action] = []
+        if s.vips:
+            out.append(RemoveVips("switchover"))
+        out += [Notify("standby", s.term, "switchover"), SendHandover(s.peer.node, s.term)]
+        return s2, out
+    if isinstance(inp, HandoverAsked):
+        if s.role in (Role.STANDBY, Role.FAULT) and inp.term >= s.leader_term and not s.inflight:
+            return replace(s, inflight="takeover", handover_term=inp.term), [Takeover(inp.term)]
+        return s, []
+    if isinstance(inp, HandoverResult):
+        if s.role is not Role.HANDING_OVER:
+            return s, []
+        if inp.ok:
+            return replace(
+                s,
+                role=Role.STANDBY,
+                lease_id=0,
+                keepalive_inflight=False,
+                reason="handed over",
+                changed_at=inp.now,
+                confirmed_etcd=NEVER,
+                confirmed_peer=NEVER,
+            ), []
+        # Unknown whether the successor took over: act again only once etcd confirms our term.
+        return replace(
+            s,
+            role=Role.ACTIVE,
+            vip_after_confirm=inp.now,
+            keepalive_due=inp.now,
+            reason=f"handover failed: {inp.error}",
+            changed_at=inp.now,
+        ), []
+    if isinstance(inp, Stop):
+        out = []
+        if s.vips:
+            out.append(RemoveVips("stopping"))
+        if s.role in (Role.ACTIVE, Role.HANDING_OVER):
+            out += [Resign(s.term), Notify("standby", s.term, "stopping")]
+        return replace(s, role=Role.STOPPED, vips=False, reason="stopping", changed_at=inp.now), out
+    raise TypeError(f"unknown input {inp!r}")
+
+
+def _tick(s: HaState, now: float, t: HaTiming) -> tuple[HaState, list[Action]]:  # noqa: PLR0911
+    if s.role in (Role.ACTIVE, Role.HANDING_OVER):
+        if now >= authority_until(s, t):
+            return _demote(
+                s, now, Role.FAULT, "fault", "leadership not confirmed within the authority window"
+            )
+        out: list[Action] = []
+        if not s.keepalive_inflight and now >= s.keepalive_due:
+            s = replace(s, keepalive_inflight=True, keepalive_due=now + t.keepalive_interval)
+            out.append(KeepAlive(s.term, s.lease_id))
+        if s.role is Role.HANDING_OVER and now >= s.handover_deadline:
+            s = replace(s, role=Role.ACTIVE, vip_after_confirm=now, reason="successor did not take over")
+        if (
+            s.role is Role.ACTIVE
+            and not s.vips
+            and now >= s.vip_not_before
+            and s.confirmed_etcd >= s.vip_after_confirm
+        ):
+            s = replace(s, vips=True, changed_at=now)
+            out += [AddVips(s.term), Notify("active", s.term, s.reason)]
+        return s, out
+    # STANDBY / FAULT
+    out = []
+    if s.vips:  # cannot happen through step(); be safe anyway
+        s = replace(s, vips=False)
+        out.append(RemoveVips("not active"))
+    if s.inflight or now < s.election_not_before:
+        return s, out
+    if s.leader is None:
+        return replace(s, inflight="campaign"), [*out, Campaign()]
+    if s.leader == s.node:  # a term of ours from before (restart, fault): replace it
+        return replace(s, inflight="takeover"), [*out, Takeover(s.leader_term)]
+    if peer_silent(s, now, t):
+        return replace(s, inflight="takeover"), [*out, Takeover(s.leader_term)]
+    return s, out
+
+
+def _observed(s: HaState, inp: Observed) -> tuple[HaState, list[Action]]:
+    if inp.term < s.leader_term:
+        return s, []
+    s2 = _learn(s, inp.leader, inp.term)
+    if s.role is Role.FAULT:
+        s2 = replace(s2, role=Role.STANDBY, reason="etcd reachable again", changed_at=inp.now)
+    if s.role in (Role.ACTIVE, Role.HANDING_OVER) and (inp.leader != s.node or inp.term != s.term):
+        hook = "standby"
+        return _demote(
+            s2, inp.now, Role.STANDBY, hook, f"leader is now {inp.leader or 'nobody'} term {inp.term}"
+        )
+    return s2, []
+
+
+def _elected(s: HaState, inp: ElectionResult, t: HaTiming) -> tuple[HaState, list[Action]]:
+    s = replace(s, inflight="")
+    if not inp.acquired:
+        s = _learn(s, inp.leader, inp.leader_term)
+        if s.role is Role.FAULT:
+            s = replace(s, role=Role.STANDBY, reason="etcd reachable again", changed_at=inp.now)
+        return replace(s, handover_term=0, election_not_before=inp.now + t.heartbeat_interval), []
+    if s.role in (Role.ACTIVE, Role.HANDING_OVER):
+        return s, []  # cannot happen: one election call at a time
+    handed = inp.op == "takeover" and s.handover_term != 0
+    # The old active's authority: from etcd, it ends within `authority` of a takeover's answer (and
+    # before a lease expiry, which a campaign needs); from our acknowledgements, within
+    # `authority` of the last one (we give none once an election call is in flight).
+    wait = t.authority + t.margin
+    not_before = inp.now if inp.op == "campaign" or handed else inp.now + wait
+    if not handed:
+        not_before = max(not_before, s.acked_at + wait)
+    return (
+        replace(
+            s,
+            role=Role.ACTIVE,
+            term=inp.term,
+            lease_id=inp.lease_id,
+            leader=s.node,
+            leader_term=inp.term,
+            vips=False,
+            vip_not_before=not_before,
+            vip_after_confirm=NEVER,
+            confirmed_etcd=inp.sent_at,
+            confirmed_peer=NEVER,
+            keepalive_due=inp.now + t.keepalive_interval,
+            keepalive_inflight=False,
+            handover_term=0,
+            reason=f"{inp.op} won term {inp.term}" + (" (handed over)" if handed else ""),
+            changed_at=inp.now,
+        ),
+        [],
+    )
+
+
+def _kept_alive(s: HaState, inp: KeepAliveResult) -> tuple[HaState, list[Action]]:
+    s = replace(s, keepalive_inflight=False)
+    if s.role not in (Role.ACTIVE, Role.HANDING_OVER) or inp.term != s.term:
+        return s, []
+    if inp.held:
+        if inp.sent_at > s.confirmed_etcd:
+            s = replace(s, confirmed_etcd=inp.sent_at)
+        return s, []
+    s = _learn(s, inp.leader, inp.leader_term)
+    if s.role is Role.HANDING_OVER:
+        return replace(
+            s,
+            role=Role.STANDBY,
+            lease_id=0,
+            reason="handed over",
+            changed_at=inp.now,
+            confirmed_etcd=NEVER,
+            confirmed_peer=NEVER,
+        ), []
+    return _demote(s, inp.now, Role.STANDBY, "standby", f"lost the lease: leader is {inp.leader or 'nobody'}")
+
+
+def _peer_seen(s: HaState, inp: PeerSeen) -> tuple[HaState, list[Action]]:
+    s = replace(s, peer=PeerView(inp.node, inp.role, inp.term, inp.revision, inp.digest, inp.now))
+    if inp.reply:
+        ack = ack_for(s, inp.role, inp.term)
+        s = replace(s, acked_term=ack, acked_at=inp.now if ack else s.acked_at)
+    if inp.role == Role.ACTIVE.value and inp.term > s.leader_term:
+        s = _learn(s, inp.node, inp.term)
+    if s.role is Role.ACTIVE and inp.role == Role.ACTIVE.value and inp.term > s.term:
+        # etcd granted the peer a later term: we lost, whatever our keepalives say yet
+        return _demote(s, inp.now, Role.STANDBY, "standby", f"peer {inp.node} is active with term {inp.term}")
+    return s, []

@@ -1,0 +1,303 @@
+"""The pure HA state machine: scenarios as input lists, plus a randomized two-node safety check."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from agent.ha.machine import (
+    AddVips,
+    Campaign,
+    ElectionFailed,
+    ElectionResult,
+    HandoverAsked,
+    HandoverResult,
+    HaState,
+    KeepAlive,
+    KeepAliveFailed,
+    KeepAliveResult,
+    Notify,
+    Observed,
+    PeerAck,
+    PeerSeen,
+    RemoveVips,
+    Resign,
+    Role,
+    SendHandover,
+    Stop,
+    SwitchoverRequested,
+    Takeover,
+    Tick,
+    can_switchover,
+    step,
+)
+from agent.ha.timing import HaTiming, TimingError
+
+T = HaTiming(
+    heartbeat_interval=0.05,
+    miss_limit=4,
+    keepalive_interval=0.1,
+    retry_deadline=0.15,
+    authority=0.4,
+    lease_ttl=2,
+).validate()
+
+
+def kinds(actions: list[object]) -> list[str]:
+    return [type(a).__name__ for a in actions]
+
+
+def active(node: str = "a", term: int = 3, now: float = 10.0) -> HaState:
+    s = HaState(node, leader=None, leader_term=2)
+    s, acts = step(s, Tick(now), T)
+    assert acts == [Campaign()]
+    s, _ = step(s, ElectionResult(now, "campaign", True, term, 99, node, term, sent_at=now), T)
+    s, acts = step(s, Tick(now), T)
+    assert kinds(acts) == ["AddVips", "Notify"]
+    return s
+
+
+def test_timing_rule_is_checked() -> None:
+    with pytest.raises(TimingError, match="keepalive_interval \\+ 2\\*retry_deadline"):
+        HaTiming(keepalive_interval=1, retry_deadline=1, authority=2.5, lease_ttl=5).validate()
+    with pytest.raises(TimingError, match="lease_ttl"):
+        HaTiming(authority=6, lease_ttl=5).validate()
+    with pytest.raises(TimingError, match="heartbeat_interval\\*miss_limit"):
+        HaTiming(heartbeat_interval=1, miss_limit=3, authority=2.5).validate()
+    assert HaTiming().validate() == HaTiming()
+
+
+def test_campaign_when_nobody_leads_then_vips_at_once() -> None:
+    s = active()
+    assert s.role is Role.ACTIVE
+    assert s.term == 3
+    assert s.vips
+
+
+def test_standby_waits_while_peer_talks_then_takes_over_and_waits_authority() -> None:
+    s = HaState("b", leader="a", leader_term=3)
+    s, _ = step(s, PeerSeen(10.0, "a", "active", 3), T)
+    s, acts = step(s, Tick(10.1), T)
+    assert acts == []  # heard 0.1 s ago, silence is 0.2 s
+    s, acts = step(s, Tick(10.25), T)
+    assert acts == [Takeover(3)]
+    s2, _ = step(s, PeerSeen(10.26, "a", "active", 3, reply=True), T)
+    assert s2.acked_term == 0  # no acknowledgement while the takeover is in flight
+    s, _ = step(s, ElectionResult(10.27, "takeover", True, 4, 7, "b", 4, sent_at=10.25), T)
+    s, acts = step(s, Tick(10.3), T)
+    assert s.role is Role.ACTIVE
+    assert acts == []  # VIPs only after the authority window
+    s, acts = step(s, Tick(10.4), T)
+    assert acts == [KeepAlive(4, 7)]
+    s, _ = step(s, KeepAliveResult(10.41, 10.4, 4, held=True), T)
+    s, acts = step(s, Tick(10.27 + T.authority + T.margin - 0.001), T)
+    assert not s.vips
+    s, acts = step(s, Tick(10.27 + T.authority + T.margin), T)
+    assert "AddVips" in kinds(acts)
+
+
+def test_active_self_demotes_without_confirmation() -> None:
+    s = active(now=10.0)
+    s, acts = step(s, Tick(10.1), T)
+    assert acts == [KeepAlive(3, 99)]
+    s, _ = step(s, KeepAliveFailed(10.25, 10.1), T)
+    s, acts = step(s, Tick(10.39), T)
+    assert s.role is Role.ACTIVE
+    s, acts = step(s, Tick(10.4), T)
+    assert s.role is Role.FAULT
+    assert not s.vips
+    assert RemoveVips("leadership not confirmed within the authority window") in acts
+    assert Notify("fault", 3, "leadership not confirmed within the authority window") in acts
+
+
+def test_failsafe_peer_ack_keeps_the_active() -> None:
+    s = active(now=10.0)
+    t = 10.0
+    for _ in range(40):  # etcd gone for 2 s, the peer keeps acknowledging
+        t += 0.05
+        s, acts = step(s, Tick(t), T)
+        for a in acts:
+            if isinstance(a, KeepAlive):
+                s, _ = step(s, KeepAliveFailed(t + 0.15, t), T)
+        s, _ = step(s, PeerAck(t + 0.001, t, 3), T)
+    assert s.role is Role.ACTIVE
+    assert s.vips
+    s, _ = step(s, PeerAck(t, t, 2), T)  # an acknowledgement of another term does not count
+    s, _ = step(s, Tick(t + T.authority + 0.01), T)
+    assert s.role is Role.FAULT
+
+
+def test_lost_lease_demotes_to_standby() -> None:
+    s = active()
+    s, _ = step(s, Tick(10.1), T)
+    s, acts = step(s, KeepAliveResult(10.12, 10.1, 3, held=False, leader="b", leader_term=4), T)
+    assert s.role is Role.STANDBY
+    assert s.leader == "b"
+    assert s.leader_term == 4
+    assert kinds(acts) == ["RemoveVips", "Notify"]
+
+
+def test_observed_other_leader_demotes_and_stale_news_is_ignored() -> None:
+    s = active()
+    s2, acts = step(s, Observed(10.1, "b", 2), T)
+    assert s2 == s
+    assert acts == []
+    s3, acts = step(s, Observed(10.1, "b", 4), T)
+    assert s3.role is Role.STANDBY
+    assert kinds(acts) == ["RemoveVips", "Notify"]
+
+
+def test_peer_active_with_higher_term_demotes() -> None:
+    s = active()
+    s, acts = step(s, PeerSeen(10.1, "b", "active", 4), T)
+    assert s.role is Role.STANDBY
+    assert kinds(acts) == ["RemoveVips", "Notify"]
+
+
+def test_planned_switchover_both_sides() -> None:
+    a = active(now=10.0)
+    a, _ = step(a, PeerSeen(10.01, "b", "standby", 0, 5, "d"), T)
+    assert can_switchover(a, "b", peer_ready=True) == ""
+    assert "not caught up" in can_switchover(a, "b", peer_ready=False)
+    assert "not the peer" in can_switchover(a, "c", peer_ready=True)
+    a, acts = step(a, SwitchoverRequested(10.02, "b"), T)
+    assert acts == [RemoveVips("switchover"), Notify("standby", 3, "switchover"), SendHandover("b", 3)]
+    assert a.role is Role.HANDING_OVER
+    b = HaState("b", leader="a", leader_term=3)
+    b, acts = step(b, HandoverAsked(10.03, "a", 3), T)
+    assert acts == [Takeover(3)]
+    b, _ = step(b, ElectionResult(10.04, "takeover", True, 4, 8, "b", 4, sent_at=10.03), T)
+    b, acts = step(b, Tick(10.04), T)
+    assert kinds(acts) == ["AddVips", "Notify"]  # handed over: no authority wait
+    a, _ = step(a, HandoverResult(10.05, ok=True), T)
+    assert a.role is Role.STANDBY
+    assert not a.vips
+
+
+def test_failed_handover_reacts_only_after_confirmation() -> None:
+    a = active(now=10.0)
+    a, _ = step(a, PeerSeen(10.01, "b", "standby", 0), T)
+    a, _ = step(a, SwitchoverRequested(10.02, "b"), T)
+    a, _ = step(a, HandoverResult(10.1, ok=False, error="timeout"), T)
+    a, acts = step(a, Tick(10.11), T)
+    assert a.role is Role.ACTIVE
+    assert acts == [KeepAlive(3, 99)]
+    a, _ = step(a, KeepAliveResult(10.12, 10.11, 3, held=True), T)
+    a, acts = step(a, Tick(10.13), T)
+    assert kinds(acts) == ["AddVips", "Notify"]
+
+
+def test_stop_resigns_and_releases() -> None:
+    s = active()
+    s, acts = step(s, Stop(10.5), T)
+    assert acts == [RemoveVips("stopping"), Resign(3), Notify("standby", 3, "stopping")]
+    s, acts = step(s, Tick(11.0), T)
+    assert acts == []
+
+
+def test_election_failure_backs_off() -> None:
+    s = HaState("b")
+    s, acts = step(s, Tick(1.0), T)
+    assert acts == [Campaign()]
+    s, _ = step(s, ElectionFailed(1.1, "campaign", "unavailable"), T)
+    s, acts = step(s, Tick(1.12), T)
+    assert acts == []
+    s, acts = step(s, Tick(1.2), T)
+    assert acts == [Campaign()]
+
+
+def test_restart_with_own_stale_term_takes_it_over() -> None:
+    s = HaState("a", leader="a", leader_term=5)
+    s, acts = step(s, Tick(1.0), T)
+    assert acts == [Takeover(5)]
+
+
+# --- randomized safety: two machines, a fake etcd, lossy links, a shared clock ------------------
+
+
+class FakeEtcd:
+    def __init__(self) -> None:
+        self.leader: str | None = None
+        self.term = 0
+        self.lease_deadline = 0.0
+
+    def expire(self, now: float) -> None:
+        if self.leader is not None and now >= self.lease_deadline:
+            self.leader = None
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_never_two_vip_holders(seed: int) -> None:  # noqa: PLR0912, PLR0915 -- one simulation loop
+    rng = random.Random(seed)
+    etcd = FakeEtcd()
+    nodes = {"a": HaState("a"), "b": HaState("b")}
+    holds = {"a": False, "b": False}
+    reach_etcd = {"a": True, "b": True}
+    link_ok = True
+    now = 0.0
+    for _ in range(4000):
+        now += 0.01
+        etcd.expire(now)
+        if rng.random() < 0.01:  # fault injection
+            which = rng.choice(["a", "b", "link"])
+            if which == "link":
+                link_ok = not link_ok
+            else:
+                reach_etcd[which] = not reach_etcd[which]
+        for name, peer in (("a", "b"), ("b", "a")):
+            s = nodes[name]
+            inputs: list[object] = [Tick(now)]
+            if link_ok and rng.random() < 0.2:  # our heartbeat to the peer, and its reply
+                ps, pacts = step(nodes[peer], PeerSeen(now, name, s.role.value, s.term, reply=True), T)
+                nodes[peer] = ps
+                assert AddVips not in map(type, pacts)
+                if RemoveVips in map(type, pacts):
+                    holds[peer] = False
+                inputs.append(PeerSeen(now, peer, ps.role.value, ps.term))
+                inputs.append(PeerAck(now, now, ps.acked_term))
+            while inputs:
+                inp = inputs.pop(0)
+                s, acts = step(s, inp, T)  # type: ignore[arg-type]
+                for a in acts:
+                    if isinstance(a, AddVips):
+                        holds[name] = True
+                    elif isinstance(a, RemoveVips):
+                        holds[name] = False
+                    elif isinstance(a, Campaign | Takeover):
+                        if not reach_etcd[name]:
+                            inputs.append(ElectionFailed(now + 0.01, "x", "down"))
+                            continue
+                        ok = (
+                            (etcd.leader is None)
+                            if isinstance(a, Campaign)
+                            else (etcd.leader is not None and etcd.term == a.stale_term)
+                        )
+                        if ok:
+                            etcd.term += 1
+                            etcd.leader = name
+                            etcd.lease_deadline = now + T.lease_ttl
+                        inputs.append(
+                            ElectionResult(
+                                now + 0.005,
+                                "campaign" if isinstance(a, Campaign) else "takeover",
+                                ok,
+                                etcd.term,
+                                1,
+                                etcd.leader,
+                                etcd.term,
+                                sent_at=now,
+                            )
+                        )
+                    elif isinstance(a, KeepAlive):
+                        if not reach_etcd[name]:
+                            inputs.append(KeepAliveFailed(now + 0.01, now))
+                        elif etcd.leader == name and etcd.term == a.term:
+                            etcd.lease_deadline = now + T.lease_ttl
+                            inputs.append(KeepAliveResult(now + 0.005, now, a.term, True))
+                        else:
+                            inputs.append(
+                                KeepAliveResult(now + 0.005, now, a.term, False, etcd.leader, etcd.term)
+                            )
+            nodes[name] = s
+            assert not (holds["a"] and holds["b"]), f"two VIP holders at t={now:.2f} (seed {seed})"
