@@ -50,7 +50,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="at start, publish ConfigApplied if the configuration differs from the one in force",
     )
-    p.add_argument("--no-health-checks", action="store_true", help="do not report checktype=on/off verdicts")
+    p.add_argument(
+        "--no-health-checks", action="store_true", help="run no health checks (this node reports no verdicts)"
+    )
     p.add_argument("--timeout", type=float, default=10.0, help="deadline of coordinator calls, seconds")
     p.add_argument("--drain-timeout", type=float, default=5.0, help="shutdown drain deadline, seconds")
     p.add_argument("--log-format", choices=logs.FORMATS, default="auto")

@@ -10,13 +10,20 @@ function so tests never touch DNS.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
-__all__ = ["Maintenance", "candidates", "reverse_name"]
+import structlog
+
+from lvs_events.domain.config import Config
+from lvs_events.domain.state import RealKey
+
+__all__ = ["Maintenance", "MaintenanceWatcher", "candidates", "reverse_name"]
 
 _SHORT = re.compile(r"^([a-z][a-z0-9\-]+)\.")
 
@@ -46,11 +53,73 @@ class Maintenance:
         self.resolve = resolve
         self._names: dict[str, str | None] = {}
 
-    def check(self, address: str, port: int) -> str | None:
-        """The file that forces this server down, or ``None`` (blocking: run in a thread)."""
+    def check(self, address: str, port: int, listing: set[str] | None = None) -> str | None:
+        """The file that forces this server down, or ``None`` (blocking: run in a thread).
+
+        ``listing``: the directory's entries, read once for many servers (else each is stat'ed).
+        """
+        if listing is not None and not listing:
+            return None  # an empty directory: no name lookups at all
         if address not in self._names:
             self._names[address] = self.resolve(address)
         for candidate in candidates(address, port, self._names[address]):
-            if os.path.lexists(self.directory / candidate):
+            if candidate in listing if listing is not None else os.path.lexists(self.directory / candidate):
                 return candidate
         return None
+
+    def scan(self, config: Config) -> dict[RealKey, str]:
+        """Every real server of ``config`` in maintenance (key -> file), from one directory listing."""
+        try:
+            listing = set(os.listdir(self.directory))
+        except OSError:
+            return {}
+        out: dict[RealKey, str] = {}
+        if not listing:
+            return out
+        for v in config.virtuals:
+            for r in v.reals:
+                found = self.check(r.address, r.port, listing)
+                if found is not None:
+                    out[(v.key, r.key)] = found
+        return out
+
+
+class _SetMaintenance(Protocol):
+    def set_maintenance(self, files: dict[RealKey, str]) -> None: ...
+
+
+class MaintenanceWatcher:
+    """Reads ``maintenancedir`` every check interval (off the event loop) and tells the checker."""
+
+    def __init__(
+        self,
+        checker: _SetMaintenance,
+        config: Callable[[], Config | None],
+        resolve: Callable[[str], str | None] = reverse_name,
+    ) -> None:
+        self.checker = checker
+        self.config = config
+        self.resolve = resolve
+        self._m: Maintenance | None = None
+        self._last: dict[RealKey, str] = {}
+        self.log = structlog.get_logger("agent.maintenance")
+
+    async def poll_once(self) -> dict[RealKey, str]:
+        cfg = self.config()
+        directory = cfg.globals.maintenancedir if cfg is not None else None
+        files: dict[RealKey, str] = {}
+        if cfg is not None and directory:
+            if self._m is None or self._m.directory != Path(directory):
+                self._m = Maintenance(directory, self.resolve)
+            files = await asyncio.to_thread(self._m.scan, cfg)
+        if files != self._last:
+            self.log.info("maintenance.changed", servers=sorted(f"{v} -> {r}" for v, r in files))
+            self.checker.set_maintenance(files)
+            self._last = files
+        return files
+
+    async def run(self) -> None:
+        while True:
+            await self.poll_once()
+            cfg = self.config()
+            await asyncio.sleep(max(1.0, min(cfg.globals.checkinterval if cfg else 5.0, 10.0)))

@@ -29,11 +29,13 @@ from pathlib import Path
 import structlog
 
 from agent.autoreload import AutoReloader
+from agent.checks import Checker
 from agent.config_source import LoadedConfig, same_config
 from agent.core import ApplyCore, Policy, Ready
 from agent.dataplane import Dataplane, reconcile
 from agent.fallback import FallbackRunner
-from agent.health import HealthChecker, PublisherReporter, StaticChecker
+from agent.health import HealthChecker, PublisherReporter
+from agent.maintenance import MaintenanceWatcher
 from agent.persist import StateStore
 from agent.publisher import Publisher
 from lvs_events.client import CoordinatorClient, Snapshot
@@ -127,7 +129,7 @@ class Agent:
         self.inbox = Inbox(settings.inbox_size)
         self.core = ApplyCore(settings.node, policy=settings.policy)
         if checker is None and settings.health_checks:
-            checker = StaticChecker(settings.node)
+            checker = Checker(settings.node)
         self.checker = checker
         self.publisher = Publisher(
             self.client,
@@ -156,6 +158,9 @@ class Agent:
                     side.append(
                         tg.create_task(self.checker.run(PublisherReporter(self.publisher)), name="health")
                     )
+                    if isinstance(self.checker, Checker):
+                        watcher = MaintenanceWatcher(self.checker, lambda: self.core.state.config)
+                        side.append(tg.create_task(watcher.run(), name="maintenancedir"))
                 if self.settings.publish_config and self.settings.config is not None:
                     side.append(tg.create_task(self._publish_config(self.settings.config), name="config"))
                 side.append(tg.create_task(self.fallbacks.run(), name="fallbackcommand"))

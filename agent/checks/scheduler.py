@@ -128,6 +128,7 @@ class Checker:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         self._kicked = False
+        self._maintenance: dict[RealKey, str] = {}  # servers forced down by a maintenancedir file
 
     # -- HealthChecker -------------------------------------------------------------------------
 
@@ -159,6 +160,16 @@ class Checker:
                     t.failures = 0
                 self._place(t, now)
         self._kick()
+
+    def set_maintenance(self, files: dict[RealKey, str]) -> None:
+        """Servers with a file in ``maintenancedir`` (key -> file name): forced down at once,
+        whatever their checks say, as ldirectord does; checks decide again once the file is gone."""
+        entering = [k for k in files if k not in self._maintenance]
+        self._maintenance = dict(files)
+        for key in entering:
+            t = self._targets.get(key)
+            if t is not None:
+                self._set(t, False, f"server in maintenance: file {files[key]}", 0.0)
 
     def resync(self) -> None:
         for key, t in self._targets.items():
@@ -359,7 +370,11 @@ class Checker:
         t.checks += 1
         if self._on_check is not None:
             self._on_check(spec, result, started, end)
-        self._verdict(t, result, (end - started) * 1000.0)
+        in_maintenance = self._maintenance.get(spec.key) if self._maintenance else None
+        if in_maintenance is not None:
+            self._set(t, False, f"server in maintenance: file {in_maintenance}", 0.0)
+        else:
+            self._verdict(t, result, (end - started) * 1000.0)
         # fixed rate, keeping the phase; after an overrun, as soon as possible
         nxt = t.due + spec.checkinterval
         if nxt < end:

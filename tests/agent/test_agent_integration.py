@@ -68,6 +68,7 @@ async def _start_agent(
         state_dir=state_dir,
         config=LoadedConfig(config, "") if config is not None else None,
         publish_config=config is not None,
+        health_checks=False,  # the test publishes the verdicts; never probe documentation addresses
         policy=Policy(publish_delay=0.5),
     )
     dp = MemoryDataplane(state_dir)
