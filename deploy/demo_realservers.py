@@ -25,7 +25,7 @@ def handler_for(name: str) -> type[BaseHTTPRequestHandler]:
 
         do_HEAD = do_GET
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 -- stdlib signature
+        def log_message(self, format: str, *args: object) -> None:
             return
 
     return Handler
