@@ -32,6 +32,8 @@ from grpc_health.v1._async import HealthServicer  # the asyncio servicer (health
 from grpc_reflection.v1alpha import reflection
 
 from coordinator.filters import EventFilter
+from coordinator.leadership import SERVICE_NAME as LEADER_ELECTION
+from coordinator.leadership import add_leader_election, publisher_may_not
 from coordinator.log import Appender, check_event
 from coordinator.snapshots import (
     DEFAULT_RETENTION,
@@ -40,7 +42,7 @@ from coordinator.snapshots import (
     RevisionAhead,
     StateService,
 )
-from coordinator.store import MAX_BATCH_EVENTS, Appended, EtcdEventStore, EventStore
+from coordinator.store import MAX_BATCH_EVENTS, Appended, EtcdEventStore, EtcdLeaderStore, EventStore
 from lvs_events.errors import Compacted, Fenced, InvalidEvent, StoreError, StoreUnavailable
 from lvs_events.pb.v1 import coordinator_pb2 as cpb
 from lvs_events.pb.v1 import coordinator_pb2_grpc as cpb_grpc
@@ -182,8 +184,13 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
         except InvalidEvent as e:
             log.info("event refused", event_id=msg.event_id, error=str(e))
             return _ack_error(msg.event_id, "INVALID_ARGUMENT", str(e))
+        refused = publisher_may_not(msg)
+        if refused:
+            return _ack_error(msg.event_id, "INVALID_ARGUMENT", refused)
         try:
-            fut = await self.appender.submit(msg, size, require_term=None)  # fencing: leadership issue
+            # fencing: an event with a term is appended only while the leader key holds that term,
+            # compared in the append transaction itself (else FAILED_PRECONDITION "fenced")
+            fut = await self.appender.submit(msg, size, require_term=msg.term or None)
         except StoreUnavailable as e:
             return _ack_error(msg.event_id, "UNAVAILABLE", str(e))
         return (msg.event_id, fut)
@@ -366,10 +373,11 @@ async def serve_coordinator(settings: CoordinatorSettings) -> AsyncIterator[Runn
             ]
         )
         cpb_grpc.add_CoordinatorServicer_to_server(service, server)
+        add_leader_election(server, EtcdLeaderStore(store), settings.cluster, settings.etcd_timeout)
         health_servicer = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
-            [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+            [SERVICE_NAME, LEADER_ELECTION, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
         port = server.add_insecure_port(settings.listen)
         if port == 0:

@@ -34,7 +34,7 @@ import asyncio
 import contextlib
 import json
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -615,3 +615,357 @@ def _backoff(attempt: int) -> float:
 
 def describe(e: Any) -> str:
     return f"{type(e).__name__}: {e}"
+
+
+# --- leadership (election of the active director) ---------------------------------------------
+#
+# Keys under ``/lvs-events/<cluster>/`` (next to the log):
+#
+# ``leader``       the leader's term, decimal, bound to its lease. The append path's fencing compare
+#                  (``require_term``) reads this key, so a stale term is refused in the same txn.
+# ``leader_info``  JSON :class:`LeaderRecord` (node, term, lease, Peer address), same lease.
+# ``term``         the counter of terms given (never bound to a lease, never decreases).
+# ``last_leader``  JSON of the last leader, with ``"ended": true`` once its LOST event is logged;
+#                  a campaign after a lease expiry logs the LOST event the expiry could not.
+#
+# Every change of leader is ONE transaction: compare the leader key (absent for a campaign, or
+# holding the stale term for a takeover), the term counter and the log head; put the leader keys
+# with the new lease, the counter, and the Leadership events (log entries, ids, head).
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderRecord:
+    node: str
+    term: int
+    lease_id: int
+    address: str = ""
+    revision: int = 0  # log revision of its Leadership ACQUIRED event
+    ended: bool = False  # last_leader only: its LOST event is in the log
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "node": self.node,
+                "term": self.term,
+                "lease_id": self.lease_id,
+                "address": self.address,
+                "revision": self.revision,
+                "ended": self.ended,
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def from_json(cls, blob: bytes) -> LeaderRecord:
+        try:
+            d = json.loads(blob)
+            return cls(
+                str(d["node"]),
+                int(d["term"]),
+                int(d["lease_id"]),
+                str(d.get("address", "")),
+                int(d.get("revision", 0)),
+                bool(d.get("ended", False)),
+            )
+        except (ValueError, KeyError, TypeError) as e:
+            raise StoreError(f"leader record in etcd is not readable: {e}") from e
+
+
+@dataclass(frozen=True, slots=True)
+class ElectionOutcome:
+    acquired: bool  # for resign: resigned
+    leader: LeaderRecord | None  # the leader after the call
+    term: int  # the term counter after the call
+
+
+@dataclass(frozen=True, slots=True)
+class KeepAliveOutcome:
+    held: bool
+    ttl: int
+    leader: LeaderRecord | None
+    term: int
+
+
+# (new term, the previous leader whose LOST event is not logged yet) -> events to append
+LeaderEvents = Callable[[int, LeaderRecord | None], list[pb.Event]]
+
+MAX_ELECTION_ATTEMPTS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class _LeaderView:
+    leader_value: bytes | None
+    info: LeaderRecord | None
+    term: int
+    term_mod: int
+    head: int
+    last: LeaderRecord | None
+    revision: int  # etcd revision read at
+
+
+class EtcdLeaderStore:
+    """The leader election in etcd, next to (and in the same transactions as) the log of
+    ``events`` (an :class:`EtcdEventStore`, whose connection it shares)."""
+
+    def __init__(self, events: EtcdEventStore) -> None:
+        self.events = events
+        self.timeout = events.timeout
+        p = events.prefix
+        self.k_leader = events.k_leader
+        self.k_info = p + b"leader_info"
+        self.k_term = p + b"term"
+        self.k_last = p + b"last_leader"
+
+    def _lease(self) -> Any:
+        lease = self.events._client.lease
+        if lease is None:
+            raise StoreUnavailable("etcd client is not connected")
+        return lease
+
+    async def grant(self, ttl: int, *, within: float | None = None) -> tuple[int, int]:
+        """A new lease: (id, granted TTL in seconds; etcd may raise it to its minimum)."""
+        try:
+            resp = await self._lease().grant(ttl, timeout=within or self.timeout, max_attempts=1)
+        except (EtcdError, grpc.aio.AioRpcError, TimeoutError) as e:
+            raise _translate(e, "lease grant") from e
+        return int(resp.ID), int(resp.TTL)
+
+    async def revoke(self, lease_id: int, *, within: float | None = None) -> None:
+        """Revoke a lease (its keys go with it); an unknown or expired lease is not an error."""
+        try:
+            await self._lease().revoke(lease_id, timeout=within or self.timeout, max_attempts=1)
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.NOT_FOUND:
+                return
+            raise _translate(e, "lease revoke") from e
+        except EtcdError as e:
+            if "not found" in str(e).lower():
+                return
+            raise _translate(e, "lease revoke") from e
+        except TimeoutError as e:
+            raise _translate(e, "lease revoke") from e
+
+    async def _view(self, within: float) -> _LeaderView:
+        kv = self.events._kv
+        ops = [
+            kv.txn_op_get(k)
+            for k in (self.k_leader, self.k_info, self.k_term, self.events.k_head, self.k_last)
+        ]
+        try:
+            resp = await kv.txn([], ops, timeout=within)
+        except (EtcdError, grpc.aio.AioRpcError, TimeoutError) as e:
+            raise _translate(e, "read leader") from e
+        return self._parse_view(resp.responses, int(resp.header.revision))
+
+    @staticmethod
+    def _parse_view(rs: Any, revision: int) -> _LeaderView:
+        leader_kvs, info_kvs, term_kvs, head_kvs, last_kvs = (r.response_range.kvs for r in rs[:5])
+        return _LeaderView(
+            leader_value=bytes(leader_kvs[0].value) if leader_kvs else None,
+            info=LeaderRecord.from_json(info_kvs[0].value) if info_kvs else None,
+            term=int(term_kvs[0].value) if term_kvs else 0,
+            term_mod=int(term_kvs[0].mod_revision) if term_kvs else 0,
+            head=int(head_kvs[0].value) if head_kvs else 0,
+            last=LeaderRecord.from_json(last_kvs[0].value) if last_kvs else None,
+            revision=revision,
+        )
+
+    async def current(self, *, within: float | None = None) -> tuple[LeaderRecord | None, int, int]:
+        """(leader or None, term counter, etcd revision): one linearizable read."""
+        v = await self._view(within or self.timeout)
+        return (v.info if v.leader_value is not None else None), v.term, v.revision
+
+    def _log_ops(self, events: list[pb.Event], head: int) -> tuple[list[Any], int]:
+        kv = self.events._kv
+        ops = []
+        rev = head
+        for ev in events:
+            rev += 1
+            ev.revision = rev
+            ops.append(kv.txn_op_put(self.events.log_key(rev), ev.SerializeToString(deterministic=True)))
+            ops.append(kv.txn_op_put(self.events.id_key(ev.event_id), str(rev)))
+        ops.append(kv.txn_op_put(self.events.k_head, str(rev)))
+        return ops, rev
+
+    def _head_compare(self, head: int) -> Any:
+        kv = self.events._kv
+        if head:
+            return kv.txn_compare_value(self.events.k_head, str(head))
+        return kv.txn_compare_create_revision(self.events.k_head, 0)
+
+    def _failure_ops(self) -> list[Any]:
+        kv = self.events._kv
+        return [
+            kv.txn_op_get(k)
+            for k in (self.k_leader, self.k_info, self.k_term, self.events.k_head, self.k_last)
+        ]
+
+    async def acquire(
+        self,
+        node: str,
+        lease_id: int,
+        *,
+        address: str,
+        expect_term: int | None,
+        events_for: LeaderEvents,
+        within: float | None = None,
+    ) -> ElectionOutcome:
+        """Become leader with ``lease_id``: if there is no leader (``expect_term`` None, a campaign)
+        or the leader key holds ``expect_term`` (a takeover). One transaction (see above)."""
+        kv = self.events._kv
+        deadline = asyncio.get_running_loop().time() + (within or self.timeout)
+        view: _LeaderView | None = None
+        for attempt in range(MAX_ELECTION_ATTEMPTS):
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            try:
+                if view is None:
+                    view = await self._view(left)
+                    if view.info is not None and view.info.lease_id == lease_id and view.leader_value:
+                        return ElectionOutcome(True, view.info, view.term)  # an earlier try landed
+                    if not self._may_take(view, expect_term):
+                        return ElectionOutcome(False, view.info if view.leader_value else None, view.term)
+                new_term = view.term + 1
+                prev = view.last if view.last is not None and not view.last.ended else None
+                events = events_for(new_term, prev)
+                log_ops, last_rev = self._log_ops(events, view.head)
+                record = LeaderRecord(node, new_term, lease_id, address, last_rev)
+                compare = [
+                    kv.txn_compare_create_revision(self.k_leader, 0)
+                    if expect_term is None
+                    else kv.txn_compare_value(self.k_leader, str(expect_term)),
+                    _compare_mod(self.k_term, view.term_mod),
+                    self._head_compare(view.head),
+                ]
+                success = [
+                    kv.txn_op_put(self.k_leader, str(new_term), lease=lease_id),
+                    kv.txn_op_put(self.k_info, record.to_json(), lease=lease_id),
+                    kv.txn_op_put(self.k_term, str(new_term)),
+                    kv.txn_op_put(self.k_last, record.to_json()),
+                    *log_ops,
+                ]
+                resp = await kv.txn(compare, success, self._failure_ops(), timeout=max(0.05, left))
+            except (EtcdError, grpc.aio.AioRpcError, TimeoutError) as e:
+                # ambiguous: re-read; our lease on the leader key tells whether it landed
+                view = None
+                if attempt >= 2 or deadline - asyncio.get_running_loop().time() <= 0:
+                    raise _translate(e, "election") from e
+                await asyncio.sleep(_backoff(attempt))
+                continue
+            if resp.succeeded:
+                return ElectionOutcome(True, record, new_term)
+            view = self._parse_view(resp.responses, int(resp.header.revision))
+            if not self._may_take(view, expect_term):
+                return ElectionOutcome(False, view.info if view.leader_value else None, view.term)
+            # the term counter or the log head moved: try again with the fresh values
+        raise StoreUnavailable("election: no decision within the deadline")
+
+    @staticmethod
+    def _may_take(view: _LeaderView, expect_term: int | None) -> bool:
+        if expect_term is None:
+            return view.leader_value is None
+        return view.leader_value == str(expect_term).encode()
+
+    async def keepalive(self, lease_id: int, term: int, *, within: float | None = None) -> KeepAliveOutcome:
+        """Refresh the lease and read (linearizably) whether the leader key still holds ``term``
+        with this lease; both at once."""
+        t = within or self.timeout
+        lease = self._lease()
+
+        async def refresh() -> int:
+            call = lease.keep_alive(lease_id)
+            try:
+                resp = await call.read()
+            finally:
+                call.cancel()
+            return int(getattr(resp, "TTL", 0))
+
+        try:
+            async with asyncio.timeout(t):
+                ttl, view = await asyncio.gather(refresh(), self._view(t))
+        except (EtcdError, grpc.aio.AioRpcError, TimeoutError) as e:
+            raise _translate(e, "keepalive") from e
+        info = view.info if view.leader_value is not None else None
+        held = (
+            ttl > 0
+            and view.leader_value == str(term).encode()
+            and info is not None
+            and info.lease_id == lease_id
+        )
+        return KeepAliveOutcome(held, ttl, info, view.term)
+
+    async def resign(
+        self, node: str, term: int, *, events_for: LeaderEvents, within: float | None = None
+    ) -> ElectionOutcome:
+        """Delete the leader keys if they hold ``term`` (and log the LOST event); revoke the lease."""
+        kv = self.events._kv
+        deadline = asyncio.get_running_loop().time() + (within or self.timeout)
+        view: _LeaderView | None = None
+        for attempt in range(MAX_ELECTION_ATTEMPTS):
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            try:
+                if view is None:
+                    view = await self._view(left)
+                if view.leader_value != str(term).encode() or view.info is None:
+                    return ElectionOutcome(False, view.info if view.leader_value else None, view.term)
+                info = view.info
+                log_ops, _ = self._log_ops(events_for(view.term, info), view.head)
+                compare = [kv.txn_compare_value(self.k_leader, str(term)), self._head_compare(view.head)]
+                success = [
+                    kv.txn_op_delete(self.k_leader),
+                    kv.txn_op_delete(self.k_info),
+                    kv.txn_op_put(self.k_last, LeaderRecord(**{**_fields(info), "ended": True}).to_json()),
+                    *log_ops,
+                ]
+                resp = await kv.txn(compare, success, self._failure_ops(), timeout=max(0.05, left))
+            except (EtcdError, grpc.aio.AioRpcError, TimeoutError) as e:
+                view = None
+                if attempt >= 2:
+                    raise _translate(e, "resign") from e
+                await asyncio.sleep(_backoff(attempt))
+                continue
+            if resp.succeeded:
+                with contextlib.suppress(StoreError):
+                    await self.revoke(
+                        info.lease_id, within=max(0.05, deadline - asyncio.get_running_loop().time())
+                    )
+                return ElectionOutcome(True, None, view.term)
+            view = self._parse_view(resp.responses, int(resp.header.revision))
+        raise StoreUnavailable("resign: no decision within the deadline")
+
+    async def watch(self, start_revision: int) -> AsyncIterator[tuple[LeaderRecord | None, int]]:
+        """Changes of the leader from etcd revision ``start_revision``: (leader or None, etcd
+        revision). Ends (StoreUnavailable) when the watch breaks; re-read and watch again."""
+        watch = self.events._client.watch
+        if watch is None:
+            raise StoreUnavailable("etcd client is not connected")
+        stream = watch.watch(self.k_info, start_revision=start_revision)
+        try:
+            async for resp in stream:
+                if resp.compact_revision > 0 or resp.canceled:
+                    raise StoreUnavailable("leader watch cancelled (compaction)")
+                for ev in resp.events:
+                    rev = int(ev.kv.mod_revision) or int(resp.header.revision)
+                    if ev.type == 0:
+                        yield LeaderRecord.from_json(ev.kv.value), rev
+                    else:
+                        yield None, int(resp.header.revision)
+        except (EtcdError, grpc.aio.AioRpcError) as e:
+            raise _translate(e, "watch leader") from e
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]  # an async generator
+        raise StoreUnavailable("etcd closed the leader watch")
+
+
+def _fields(record: LeaderRecord) -> dict[str, Any]:
+    return {
+        "node": record.node,
+        "term": record.term,
+        "lease_id": record.lease_id,
+        "address": record.address,
+        "revision": record.revision,
+    }
