@@ -2,9 +2,10 @@
 
 Every Publish stream of this coordinator submits into one bounded queue; one flusher task takes
 whatever is waiting (up to :data:`MAX_BATCH_EVENTS` events or about 1 MB) and appends it in a
-single transaction. There is no artificial delay: while one transaction is in flight the next
-batch accumulates (group commit), so batches grow with load and latency stays one round trip
-when idle.
+single transaction, with up to :data:`DEFAULT_IN_FLIGHT` transactions in flight (the store
+pipelines them and keeps their order). There is no artificial delay: while transactions are in
+flight the next batch accumulates (group commit), so batches grow with load and latency stays
+one round trip when idle.
 
 Queue overflow policy: **backpressure**. :meth:`Appender.submit` waits for room; the Publish
 handler stops reading its stream meanwhile, and gRPC flow control pushes back on the publisher.
@@ -35,6 +36,7 @@ log = structlog.get_logger(__name__)
 
 MAX_BATCH_BYTES = 1_000_000  # etcd refuses requests over 1.5 MiB by default
 DEFAULT_QUEUE = 8192
+DEFAULT_IN_FLIGHT = 2  # etcd transactions in flight per coordinator (pipelined, in order)
 
 
 def check_event(msg: pb.Event, cluster: str) -> int:
@@ -65,7 +67,11 @@ class _Request:
 
 
 class Appender:
-    """Group commit in front of :meth:`EventStore.append`. Run :meth:`run` in a TaskGroup."""
+    """Group commit in front of :meth:`EventStore.append`. Run :meth:`run` in a TaskGroup.
+
+    Up to ``max_in_flight`` transactions are in flight at once (the store pipelines them and
+    keeps their order); while they are, the next batch accumulates.
+    """
 
     def __init__(
         self,
@@ -74,19 +80,25 @@ class Appender:
         max_batch_events: int = MAX_BATCH_EVENTS,
         max_batch_bytes: int = MAX_BATCH_BYTES,
         queue_size: int = DEFAULT_QUEUE,
+        max_in_flight: int = DEFAULT_IN_FLIGHT,
     ) -> None:
         if not 1 <= max_batch_events <= MAX_BATCH_EVENTS:
             raise ValueError(f"max_batch_events: 1..{MAX_BATCH_EVENTS}")
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight: at least 1")
         self.store = store
         self.max_batch_events = max_batch_events
         self.max_batch_bytes = max_batch_bytes
+        self.max_in_flight = max_in_flight
         self._queue: deque[_Request] = deque()
         self._queue_size = queue_size
-        self._room = asyncio.Semaphore(queue_size)
+        self._room = asyncio.Event()  # set while the queue has room
+        self._room.set()
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._closed = False
+        self._flushing: set[asyncio.Task[None]] = set()
         self.head = 0  # newest revision this appender appended
         self.appended_total = 0
         self.batches = 0
@@ -107,17 +119,30 @@ class Appender:
 
         Waits while the queue is full (backpressure). Raises StoreUnavailable once closed.
         """
-        if self._closed:
-            raise StoreUnavailable("coordinator is shutting down")
-        await self._room.acquire()
-        if self._closed:
-            self._room.release()
-            raise StoreUnavailable("coordinator is shutting down")
-        fut: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Request(msg, size, require_term, fut))
+        (fut,) = await self.submit_many([(msg, size)], require_term=require_term)
+        return fut
+
+    async def submit_many(
+        self, items: list[tuple[pb.Event, int]], *, require_term: int | None = None
+    ) -> list[asyncio.Future[Appended]]:
+        """:meth:`submit` for several (event, size) pairs at once, queued together in order."""
+        while True:
+            if self._closed:
+                raise StoreUnavailable("coordinator is shutting down")
+            if len(self._queue) < self._queue_size:
+                break
+            self._room.clear()
+            await self._room.wait()
+        loop = asyncio.get_running_loop()
+        futs: list[asyncio.Future[Appended]] = []
+        now = time.monotonic()
+        for msg, size in items:
+            fut: asyncio.Future[Appended] = loop.create_future()
+            self._queue.append(_Request(msg, size, require_term, fut, now))
+            futs.append(fut)
         self._idle.clear()
         self._wakeup.set()
-        return fut
+        return futs
 
     async def append(self, msg: pb.Event, size: int, *, require_term: int | None = None) -> Appended:
         return await (await self.submit(msg, size, require_term=require_term))
@@ -125,6 +150,7 @@ class Appender:
     async def close(self, grace: float) -> None:
         """Refuse new events; wait (up to ``grace`` seconds) until every queued one is answered."""
         self._closed = True
+        self._room.set()
         try:
             async with asyncio.timeout(grace):
                 await self._idle.wait()
@@ -132,19 +158,31 @@ class Appender:
             log.warning("appender: queue not drained before the deadline", queued=len(self._queue))
 
     async def run(self) -> None:
-        """The flusher: one transaction at a time, each with everything that is waiting."""
+        """The flusher: up to ``max_in_flight`` transactions, each with what is waiting."""
         try:
             while True:
-                if not self._queue:
-                    self._idle.set()
+                if not self._queue or len(self._flushing) >= self.max_in_flight:
+                    if not self._queue and not self._flushing:
+                        self._idle.set()
                     self._wakeup.clear()
                     await self._wakeup.wait()
                     continue
                 batch = self._take()
-                await self._flush(batch)
+                task = asyncio.create_task(self._flush(batch))
+                self._flushing.add(task)
+                task.add_done_callback(self._flushed)
+                await asyncio.sleep(0)  # let the transaction go out before taking the next batch
         except BaseException:
+            for task in list(self._flushing):
+                task.cancel()
+            if self._flushing:
+                await asyncio.wait(list(self._flushing))
             self._fail_all(StoreUnavailable("coordinator is shutting down"))
             raise
+
+    def _flushed(self, task: asyncio.Task[None]) -> None:
+        self._flushing.discard(task)
+        self._wakeup.set()
 
     def _take(self) -> list[_Request]:
         first = self._queue.popleft()
@@ -161,8 +199,7 @@ class Appender:
             batch.append(nxt)
             nbytes += nxt.size
             ids.add(nxt.msg.event_id)
-        for _ in batch:
-            self._room.release()
+        self._room.set()
         return batch
 
     async def _flush(self, batch: list[_Request]) -> None:
@@ -210,7 +247,7 @@ class Appender:
     def _fail_all(self, error: Exception) -> None:
         while self._queue:
             r = self._queue.popleft()
-            self._room.release()
             if not r.future.done():
                 r.future.set_exception(error)
+        self._room.set()
         self._idle.set()

@@ -16,11 +16,17 @@ Key layout under ``/lvs-events/<cluster>/``:
 ``leader``
     fencing seam for the leadership issue: an append may require its value to equal a term.
 
-An append of a batch is ONE etcd transaction: compare ``head``'s mod_revision with the one read
-(optimistic CAS, so any number of coordinators can append), compare every ``ids/<id>``'s
-create_revision with 0; on success put every log key, every id key and ``head``. On failure the
-same transaction returns (failure branch) the current ``head``, the ids that exist and the leader
-key, so a retry needs no extra round trip. Duplicates get their ORIGINAL revision back.
+An append of a batch is ONE etcd transaction: compare ``head``'s value with the one read
+(optimistic CAS, so any number of coordinators can append; by value, which is safe because
+``head`` only grows and revisions are dense), compare every ``ids/<id>``'s create_revision with 0;
+on success put every log key, every id key and ``head``. On failure the same transaction returns
+(failure branch) the current ``head``, the ids that exist and the leader key, so a retry needs no
+extra round trip. Duplicates get their ORIGINAL revision back.
+
+Pipelining: while one append's transaction is in flight, the next may be sent at once, predicated
+on the first one landing: it compares ``head`` with the first one's predicted end and the first
+one's last ``ids/<id>`` with that revision. If the first fails, so does the second, which then
+waits for the first to finish before it retries: batches land in the order they were submitted.
 
 Reads pin an etcd revision ``R``: range-read ``log/`` from N at ``R`` (paginated), then watch the
 prefix from ``R + 1``. Revisions are dense, so a gap or a repeat is detected by arithmetic: the
@@ -42,7 +48,7 @@ import grpc
 import grpc.aio
 import structlog
 from etcd3aio import Etcd3Client, EtcdError, prefix_range_end
-from etcd3aio._protobuf import Compare  # etcd3aio has no txn_compare_mod_revision helper
+from etcd3aio._protobuf import Compare, TxnRequest  # etcd3aio has no txn_compare_mod_revision helper
 from etcd3aio.kv import KVService
 
 from lvs_events.errors import Compacted, Fenced, StoreError, StoreUnavailable
@@ -188,10 +194,10 @@ class EtcdEventStore:
         self.k_leader = self.prefix + b"leader"
         self._client = Etcd3Client(self.endpoints, rpc_max_attempts=2)
         self._connected = False
-        # (head revision, mod_revision of the head key) as last seen: the CAS guess for the next
-        # append. A wrong guess costs one failed transaction, which returns the right values.
-        self._head_guess: tuple[int, int] | None = None
-        self._append_lock = asyncio.Lock()
+        # the head revision as last seen: the CAS guess for the next append. A wrong guess costs
+        # one failed transaction, which returns the right values.
+        self._head_guess: int | None = None
+        self._last_slot: _Slot | None = None  # the newest append call (pipelining)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -392,6 +398,9 @@ class EtcdEventStore:
     # --- append ---------------------------------------------------------------------------
 
     async def append(self, events: Sequence[pb.Event], *, require_term: int | None = None) -> list[Appended]:
+        """See :meth:`EventStore.append`. Concurrent calls are pipelined: a call made while an
+        earlier one is in flight sends its transaction at once, predicated on the earlier one
+        succeeding (see :class:`_Slot`); batches land in the order the calls were made."""
         if not events:
             return []
         ids = [e.event_id for e in events]
@@ -399,29 +408,53 @@ class EtcdEventStore:
             raise ValueError("append: event_ids in one batch must be unique (dedupe first)")
         if len(events) > MAX_BATCH_EVENTS:
             raise ValueError(f"append: at most {MAX_BATCH_EVENTS} events per transaction")
-        async with self._append_lock:
-            return await self._append_locked(list(events), require_term)
+        prev, slot = self._last_slot, _Slot(asyncio.get_running_loop().create_future())
+        self._last_slot = slot
+        try:
+            return await self._append_chained(list(events), require_term, prev, slot)
+        finally:
+            slot.predicted = None
+            slot.done.set_result(None)
+            if self._last_slot is slot:
+                self._last_slot = None
 
-    async def _append_locked(self, events: list[pb.Event], require_term: int | None) -> list[Appended]:
+    async def _append_chained(  # noqa: PLR0912, PLR0915 -- one CAS loop, its exits together
+        self, events: list[pb.Event], require_term: int | None, prev: _Slot | None, slot: _Slot
+    ) -> list[Appended]:
         """CAS loop. Two bounds: ``max_append_attempts`` etcd errors, and for lost races (another
         appender moved ``head`` first) :data:`MAX_CAS_CONFLICTS` retries within ``4 x timeout``.
-        A lost race is retried at once: its failure branch already returned the fresh head."""
+        A lost race is retried at once: its failure branch already returned the fresh head.
+
+        The first attempt may be *chained* behind ``prev`` (the append made just before this one,
+        still in flight): it assumes ``prev`` lands and compares that ``prev``'s last event id is
+        at the predicted head. Any failure first waits for ``prev`` to finish, so a retried batch
+        never lands before an earlier one."""
         results: dict[str, Appended] = {}
         pending = events
-        guess = self._head_guess
         errors = conflicts = 0
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 4 * self.timeout
+        after = prev.predicted if prev is not None and not prev.done.done() else None
+        guess: int | None
+        if after is not None:
+            guess = after[1]
+        else:
+            if prev is not None:
+                await prev.done
+            guess = self._head_guess
         while True:
             try:
                 if guess is None:
                     guess = await self._read_head()
-                head, head_mod = guess
-                compare, success, failure, assigned = self._append_txn(pending, head, head_mod, require_term)
-                resp = await self._kv.txn(compare, success, failure, timeout=self.timeout)
+                request, assigned = self._append_txn(pending, guess, after, require_term)
+                slot.predicted = (pending[-1].event_id, assigned[-1].revision)
+                resp = await self._txn(request)
             except (EtcdError, grpc.aio.AioRpcError, TimeoutError, StoreUnavailable) as e:
                 # Ambiguous: the transaction may have been applied. The next attempt finds out
                 # (its id compares fail and return the revisions), so nothing is appended twice.
+                slot.predicted = None
+                for ev in pending:
+                    ev.revision = 0
                 self._head_guess = guess = None
                 errors += 1
                 if errors >= self.max_append_attempts:
@@ -429,13 +462,26 @@ class EtcdEventStore:
                         raise
                     raise _translate(e, "append") from e
                 log.warning("append failed; retrying", attempt=errors, error=str(e))
+                if after is not None and prev is not None:
+                    await prev.done
+                after = None
                 await asyncio.sleep(_backoff(errors - 1))
                 continue
             if resp.succeeded:
-                self._head_guess = (assigned[-1].revision, int(resp.header.revision))
+                last = assigned[-1].revision
+                if self._head_guess is None or last > self._head_guess:
+                    self._head_guess = last
                 results.update((a.event_id, a) for a in assigned)
                 return [results[ev.event_id] for ev in events]
+            slot.predicted = None
+            if after is not None:
+                # chained behind `prev`: it may have failed; let it finish (and retry) first
+                assert prev is not None
+                await prev.done
+                after = None
             guess, pending = self._after_failure(resp, pending, results, require_term)
+            if self._head_guess is not None and self._head_guess > guess:
+                guess = self._head_guess  # `prev` landed after our transaction was evaluated
             self._head_guess = guess
             if not pending:
                 return [results[ev.event_id] for ev in events]
@@ -446,27 +492,47 @@ class EtcdEventStore:
                 await asyncio.sleep(random.random() * 0.002)
 
     def _append_txn(
-        self, pending: list[pb.Event], head: int, head_mod: int, require_term: int | None
-    ) -> tuple[list[Any], list[Any], list[Any], list[Appended]]:
-        kv = self._kv
-        compare = [kv.txn_compare_create_revision(self.id_key(ev.event_id), 0) for ev in pending]
-        compare.append(_compare_mod(self.k_head, head_mod))
-        failure = [kv.txn_op_get(self.k_head)]
-        failure.extend(kv.txn_op_get(self.id_key(ev.event_id)) for ev in pending)
+        self, pending: list[pb.Event], head: int, after: tuple[str, int] | None, require_term: int | None
+    ) -> tuple[Any, list[Appended]]:
+        """The append transaction, as a ``TxnRequest``, and where each event would land.
+
+        ``head`` by value: it only grows and revisions are dense, so ``head == N`` means nobody
+        has written ``log/N+1`` yet. ``after``: (event id, revision) that must already be in the
+        log (the last event of the batch this one is chained behind).
+
+        The request is encoded directly in the protobuf wire format and parsed once: building
+        it from a few hundred etcd3aio op objects cost more than the rest of the append path.
+        ``tests/coordinator/test_coord_txn.py`` checks it equals the one etcd3aio would build.
+        """
+        id_keys = [self.k_ids + ev.event_id.encode() for ev in pending]
+        compare = [_compare_absent(k) for k in id_keys]
+        if head:
+            compare.append(_compare_value(self.k_head, str(head).encode()))
+        else:
+            compare.append(_compare_absent(self.k_head))
+        if after is not None:
+            key = self.k_ids + after[0].encode()
+            compare.append(_compare_value(key, str(after[1]).encode()))
+        failure = [_get_op(self.k_head)]
+        failure.extend(_get_op(k) for k in id_keys)
         if require_term is not None:
-            compare.append(kv.txn_compare_value(self.k_leader, str(require_term)))
-            failure.append(kv.txn_op_get(self.k_leader))
+            compare.append(_compare_value(self.k_leader, str(require_term).encode()))
+            failure.append(_get_op(self.k_leader))
         success = []
         assigned: list[Appended] = []
         rev = head
-        for ev in pending:
+        k_log = self.k_log
+        for ev, id_key in zip(pending, id_keys, strict=True):
             rev += 1
             ev.revision = rev
-            success.append(kv.txn_op_put(self.log_key(rev), ev.SerializeToString(deterministic=True)))
-            success.append(kv.txn_op_put(self.id_key(ev.event_id), str(rev)))
+            srev = str(rev).encode()
+            key = k_log + (b"0" * (REV_DIGITS - len(srev))) + srev
+            success.append(_put_op(key, ev.SerializeToString(deterministic=True)))
+            success.append(_put_op(id_key, srev))
             assigned.append(Appended(ev.event_id, rev, duplicate=False))
-        success.append(kv.txn_op_put(self.k_head, str(rev)))
-        return compare, success, failure, assigned
+        success.append(_put_op(self.k_head, str(rev).encode()))
+        request = TxnRequest.FromString(b"".join(compare) + b"".join(success) + b"".join(failure))
+        return request, assigned
 
     def _after_failure(
         self,
@@ -474,11 +540,11 @@ class EtcdEventStore:
         pending: list[pb.Event],
         results: dict[str, Appended],
         require_term: int | None,
-    ) -> tuple[tuple[int, int], list[pb.Event]]:
+    ) -> tuple[int, list[pb.Event]]:
         """Read the failure branch ([head, ids..., leader?]): the new head guess, what is left."""
         rs = resp.responses
         head_kvs = rs[0].response_range.kvs
-        guess = (int(head_kvs[0].value), int(head_kvs[0].mod_revision)) if head_kvs else (0, 0)
+        guess = int(head_kvs[0].value) if head_kvs else 0
         still: list[pb.Event] = []
         for i, ev in enumerate(pending):
             ev.revision = 0
@@ -494,14 +560,22 @@ class EtcdEventStore:
                 raise Fenced(f"leader term is {current or 'unset'}, not {require_term}: append refused")
         return guess, still
 
-    async def _read_head(self) -> tuple[int, int]:
+    async def _txn(self, request: Any) -> Any:
+        """Send a ready ``TxnRequest``. etcd3aio's public ``txn`` copies every op into a new
+        request (about as costly as building it); its retrying ``_rpc`` takes ours as it is
+        (etcd3aio is pinned; the public path stays as the fallback)."""
+        kv = self._kv
+        rpc, stub = getattr(kv, "_rpc", None), getattr(kv, "_stub", None)
+        if rpc is None or stub is None:
+            return await kv.txn(request.compare, request.success, request.failure, timeout=self.timeout)
+        return await rpc(stub.Txn, request, operation="KV.Txn", timeout=self.timeout)
+
+    async def _read_head(self) -> int:
         try:
             resp = await self._kv.get(self.k_head, timeout=self.timeout)
         except (EtcdError, grpc.aio.AioRpcError, TimeoutError) as e:
             raise _translate(e, "read head") from e
-        if not resp.kvs:
-            return 0, 0
-        return int(resp.kvs[0].value), int(resp.kvs[0].mod_revision)
+        return int(resp.kvs[0].value) if resp.kvs else 0
 
     # --- snapshots and retention ----------------------------------------------------------
 
@@ -586,6 +660,16 @@ class EtcdEventStore:
         return self._client
 
 
+@dataclass(slots=True)
+class _Slot:
+    """One append call, for the call made after it: ``predicted`` is (id of the last event,
+    revision) its transaction in flight would give; None when none is in flight. ``done``
+    resolves when the call has finished (succeeded or given up)."""
+
+    done: asyncio.Future[None]
+    predicted: tuple[str, int] | None = None
+
+
 class _Gap(Exception):
     def __init__(self, seen: int) -> None:
         super().__init__(f"watch delivered revision {seen} ahead of the next expected")
@@ -606,6 +690,54 @@ def _parse(blob: bytes, revision: int) -> pb.Event:
 def _compare_mod(key: bytes, mod_revision: int) -> Any:
     """Compare: the key's mod_revision equals ``mod_revision`` (0: the key does not exist)."""
     return Compare(result=Compare.EQUAL, target=Compare.MOD, key=key, mod_revision=mod_revision)
+
+
+# --- the append transaction in the protobuf wire format (etcdserverpb.TxnRequest) -------------
+# TxnRequest: compare = 1, success = 2, failure = 3. Compare: target = 2 (CREATE 1, VALUE 3),
+# key = 3, create_revision = 5 and value = 7 (a oneof: a 0 is encoded); result EQUAL is 0.
+# RequestOp: request_range = 1, request_put = 2. PutRequest / RangeRequest: key = 1, value = 2.
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_VARINTS = [_varint(n) for n in range(1 << 14)]  # every length up to 16 KiB, ready made
+
+
+def _len(n: int) -> bytes:
+    return _VARINTS[n] if n < 16384 else _varint(n)
+
+
+def _compare_absent(key: bytes) -> bytes:
+    """TxnRequest.compare: ``key``'s create_revision is 0 (the key does not exist)."""
+    inner = b"\x10\x01\x1a" + _len(len(key)) + key + b"\x28\x00"
+    return b"\x0a" + _len(len(inner)) + inner
+
+
+def _compare_value(key: bytes, value: bytes) -> bytes:
+    """TxnRequest.compare: ``key``'s value equals ``value``."""
+    inner = b"\x10\x03\x1a" + _len(len(key)) + key + b"\x3a" + _len(len(value)) + value
+    return b"\x0a" + _len(len(inner)) + inner
+
+
+def _put_op(key: bytes, value: bytes) -> bytes:
+    """TxnRequest.success: RequestOp.request_put (PutRequest key, value)."""
+    put = b"\x0a" + _len(len(key)) + key + b"\x12" + _len(len(value)) + value
+    op = b"\x12" + _len(len(put)) + put
+    return b"\x12" + _len(len(op)) + op
+
+
+def _get_op(key: bytes) -> bytes:
+    """TxnRequest.failure: RequestOp.request_range (RangeRequest key)."""
+    rng = b"\x0a" + _len(len(key)) + key
+    op = b"\x0a" + _len(len(rng)) + rng
+    return b"\x1a" + _len(len(op)) + op
 
 
 def _backoff(attempt: int) -> float:
