@@ -6,7 +6,9 @@ number of instances may serve one cluster. Start one in-process with :func:`serv
     async with serve_coordinator(CoordinatorSettings(etcd_endpoints=eps, cluster="c1")) as c:
         channel = grpc.aio.insecure_channel(c.address)
 
-Publish: one ack per event, in the order the events arrived on the stream. A refused event
+Publish: one ack per event, in the order the events arrived on the stream; a request carrying a
+batch (``PublishRequest.events``) is answered by one ``PublishAck`` whose ``acks`` hold the
+events' acks in order. A refused event
 (malformed, oversized, invalid, wrong cluster) gets an ack with ``error_code=INVALID_ARGUMENT``
 and nothing of it is stored; the stream goes on. A publisher may keep up to
 ``publish_window`` events unacknowledged; past that the coordinator stops reading its stream
@@ -33,7 +35,7 @@ from grpc_reflection.v1alpha import reflection
 
 from coordinator.filters import EventFilter
 from coordinator.leadership import SERVICE_NAME as LEADER_ELECTION
-from coordinator.leadership import add_leader_election, publisher_may_not
+from coordinator.leadership import add_leader_election, publisher_may_not, submit_fenced
 from coordinator.log import Appender, check_event
 from coordinator.snapshots import (
     DEFAULT_RETENTION,
@@ -46,6 +48,7 @@ from coordinator.store import MAX_BATCH_EVENTS, Appended, EtcdEventStore, EtcdLe
 from lvs_events.errors import Compacted, Fenced, InvalidEvent, StoreError, StoreUnavailable
 from lvs_events.pb.v1 import coordinator_pb2 as cpb
 from lvs_events.pb.v1 import coordinator_pb2_grpc as cpb_grpc
+from lvs_events.pb.v1 import events_pb2 as pb
 
 log = structlog.get_logger(__name__)
 
@@ -53,6 +56,8 @@ SERVICE_NAME: str = cpb.DESCRIPTOR.services_by_name["Coordinator"].full_name
 MAX_RECEIVE_BYTES = 4 * 1024 * 1024  # > the 1 MB event limit: an oversized event gets a proper ack
 MAX_SEND_BYTES = 256 * 1024 * 1024  # snapshots and GetState of large tables
 DEFAULT_PUBLISH_WINDOW = 1024
+MIN_PING_INTERVAL_MS = 5_000  # clients may ping this often (lvs_events.client pings every 10 s)
+SERVER_KEEPALIVE_MS = 30_000  # the server's own pings: a vanished client's streams end too
 COMPACTED_RESTARTS = 5
 
 
@@ -93,7 +98,59 @@ def _consume(fut: asyncio.Future[Appended]) -> None:
         fut.exception()  # mark retrieved: the client went away before its ack
 
 
-_Pending = cpb.PublishAck | tuple[str, asyncio.Future[Appended]]
+_Entry = tuple[str, asyncio.Future[Appended]]
+# what the ack writer of a Publish stream waits for: an ack ready now, one event's append, or
+# the entries of a batch request (answered by one PublishAck with ``acks``)
+_Pending = cpb.PublishAck | _Entry | list[cpb.PublishAck | _Entry]
+
+
+async def _batch_ack(entries: list[cpb.PublishAck | _Entry]) -> cpb.PublishAck:
+    out = cpb.PublishAck()
+    add = out.acks.add
+    for entry in entries:
+        if isinstance(entry, tuple):
+            event_id, fut = entry
+            if not fut.done():
+                await asyncio.wait([fut])
+            e = fut.exception()
+            if e is None:
+                a = fut.result()
+                add(event_id=event_id, revision=a.revision, duplicate=a.duplicate)
+            else:
+                out.acks.append(_ack_for(event_id, fut))
+        else:
+            out.acks.append(entry)
+    return out
+
+
+def _abandon(pending: deque[_Pending | None]) -> None:
+    """The stream ended with appends unacknowledged: mark their outcomes retrieved."""
+    for left in pending:
+        entries = left if isinstance(left, list) else [left]
+        for entry in entries:
+            if isinstance(entry, tuple):
+                entry[1].add_done_callback(_consume)
+
+
+class _Window:
+    """Events a Publish stream may have unacknowledged (a batch larger than the window is let
+    through alone)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.used = 0
+        self._room = asyncio.Event()
+        self._room.set()
+
+    async def acquire(self, n: int) -> None:
+        while self.used and self.used + n > self.size:
+            self._room.clear()
+            await self._room.wait()
+        self.used += n
+
+    def release(self, n: int) -> None:
+        self.used -= n
+        self._room.set()
 
 
 class CoordinatorService(cpb_grpc.CoordinatorServicer):
@@ -124,7 +181,7 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
     ) -> AsyncIterator[cpb.PublishAck]:
         if self.draining:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "coordinator is shutting down")
-        window = asyncio.Semaphore(self.publish_window)
+        window = _Window(self.publish_window)
         pending: deque[_Pending | None] = deque()
         ready = asyncio.Event()
         reader = asyncio.create_task(self._read_publish(request_iterator, pending, ready, window))
@@ -141,18 +198,22 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
                     break
                 if isinstance(item, tuple):
                     event_id, fut = item
-                    await asyncio.wait([fut])
-                    item = _ack_for(event_id, fut)
-                window.release()
-                yield item
+                    if not fut.done():
+                        await asyncio.wait([fut])
+                    window.release(1)
+                    yield _ack_for(event_id, fut)
+                elif isinstance(item, list):
+                    yield await _batch_ack(item)
+                    window.release(len(item))
+                else:
+                    window.release(1)
+                    yield item
         finally:
             self._readers.discard(reader)
             if not reader.done():
                 reader.cancel()
                 await asyncio.wait([reader])
-            for left in pending:
-                if isinstance(left, tuple):
-                    left[1].add_done_callback(_consume)
+            _abandon(pending)
             self._publishers -= 1
             if self._publishers == 0:
                 self._no_publishers.set()
@@ -162,12 +223,16 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
         requests: AsyncIterator[cpb.PublishRequest],
         pending: deque[_Pending | None],
         ready: asyncio.Event,
-        window: asyncio.Semaphore,
+        window: _Window,
     ) -> None:
         try:
             async for req in requests:
-                await window.acquire()
-                pending.append(await self._admit(req))
+                if req.events:
+                    await window.acquire(len(req.events))
+                    pending.append(await self._admit_batch(req))
+                else:
+                    await window.acquire(1)
+                    pending.append(await self._admit(req))
                 ready.set()
         except grpc.RpcError:
             pass  # the client went away: the writer side ends with it
@@ -175,7 +240,7 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
             pending.append(None)
             ready.set()
 
-    async def _admit(self, req: cpb.PublishRequest) -> _Pending:
+    async def _admit(self, req: cpb.PublishRequest) -> cpb.PublishAck | _Entry:
         if not req.HasField("event"):
             return _ack_error("", "INVALID_ARGUMENT", "PublishRequest without an event")
         msg = req.event
@@ -194,6 +259,41 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
         except StoreUnavailable as e:
             return _ack_error(msg.event_id, "UNAVAILABLE", str(e))
         return (msg.event_id, fut)
+
+    async def _admit_batch(self, req: cpb.PublishRequest) -> list[cpb.PublishAck | _Entry]:
+        """A batch request: each event checked on its own (a refused one does not stop the
+        others), the valid ones queued together. One entry per event, in order."""
+        both = req.HasField("event")
+        out: list[cpb.PublishAck | _Entry | None] = []
+        valid: list[tuple[pb.Event, int]] = []
+        slots: list[int] = []
+        for msg in req.events:
+            if both:
+                out.append(_ack_error(msg.event_id, "INVALID_ARGUMENT", "set event or events, not both"))
+                continue
+            try:
+                size = check_event(msg, self.cluster)
+            except InvalidEvent as e:
+                log.info("event refused", event_id=msg.event_id, error=str(e))
+                out.append(_ack_error(msg.event_id, "INVALID_ARGUMENT", str(e)))
+                continue
+            refused = publisher_may_not(msg)
+            if refused:
+                out.append(_ack_error(msg.event_id, "INVALID_ARGUMENT", refused))
+                continue
+            slots.append(len(out))
+            out.append(None)
+            valid.append((msg, size))
+        if valid:
+            try:
+                futs = await submit_fenced(self.appender, valid)  # fencing: one group per term
+            except StoreUnavailable as e:
+                for i, (msg, _) in zip(slots, valid, strict=True):
+                    out[i] = _ack_error(msg.event_id, "UNAVAILABLE", str(e))
+            else:
+                for i, (msg, _), fut in zip(slots, valid, futs, strict=True):
+                    out[i] = (msg.event_id, fut)
+        return [entry for entry in out if entry is not None]
 
     async def stop_publishers(self, grace: float) -> None:
         """Stop reading new events; in-flight ones still get their acks (up to ``grace``)."""
@@ -370,6 +470,12 @@ async def serve_coordinator(settings: CoordinatorSettings) -> AsyncIterator[Runn
                 ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
                 ("grpc.max_send_message_length", MAX_SEND_BYTES),
                 ("grpc.so_reuseport", 0),
+                # accept the clients' keepalive pings (every 10 s by default) so a dead
+                # connection under a quiet Subscribe is noticed in seconds on both sides
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
+                ("grpc.keepalive_time_ms", SERVER_KEEPALIVE_MS),
+                ("grpc.keepalive_timeout_ms", SERVER_KEEPALIVE_MS // 2),
             ]
         )
         cpb_grpc.add_CoordinatorServicer_to_server(service, server)

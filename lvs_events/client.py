@@ -12,9 +12,13 @@ Deadlines. Every RPC has one: unary calls ``attempt_timeout`` per attempt within
 overall; the long-lived streams (``Publish``, ``Subscribe`` with ``follow``) a gRPC deadline of
 ``stream_max_age``, after which they are reopened transparently; each ``publish`` call waits at
 most ``timeout`` for its acks; a non-following ``Subscribe`` waits at most ``timeout`` per item.
-Dead connections under a quiet following stream are found by HTTP/2 keepalive pings when
-``keepalive`` is set (the coordinator must then accept pings that often: gRPC servers refuse pings
-more frequent than every 5 minutes by default), and at the latest by ``stream_max_age``.
+Dead connections under a quiet following stream are found by HTTP/2 keepalive pings, every
+``keepalive`` seconds (default 10; None turns them off) with an answer due within half that
+(the coordinator accepts pings every 5 s or more), and at the latest by ``stream_max_age``.
+
+Batches. ``publish`` sends its events in batch requests (``PublishRequest.events``, up to
+``batch_events`` events or about ``batch_bytes`` each), answered by one ack message per request;
+against a coordinator that predates batches it falls back to one event per request.
 
 Exactly once. ``publish`` keeps one long-lived bidirectional ``Publish`` stream. If it breaks,
 the events not yet acknowledged are sent again, with the same ``event_id``, on the next endpoint;
@@ -58,6 +62,7 @@ from lvs_events.domain.table import Table, table_from_json
 from lvs_events.errors import CoordinatorUnavailable, InvalidEvent, LvsEventsError
 from lvs_events.pb.v1 import coordinator_pb2 as cpb
 from lvs_events.pb.v1 import coordinator_pb2_grpc as cpb_grpc
+from lvs_events.pb.v1 import events_pb2 as pb
 
 __all__ = [
     "Ack",
@@ -85,6 +90,9 @@ RETRYABLE: Final = frozenset(
         grpc.StatusCode.INTERNAL,  # a broken HTTP/2 connection
     }
 )
+# HTTP/2 keepalive ping interval, seconds: a silently dead connection under a quiet following
+# Subscribe is noticed within about 1.5 x this. The coordinator accepts pings every 5 s or more.
+DEFAULT_KEEPALIVE: Final = 10.0
 # Ack error codes (PublishAck.error_code) that mean "try again", not "refused".
 RETRYABLE_ACK_CODES: Final = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED"})
 
@@ -209,6 +217,10 @@ class _StreamEnded(Exception):
     """The server closed a stream we expected more from."""
 
 
+class _NoBatches(Exception):
+    """The coordinator does not know batch Publish requests (an older version)."""
+
+
 class _Attempt:
     """Failover bookkeeping for one logical call: deadline, backoff, last error."""
 
@@ -260,10 +272,12 @@ class CoordinatorClient:
         timeout: float = 10.0,
         attempt_timeout: float = 5.0,
         stream_max_age: float = 600.0,
-        keepalive: float | None = None,
+        keepalive: float | None = DEFAULT_KEEPALIVE,
         backoff_initial: float = 0.05,
         backoff_max: float = 2.0,
         max_message_bytes: int = 64 * 1024 * 1024,
+        batch_events: int = 256,
+        batch_bytes: int = 1024 * 1024,
     ) -> None:
         if isinstance(endpoints, str):
             endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]
@@ -275,6 +289,9 @@ class CoordinatorClient:
         self.stream_max_age = stream_max_age
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
+        self.batch_events = max(1, batch_events)
+        self.batch_bytes = batch_bytes
+        self._batch_requests = True  # False after meeting a coordinator that predates batches
         self._options: list[tuple[str, int]] = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -376,7 +393,7 @@ class CoordinatorClient:
         """
         if not events:
             return []
-        msgs = [cpb.PublishRequest(event=wire.event_to_pb(e)) for e in events]
+        msgs = [wire.event_to_pb(e) for e in events]
         async with self._pub_lock:
             attempt = _Attempt(self, "Publish", within or self.timeout)
             acks: dict[str, Ack] = {}
@@ -385,8 +402,14 @@ class CoordinatorClient:
                 endpoint = self.endpoint
                 try:
                     call = self._publish_stream(endpoint)
+                    requests = self._requests([msgs[i] for i in pending])
                     async with asyncio.timeout(max(0.05, min(self.attempt_timeout, attempt.remaining()))):
-                        await self._exchange(call, [msgs[i] for i in pending], acks)
+                        await self._exchange(call, requests, acks)
+                except _NoBatches:
+                    self._drop_publish_stream()
+                    log.info("coordinator.publish.no_batches", endpoint=endpoint)
+                    self._batch_requests = False  # an older coordinator: one event per request
+                    continue
                 except (grpc.aio.AioRpcError, _StreamEnded, TimeoutError) as e:
                     self._drop_publish_stream()
                     if isinstance(e, grpc.aio.AioRpcError):
@@ -403,6 +426,26 @@ class CoordinatorClient:
                     continue
                 pending = []
             return [acks[e.event_id] for e in events]
+
+    def _requests(self, msgs: list[pb.Event]) -> list[tuple[cpb.PublishRequest, list[str]]]:
+        """The Publish requests for ``msgs``: batches (``events``) of up to ``batch_events``
+        events and about ``batch_bytes``, or one event each for a coordinator without batches.
+        Each with the event ids it carries, in order."""
+        if not self._batch_requests:
+            return [(cpb.PublishRequest(event=m), [m.event_id]) for m in msgs]
+        out: list[tuple[cpb.PublishRequest, list[str]]] = []
+        chunk: list[pb.Event] = []
+        nbytes = 0
+        for m in msgs:
+            size = m.ByteSize()
+            if chunk and (len(chunk) >= self.batch_events or nbytes + size > self.batch_bytes):
+                out.append((cpb.PublishRequest(events=chunk), [c.event_id for c in chunk]))
+                chunk, nbytes = [], 0
+            chunk.append(m)
+            nbytes += size
+        if chunk:
+            out.append((cpb.PublishRequest(events=chunk), [c.event_id for c in chunk]))
+        return out
 
     def _publish_stream(self, endpoint: str) -> grpc.aio.StreamStreamCall[cpb.PublishRequest, cpb.PublishAck]:
         """The long-lived Publish stream on ``endpoint``; reopened when it is old or elsewhere."""
@@ -430,33 +473,39 @@ class CoordinatorClient:
     @staticmethod
     async def _exchange(
         call: grpc.aio.StreamStreamCall[cpb.PublishRequest, cpb.PublishAck],
-        msgs: list[cpb.PublishRequest],
+        requests: list[tuple[cpb.PublishRequest, list[str]]],
         acks: dict[str, Ack],
     ) -> None:
-        """Write ``msgs`` while reading their acks (concurrently: a large batch must not stall on
-        HTTP/2 flow control). Acks are recorded in ``acks`` as they come, so a failure midway
-        leaves exactly the acknowledged events there."""
+        """Write ``requests`` while reading their answers (concurrently: a large batch must not
+        stall on HTTP/2 flow control). Acks are recorded in ``acks`` as they come, so a failure
+        midway leaves exactly the acknowledged events there."""
 
         async def writer() -> None:
             try:
-                for m in msgs:
-                    await call.write(m)
+                for req, _ in requests:
+                    await call.write(req)
             except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
                 call.cancel()  # the reader sees the failure and reports it
 
-        failure: grpc.aio.AioRpcError | _StreamEnded | None = None
+        failure: grpc.aio.AioRpcError | _StreamEnded | _NoBatches | None = None
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(writer())
+            task = tg.create_task(writer())
             try:
-                for _ in msgs:
+                for req, ids in requests:
                     resp = await call.read()
                     if not isinstance(resp, cpb.PublishAck):  # grpc.aio.EOF
                         _publish_ended()
-                    acks[resp.event_id] = Ack(
-                        resp.event_id, resp.revision, resp.duplicate, resp.error_code, resp.error
-                    )
-            except (grpc.aio.AioRpcError, _StreamEnded) as e:
+                    if req.events and not resp.acks:  # an older coordinator: it saw no event
+                        _no_batches()
+                    for one in resp.acks if req.events else (resp,):
+                        acks[one.event_id] = Ack(
+                            one.event_id, one.revision, one.duplicate, one.error_code, one.error
+                        )
+                    if req.events and len(resp.acks) != len(ids):
+                        _publish_ended()
+            except (grpc.aio.AioRpcError, _StreamEnded, _NoBatches) as e:
                 failure = e  # raised below, outside the group (which would wrap it)
+                task.cancel()
                 call.cancel()
         if failure is not None:
             raise failure
@@ -614,6 +663,10 @@ class Subscription:
 
 def _publish_ended() -> NoReturn:
     raise _StreamEnded("the coordinator closed the Publish stream")
+
+
+def _no_batches() -> NoReturn:
+    raise _NoBatches
 
 
 def _settled(ack: Ack | None) -> bool:

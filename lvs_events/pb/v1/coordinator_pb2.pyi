@@ -24,16 +24,24 @@ class PublishRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def event(self) -> _events_pb2.Event: ...
+    def event(self) -> _events_pb2.Event:
+        """one event (the original form)"""
+
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.Event]:
+        """or a batch of events (set one of the two, not both)"""
+
     def __init__(
         self,
         *,
         event: _events_pb2.Event | None = ...,
+        events: _abc.Iterable[_events_pb2.Event] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "events", b"events"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -48,6 +56,7 @@ class PublishAck(_message.Message):
     DUPLICATE_FIELD_NUMBER: _builtins.int
     ERROR_CODE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    ACKS_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     revision: _builtins.int
     """log revision of the event (of the original, for a duplicate)"""
@@ -56,6 +65,12 @@ class PublishAck(_message.Message):
     error_code: _builtins.str
     """empty when appended: INVALID_ARGUMENT, FAILED_PRECONDITION (fenced), UNAVAILABLE"""
     error: _builtins.str
+    @_builtins.property
+    def acks(self) -> _containers.RepeatedCompositeFieldContainer[Global___PublishAck]:
+        """The answer to a batch request (PublishRequest.events): one ack per event, in order; the
+        fields above are then empty.
+        """
+
     def __init__(
         self,
         *,
@@ -64,10 +79,11 @@ class PublishAck(_message.Message):
         duplicate: _builtins.bool = ...,
         error_code: _builtins.str = ...,
         error: _builtins.str = ...,
+        acks: _abc.Iterable[Global___PublishAck] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate", "error", b"error", "error_code", b"error_code", "event_id", b"event_id", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acks", b"acks", "duplicate", b"duplicate", "error", b"error", "error_code", b"error_code", "event_id", b"event_id", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

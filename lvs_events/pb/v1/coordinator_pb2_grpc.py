@@ -56,7 +56,8 @@ class CoordinatorServicer:
 
     def Publish(self, request_iterator, context):
         """Events in, acks out (one per event, in order of arrival). A refused event gets an ack with
-        an error and the stream goes on; a malformed stream is ended with INVALID_ARGUMENT.
+        an error and the stream goes on. A request with `event` gets one PublishAck; a request with
+        `events` (a batch) gets one PublishAck whose `acks` hold one ack per event, in order.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -33,7 +33,8 @@ class CoordinatorStub:
     def __new__(cls, channel: _aio.Channel) -> CoordinatorAsyncStub: ...
     Publish: _grpc.StreamStreamMultiCallable[_coordinator_pb2.PublishRequest, _coordinator_pb2.PublishAck]
     """Events in, acks out (one per event, in order of arrival). A refused event gets an ack with
-    an error and the stream goes on; a malformed stream is ended with INVALID_ARGUMENT.
+    an error and the stream goes on. A request with `event` gets one PublishAck; a request with
+    `events` (a batch) gets one PublishAck whose `acks` hold one ack per event, in order.
     """
     Subscribe: _grpc.UnaryStreamMultiCallable[_coordinator_pb2.SubscribeRequest, _coordinator_pb2.SubscribeResponse]
     """The log from a revision: catches up, then follows, with no gap or duplicate at the seam.
@@ -47,7 +48,8 @@ class CoordinatorAsyncStub(CoordinatorStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Publish: _aio.StreamStreamMultiCallable[_coordinator_pb2.PublishRequest, _coordinator_pb2.PublishAck]  # type: ignore[assignment]
     """Events in, acks out (one per event, in order of arrival). A refused event gets an ack with
-    an error and the stream goes on; a malformed stream is ended with INVALID_ARGUMENT.
+    an error and the stream goes on. A request with `event` gets one PublishAck; a request with
+    `events` (a batch) gets one PublishAck whose `acks` hold one ack per event, in order.
     """
     Subscribe: _aio.UnaryStreamMultiCallable[_coordinator_pb2.SubscribeRequest, _coordinator_pb2.SubscribeResponse]  # type: ignore[assignment]
     """The log from a revision: catches up, then follows, with no gap or duplicate at the seam.
@@ -64,7 +66,8 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_coordinator_pb2.PublishAck], _abc.AsyncIterator[_coordinator_pb2.PublishAck]]:
         """Events in, acks out (one per event, in order of arrival). A refused event gets an ack with
-        an error and the stream goes on; a malformed stream is ended with INVALID_ARGUMENT.
+        an error and the stream goes on. A request with `event` gets one PublishAck; a request with
+        `events` (a batch) gets one PublishAck whose `acks` hold one ack per event, in order.
         """
 
     @_abc_1.abstractmethod

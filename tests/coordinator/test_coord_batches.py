@@ -1,0 +1,67 @@
+"""Batch Publish requests, pipelined transactions, keepalive settings."""
+
+from __future__ import annotations
+
+import asyncio
+
+from coordinator import server
+from coordinator.store import EtcdEventStore
+from lvs_events import client as client_mod
+from lvs_events.pb.v1 import coordinator_pb2 as cpb
+from tests.coordinator.helpers import CLUSTER, health_event, read_log
+
+
+async def test_batch_request_gets_one_message_with_an_ack_per_event_in_order(
+    stub, store: EtcdEventStore
+) -> None:
+    bad = health_event("bad-1", real="not-an-endpoint")
+    batch = [health_event("b-1"), bad, health_event("b-2"), health_event("b-1")]
+    single = health_event("s-1")
+    call = stub.Publish(
+        iter([cpb.PublishRequest(events=batch), cpb.PublishRequest(event=single)]), timeout=10
+    )
+    answers = [a async for a in call]
+    assert len(answers) == 2
+    acks = answers[0].acks
+    assert [a.event_id for a in acks] == ["b-1", "bad-1", "b-2", "b-1"]
+    assert (acks[0].revision, acks[0].duplicate, acks[0].error_code) == (1, False, "")
+    assert acks[1].error_code == "INVALID_ARGUMENT"
+    assert "real_server_health.real" in acks[1].error
+    assert (acks[2].revision, acks[2].error_code) == (2, "")
+    assert (acks[3].revision, acks[3].duplicate) == (1, True)
+    assert (answers[1].event_id, answers[1].revision, len(answers[1].acks)) == ("s-1", 3, 0)
+    assert [e.event_id for e in await read_log(store)] == ["b-1", "b-2", "s-1"]
+
+
+async def test_batch_with_event_and_events_is_refused(stub, store: EtcdEventStore) -> None:
+    req = cpb.PublishRequest(event=health_event("x-0"), events=[health_event("x-1")])
+    answers = [a async for a in stub.Publish(iter([req]), timeout=10)]
+    assert [a.error_code for a in answers[0].acks] == ["INVALID_ARGUMENT"]
+    assert (await store.bounds()).head == 0
+
+
+async def test_pipelined_appends_land_in_call_order_under_a_competing_store(etcd) -> None:
+    async with (
+        EtcdEventStore(etcd.endpoints, CLUSTER) as mine,
+        EtcdEventStore(etcd.endpoints, CLUSTER) as other,
+    ):
+        batches = [[health_event(f"m{j}-{i}") for i in range(5)] for j in range(30)]
+        theirs = [[health_event(f"o{j}-{i}") for i in range(3)] for j in range(30)]
+        # all of mine are in flight at once (pipelined); the other store races them
+        mine_tasks = [asyncio.create_task(mine.append(b)) for b in batches]
+        other_tasks = [asyncio.create_task(other.append(b)) for b in theirs]
+        results = await asyncio.gather(*mine_tasks)
+        await asyncio.gather(*other_tasks)
+        revs = [a.revision for r in results for a in r]
+        assert revs == sorted(revs)  # in the order the appends were made
+        log = await read_log(mine)
+        assert [e.revision for e in log] == list(range(1, 30 * 5 + 30 * 3 + 1))
+        assert len({e.event_id for e in log}) == len(log)
+
+
+def test_clients_keepalive_is_on_by_default_and_accepted_by_the_server() -> None:
+    c = client_mod.CoordinatorClient(["127.0.0.1:1"])
+    options = dict(c._options)
+    assert options["grpc.keepalive_time_ms"] == client_mod.DEFAULT_KEEPALIVE * 1000
+    assert options["grpc.keepalive_time_ms"] >= server.MIN_PING_INTERVAL_MS
+    assert options["grpc.keepalive_timeout_ms"] <= 5000
