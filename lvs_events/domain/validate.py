@@ -42,17 +42,16 @@ def _need(cond: bool, field: str, expected: str, found: object) -> None:
 
 def validate_event(event: Event, *, max_bytes: int = MAX_EVENT_BYTES, size: int = 0) -> None:
     """Raise :class:`InvalidEvent` if ``event`` must not be appended. ``size``: its encoded size."""
-    _need(size <= max_bytes, "event", f"at most {max_bytes} bytes encoded", f"{size} bytes")
-    _need(
-        0 < len(event.event_id) <= MAX_ID_LEN and bool(_ID_RE.match(event.event_id)),
-        "event_id",
-        f"1-{MAX_ID_LEN} characters of [A-Za-z0-9._:@/-]",
-        event.event_id,
-    )
+    # The checks that format their expectation run it only on failure (this is the append path).
+    if size > max_bytes:
+        _need(False, "event", f"at most {max_bytes} bytes encoded", f"{size} bytes")
+    if not (0 < len(event.event_id) <= MAX_ID_LEN and _ID_RE.match(event.event_id)):
+        _need(False, "event_id", f"1-{MAX_ID_LEN} characters of [A-Za-z0-9._:@/-]", event.event_id)
     _need(bool(_NAME_RE.match(event.cluster)), "cluster", "a name", event.cluster)
     _need(bool(_NAME_RE.match(event.origin)), "origin", "a node name", event.origin)
     _need(0 < len(event.actor) <= 256, "actor", "a daemon or operator name", event.actor)
-    _need(len(event.reason) <= MAX_TEXT, "reason", f"at most {MAX_TEXT} characters", len(event.reason))
+    if len(event.reason) > MAX_TEXT:
+        _need(False, "reason", f"at most {MAX_TEXT} characters", len(event.reason))
     _need(
         math.isfinite(event.wall_time) and event.wall_time > 0,
         "wall_time",
