@@ -18,9 +18,14 @@ import structlog
 from agent.config_source import ConfigSourceError, LoadedConfig, load_config_json, load_ldirectord
 from agent.dataplane import Dataplane
 from agent.dataplane.memory import MemoryDataplane
+from agent.ha.hooks import Hooks
+from agent.ha.runner import HaRunner, HaSettings
+from agent.ha.timing import HaTiming
+from agent.ha.vips import ExternalVips, NetlinkVips, VipManager
 from agent.runtime import Agent, AgentSettings
 from lvs_events import logs
 from lvs_events.errors import LvsEventsError
+from lvs_events.leadership import LeaderElectionClient
 
 log = structlog.get_logger("agent")
 
@@ -55,6 +60,32 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--timeout", type=float, default=10.0, help="deadline of coordinator calls, seconds")
     p.add_argument("--drain-timeout", type=float, default=5.0, help="shutdown drain deadline, seconds")
+    ha = p.add_argument_group("high availability (a director pair; see docs/failover.md)")
+    ha.add_argument("--peer", help="the peer agent's Peer service host:port; enables HA")
+    ha.add_argument("--listen-peer", default="0.0.0.0:7421", help="our Peer service (default %(default)s)")
+    ha.add_argument("--advertise-peer", default="", help="our Peer address as others reach it")
+    ha.add_argument("--vip", action="append", default=[], help="a VIP (repeatable), ADDR or ADDR/PREFIX")
+    ha.add_argument("--vip-interface", default="", help="interface the VIPs go on")
+    ha.add_argument(
+        "--vip-mode",
+        choices=("netlink", "external"),
+        default="netlink",
+        help="netlink: we add/remove the VIPs; external: the notify hooks' business",
+    )
+    ha.add_argument(
+        "--no-config-vips", action="store_true", help="only the --vip addresses, not the config's virtuals"
+    )
+    ha.add_argument("--on-active", default="", help="command run on becoming active (+ role term reason)")
+    ha.add_argument("--on-standby", default="", help="command run on becoming standby")
+    ha.add_argument("--on-fault", default="", help="command run on letting go for lack of confirmation")
+    ha.add_argument("--hook-timeout", type=float, default=10.0)
+    d = HaTiming()
+    ha.add_argument("--heartbeat-interval", type=float, default=d.heartbeat_interval)
+    ha.add_argument("--miss-limit", type=int, default=d.miss_limit)
+    ha.add_argument("--keepalive-interval", type=float, default=d.keepalive_interval)
+    ha.add_argument("--retry-deadline", type=float, default=d.retry_deadline)
+    ha.add_argument("--authority", type=float, default=d.authority)
+    ha.add_argument("--lease-ttl", type=int, default=d.lease_ttl)
     p.add_argument("--log-format", choices=logs.FORMATS, default="auto")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
@@ -94,14 +125,61 @@ def settings_from(args: argparse.Namespace) -> AgentSettings:
     )
 
 
-async def run(settings: AgentSettings, dataplane_kind: str) -> None:
+async def run(settings: AgentSettings, dataplane_kind: str, args: argparse.Namespace | None = None) -> None:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    agent = Agent(settings, make_dataplane(dataplane_kind, settings.state_dir))
-    await agent.run(stop)
+    election = None
+    ha = None
+    if args is not None and args.peer:
+        election = LeaderElectionClient(settings.endpoints, timeout=args.retry_deadline)
+        ha = make_ha(args, settings, election)
+    agent = Agent(settings, make_dataplane(dataplane_kind, settings.state_dir), ha=ha)
+    if (
+        ha is not None
+        and args is not None
+        and isinstance(ha.vip_manager, NetlinkVips)
+        and not args.no_config_vips
+    ):
+        state = agent.core
+        ha.vip_manager.dynamic = lambda: [
+            v.address for v in (state.state.config.virtuals if state.state.config else ()) if v.address
+        ]
+    try:
+        await agent.run(stop)
+    finally:
+        if election is not None:
+            await election.close()
+
+
+def make_ha(args: argparse.Namespace, settings: AgentSettings, election: LeaderElectionClient) -> HaRunner:
+    timing = HaTiming(
+        heartbeat_interval=args.heartbeat_interval,
+        miss_limit=args.miss_limit,
+        keepalive_interval=args.keepalive_interval,
+        retry_deadline=args.retry_deadline,
+        authority=args.authority,
+        lease_ttl=args.lease_ttl,
+    ).validate()
+    vips: VipManager
+    if args.vip_mode == "external":
+        vips = ExternalVips(args.vip)
+    else:
+        if not args.vip_interface:
+            raise SystemExit("lvs-agent: --vip-interface is needed with --vip-mode netlink")
+        vips = NetlinkVips(args.vip_interface, args.vip)
+    hooks = Hooks(args.on_active, args.on_standby, args.on_fault, args.hook_timeout)
+    ha_settings = HaSettings(
+        node=settings.node,
+        listen=args.listen_peer,
+        peer=args.peer,
+        advertise=args.advertise_peer,
+        timing=timing,
+        hooks=hooks,
+    )
+    return HaRunner(ha_settings, election, vips)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -109,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(args.log_format, args.log_level)
     try:
         settings = settings_from(args)
-        asyncio.run(run(settings, args.dataplane))
+        asyncio.run(run(settings, args.dataplane, args))
     except (LvsEventsError, ConfigSourceError, OSError) as e:
         print(f"lvs-agent: {e}", file=sys.stderr)
         return 1

@@ -34,12 +34,13 @@ from agent.config_source import LoadedConfig, same_config
 from agent.core import ApplyCore, Policy, Ready
 from agent.dataplane import Dataplane, reconcile
 from agent.fallback import FallbackRunner
+from agent.ha.runner import HaRunner
 from agent.health import HealthChecker, PublisherReporter
 from agent.maintenance import MaintenanceWatcher
 from agent.persist import StateStore
 from agent.publisher import Publisher
 from lvs_events.client import CoordinatorClient, Snapshot
-from lvs_events.domain.events import ConfigApplied, Event
+from lvs_events.domain.events import ConfigApplied, Event, Payload
 from lvs_events.errors import CoordinatorUnavailable, DataplaneError
 
 __all__ = ["Agent", "AgentSettings", "Inbox"]
@@ -119,6 +120,7 @@ class Agent:
         *,
         client: CoordinatorClient | None = None,
         checker: HealthChecker | None = None,
+        ha: HaRunner | None = None,
     ) -> None:
         self.settings = settings
         self.dataplane = dataplane
@@ -139,6 +141,9 @@ class Agent:
             on_overflow=self._on_outbox_overflow,
         )
         self.fallbacks = FallbackRunner()
+        self.ha = ha
+        if ha is not None:
+            ha.applied = lambda: (self.core.applied_revision, self.core.applied_digest)
         self.started = asyncio.Event()  # set once the stored state is loaded and tasks run
         self.resyncs = 0
         self._stopping = False
@@ -155,9 +160,12 @@ class Agent:
                 pub = tg.create_task(self.publisher.run(), name="publisher")
                 side: list[asyncio.Task[None]] = []
                 if self.checker is not None:
-                    side.append(
-                        tg.create_task(self.checker.run(PublisherReporter(self.publisher)), name="health")
-                    )
+                    reporter = PublisherReporter(self.publisher if self.ha is None else _Fenced(self))
+                    side.append(tg.create_task(self.checker.run(reporter), name="health"))
+                ha_stop = asyncio.Event()
+                ha_task = None
+                if self.ha is not None:
+                    ha_task = tg.create_task(self.ha.run(ha_stop), name="ha")
                     if isinstance(self.checker, Checker):
                         watcher = MaintenanceWatcher(self.checker, lambda: self.core.state.config)
                         side.append(tg.create_task(watcher.run(), name="maintenancedir"))
@@ -168,6 +176,9 @@ class Agent:
                     side.append(tg.create_task(self._autoreloader().run(), name="autoreload"))
                 self.started.set()
                 await stop.wait()
+                if ha_task is not None:  # let go of the VIPs and the leadership first
+                    ha_stop.set()
+                    await asyncio.wait([ha_task])
                 await self._drain(sub, apply, pub, side)
         finally:
             if self._own_client:
@@ -384,3 +395,17 @@ class Agent:
                     "agent.config_refused", event_id=ev.event_id, code=ack.error_code, error=ack.error
                 )
             return
+
+
+class _Fenced:
+    """The publisher as the health checker sees it, with the active's term on every verdict:
+    verdicts of an active that lost its term are refused by the coordinator (fencing), those of
+    a standby go in unfenced (term 0) as that node's own view."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.node = agent.publisher.node
+
+    def submit(self, payload: Payload, reason: str = "", term: int = 0) -> Event | None:
+        ha = self.agent.ha
+        return self.agent.publisher.submit(payload, reason, term or (ha.active_term() if ha else 0))
