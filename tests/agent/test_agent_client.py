@@ -8,11 +8,15 @@ import contextlib
 import random
 import time
 
+import grpc
+import grpc.aio
 import pytest
 
 from lvs_events.client import CoordinatorClient, Snapshot, new_event
 from lvs_events.domain.events import ConfigApplied, Event
 from lvs_events.errors import CoordinatorUnavailable
+from lvs_events.pb.v1 import coordinator_pb2 as cpb
+from lvs_events.pb.v1 import coordinator_pb2_grpc as cpb_grpc
 from tests.agent.cluster import CLUSTER, coordinators, demo_config, mixed_payloads
 from tests.support.etcd import EtcdCluster, free_port
 
@@ -80,3 +84,41 @@ async def test_publish_and_follow_survive_a_coordinator_stopping(etcd: EtcdClust
         assert view.head_revision == n
         with contextlib.suppress(Exception):
             await c2.drain(grace=1.0)
+
+
+class _OldCoordinator(cpb_grpc.CoordinatorServicer):
+    """A coordinator from before batch requests: one ack per request, ``events`` unknown."""
+
+    def __init__(self) -> None:
+        self.revision = 0
+        self.requests = 0
+
+    async def Publish(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        async for req in request_iterator:
+            self.requests += 1
+            if not req.HasField("event"):
+                yield cpb.PublishAck(error_code="INVALID_ARGUMENT", error="PublishRequest without an event")
+                continue
+            self.revision += 1
+            yield cpb.PublishAck(event_id=req.event.event_id, revision=self.revision)
+
+
+async def test_publish_falls_back_to_one_event_per_request_for_an_older_coordinator() -> None:
+    old = _OldCoordinator()  # type: ignore[abstract]  # Publish is all it serves
+    server = grpc.aio.server()
+    cpb_grpc.add_CoordinatorServicer_to_server(old, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with CoordinatorClient([f"127.0.0.1:{port}"], timeout=5.0) as client:
+            events = [
+                new_event(p, cluster=CLUSTER, origin="lb1", actor="test")
+                for p in mixed_payloads(5, random.Random(2), "lb1")
+            ]
+            acks = await client.publish(events)
+            assert [a.revision for a in acks] == [1, 2, 3, 4, 5]
+            assert all(a.ok for a in acks)
+            more = await client.publish(events[:2])  # stays in the one-event mode
+            assert [a.revision for a in more] == [6, 7]
+    finally:
+        await server.stop(None)
