@@ -82,8 +82,9 @@ class Appender:
         queue_size: int = DEFAULT_QUEUE,
         max_in_flight: int = DEFAULT_IN_FLIGHT,
     ) -> None:
-        if not 1 <= max_batch_events <= MAX_BATCH_EVENTS:
-            raise ValueError(f"max_batch_events: 1..{MAX_BATCH_EVENTS}")
+        limit = int(getattr(store, "max_batch_events", MAX_BATCH_EVENTS))
+        if not 1 <= max_batch_events <= limit:
+            raise ValueError(f"max_batch_events: 1..{limit}")
         if max_in_flight < 1:
             raise ValueError("max_in_flight: at least 1")
         self.store = store

@@ -16,6 +16,7 @@ import structlog
 
 from coordinator.server import CoordinatorSettings, install_signal_handlers, serve_coordinator
 from coordinator.snapshots import DEFAULT_RETENTION, DEFAULT_SNAPSHOT_EVERY, DEFAULT_SNAPSHOT_INTERVAL
+from coordinator.store import MAX_TXN_OPS
 from lvs_events import logs
 from lvs_events.errors import LvsEventsError
 
@@ -53,6 +54,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="events kept behind the newest snapshot; older ones are deleted",
     )
     p.add_argument("--etcd-timeout", type=float, default=5.0, help="deadline of every etcd call, seconds")
+    p.add_argument(
+        "--etcd-max-txn-ops",
+        type=int,
+        default=MAX_TXN_OPS,
+        help="etcd's --max-txn-ops; a larger value there (and here) allows larger append batches "
+        "(default %(default)s, etcd's own default)",
+    )
     p.add_argument("--grace", type=float, default=10.0, help="shutdown grace period, seconds")
     p.add_argument("--log-format", choices=logs.FORMATS, default="auto")
     p.add_argument("--log-level", default="INFO")
@@ -71,6 +79,7 @@ def settings_from(args: argparse.Namespace) -> CoordinatorSettings:
         snapshot_interval=args.snapshot_interval,
         retention=args.retention,
         etcd_timeout=args.etcd_timeout,
+        etcd_max_txn_ops=args.etcd_max_txn_ops,
         grace=args.grace,
     )
 

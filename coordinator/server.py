@@ -44,7 +44,7 @@ from coordinator.snapshots import (
     RevisionAhead,
     StateService,
 )
-from coordinator.store import MAX_BATCH_EVENTS, Appended, EtcdEventStore, EtcdLeaderStore, EventStore
+from coordinator.store import MAX_TXN_OPS, Appended, EtcdEventStore, EtcdLeaderStore, EventStore
 from lvs_events.errors import Compacted, Fenced, InvalidEvent, StoreError, StoreUnavailable
 from lvs_events.pb.v1 import coordinator_pb2 as cpb
 from lvs_events.pb.v1 import coordinator_pb2_grpc as cpb_grpc
@@ -70,7 +70,8 @@ class CoordinatorSettings:
     snapshot_interval: float = DEFAULT_SNAPSHOT_INTERVAL
     retention: int = DEFAULT_RETENTION
     etcd_timeout: float = 5.0
-    max_batch_events: int = MAX_BATCH_EVENTS
+    max_batch_events: int = 0  # events per etcd transaction; 0: all that etcd_max_txn_ops allows
+    etcd_max_txn_ops: int = MAX_TXN_OPS  # etcd's --max-txn-ops (default 128: 63 events per txn)
     publish_window: int = DEFAULT_PUBLISH_WINDOW
     grace: float = 10.0  # seconds for in-flight appends and streams at shutdown
     health_interval: float = 2.0
@@ -451,10 +452,15 @@ async def serve_coordinator(settings: CoordinatorSettings) -> AsyncIterator[Runn
     On exit (or :meth:`RunningCoordinator.drain`) it drains within ``settings.grace``.
     ``settings.listen`` may use port 0; the chosen port is ``.port`` / ``.address``.
     """
-    store = EtcdEventStore(settings.etcd_endpoints, settings.cluster, timeout=settings.etcd_timeout)
+    store = EtcdEventStore(
+        settings.etcd_endpoints,
+        settings.cluster,
+        timeout=settings.etcd_timeout,
+        max_txn_ops=settings.etcd_max_txn_ops,
+    )
     await store.connect()
     try:
-        appender = Appender(store, max_batch_events=settings.max_batch_events)
+        appender = Appender(store, max_batch_events=settings.max_batch_events or store.max_batch_events)
         states = StateService(
             store,
             snapshot_every=settings.snapshot_every,

@@ -177,7 +177,10 @@ class EtcdEventStore:
         timeout: float = DEFAULT_TIMEOUT,
         page_size: int = DEFAULT_PAGE,
         max_append_attempts: int = MAX_APPEND_ATTEMPTS,
+        max_txn_ops: int = MAX_TXN_OPS,
     ) -> None:
+        """``max_txn_ops``: etcd's ``--max-txn-ops`` (operations per transaction branch); a
+        batch holds at most ``(max_txn_ops - 1) // 2`` events."""
         if not endpoints:
             raise ValueError("at least one etcd endpoint is needed")
         self.endpoints = list(endpoints)
@@ -185,6 +188,9 @@ class EtcdEventStore:
         self.timeout = timeout
         self.page_size = page_size
         self.max_append_attempts = max_append_attempts
+        if max_txn_ops < 3:
+            raise ValueError("max_txn_ops: at least 3")
+        self.max_batch_events = (max_txn_ops - 1) // 2  # success branch: 2 puts per event + head
         self.prefix = f"/lvs-events/{cluster}/".encode()
         self.k_log = self.prefix + b"log/"
         self.k_ids = self.prefix + b"ids/"
@@ -406,8 +412,8 @@ class EtcdEventStore:
         ids = [e.event_id for e in events]
         if len(set(ids)) != len(ids):
             raise ValueError("append: event_ids in one batch must be unique (dedupe first)")
-        if len(events) > MAX_BATCH_EVENTS:
-            raise ValueError(f"append: at most {MAX_BATCH_EVENTS} events per transaction")
+        if len(events) > self.max_batch_events:
+            raise ValueError(f"append: at most {self.max_batch_events} events per transaction")
         prev, slot = self._last_slot, _Slot(asyncio.get_running_loop().create_future())
         self._last_slot = slot
         try:
