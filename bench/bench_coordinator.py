@@ -54,6 +54,46 @@ from tests.support.etcd import EtcdCluster, free_port  # noqa: E402
 CLUSTER = "bench"
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux /proc); 0 if unknown."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds used per event by the coordinator, etcd and this bench process during a run:
+    on a shared machine the sum bounds the throughput better than the wall clock does."""
+
+    def __init__(self, coordinator: int | None, etcd: int | None) -> None:
+        self.pids = {"coordinator": coordinator, "etcd": etcd}
+        self.start: dict[str, float] = {}
+
+    def __enter__(self) -> CpuMeter:
+        self.start = {k: cpu_seconds(pid) for k, pid in self.pids.items()}
+        t = os.times()
+        self.start["bench_client"] = t.user + t.system
+        self.wall = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.used = {k: cpu_seconds(pid) - self.start[k] for k, pid in self.pids.items()}
+        t = os.times()
+        self.used["bench_client"] = t.user + t.system - self.start["bench_client"]
+        self.wall = time.perf_counter() - self.wall
+
+    def report(self, events: int) -> dict[str, Any]:
+        per = {f"{k}_us": round(v / events * 1e6, 1) for k, v in self.used.items()}
+        total = sum(self.used.values())
+        per["total_us"] = round(total / events * 1e6, 1)
+        per["share_of_machine"] = round(total / (self.wall * (os.cpu_count() or 1)), 2)
+        return per
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return 0.0
@@ -135,7 +175,13 @@ async def wait_serving(address: str, proc: subprocess.Popen[bytes]) -> None:
 
 
 async def publishers(
-    address: str, count: int, per_publisher: int, *, batch: int = 1, window: int = 1
+    address: str,
+    count: int,
+    per_publisher: int,
+    *,
+    batch: int = 1,
+    window: int = 1,
+    pids: tuple[int | None, int | None] = (None, None),
 ) -> dict[str, Any]:
     """``count`` publishers, each on its own Publish stream, ``per_publisher`` events each.
 
@@ -185,10 +231,11 @@ async def publishers(
 
     tasks = [asyncio.create_task(one(p)) for p in range(count)]
     await asyncio.sleep(0.2)  # streams open
-    t0 = time.perf_counter()
-    start.set()
-    await asyncio.gather(*tasks)
-    elapsed = time.perf_counter() - t0
+    with CpuMeter(*pids) as meter:
+        t0 = time.perf_counter()
+        start.set()
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - t0
     for ch in channels:
         await ch.close()
     total = count * per_publisher
@@ -201,6 +248,7 @@ async def publishers(
         "throughput_per_s": round(total / elapsed, 1),
         "ack_p50_ms": ms(pct(latencies, 0.5)),
         "ack_p99_ms": ms(pct(latencies, 0.99)),
+        "cpu_per_event": meter.report(total),
     }
 
 
@@ -213,7 +261,9 @@ async def replay(endpoints: list[str]) -> dict[str, Any]:
     return {"events": folded.revision, "events_per_s": round(folded.revision / elapsed, 1)}
 
 
-def start_coordinator(address: str, endpoints: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+def start_coordinator(
+    address: str, endpoints: list[str], log_path: Path, max_txn_ops: int = 0
+) -> subprocess.Popen[bytes]:
     with open(log_path, "wb") as out:
         return subprocess.Popen(
             [
@@ -226,6 +276,7 @@ def start_coordinator(address: str, endpoints: list[str], log_path: Path) -> sub
                 "--log-format=json",
                 "--log-level=WARNING",
                 "--snapshot-every=100000",
+                *([f"--etcd-max-txn-ops={max_txn_ops}"] if max_txn_ops else []),
             ],
             cwd=ROOT,
             stdout=out,
@@ -234,27 +285,28 @@ def start_coordinator(address: str, endpoints: list[str], log_path: Path) -> sub
         )
 
 
-async def main_async(quick: bool, batch: int, window: int) -> dict[str, Any]:
+async def main_async(quick: bool, batch: int, window: int, max_txn_ops: int) -> dict[str, Any]:
     scale = 0.25 if quick else 1.0
-    with EtcdCluster(size=1) as etcd, tempfile.TemporaryDirectory() as tmp:
+    extra = [f"--max-txn-ops={max_txn_ops}"] if max_txn_ops else []
+    with EtcdCluster(size=1, extra_args=extra) as etcd, tempfile.TemporaryDirectory() as tmp:
         endpoints = etcd.endpoints
         raw = await raw_etcd(endpoints, int(2000 * scale), int(200 * scale))
         port = free_port()
         address = f"127.0.0.1:{port}"
-        proc = start_coordinator(address, endpoints, Path(tmp) / "coordinator.log")
+        proc = start_coordinator(address, endpoints, Path(tmp) / "coordinator.log", max_txn_ops)
         try:
             await wait_serving(address, proc)
             await publishers(address, 4, 50)  # warm up
             await publishers(address, 4, 512, batch=batch, window=window)
+            pids = (proc.pid, etcd.members[0].pid)
             unary = [
-                await publishers(address, 1, int(1000 * scale)),
-                await publishers(address, 16, int(400 * scale)),
-                await publishers(address, 64, int(200 * scale)),
+                await publishers(address, 1, int(1000 * scale), pids=pids),
+                await publishers(address, 16, int(400 * scale), pids=pids),
+                await publishers(address, 64, int(200 * scale), pids=pids),
             ]
             windowed = [
-                await publishers(address, 1, int(20000 * scale), batch=batch, window=window),
-                await publishers(address, 16, int(2000 * scale), batch=batch, window=window),
-                await publishers(address, 64, int(500 * scale), batch=batch, window=window),
+                await publishers(address, n, int(per * scale), batch=batch, window=window, pids=pids)
+                for n, per in ((1, 20000), (16, 2000), (64, 500))
             ]
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -270,7 +322,7 @@ async def main_async(quick: bool, batch: int, window: int) -> dict[str, Any]:
         "host": {"python": platform.python_version(), "cpus": os.cpu_count(), "machine": platform.machine()},
         "etcd": {
             "members": 1,
-            "max_txn_ops": "etcd default (128)",
+            "max_txn_ops": max_txn_ops or "etcd default (128)",
             "same_etcd_for_raw_and_coordinator": True,
         },
         "raw_etcd": raw,
@@ -293,8 +345,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a quarter of the work (CI smoke)")
     parser.add_argument("--batch", type=int, default=64, help="events per request, windowed publishers")
     parser.add_argument("--window", type=int, default=256, help="events in flight, windowed publishers")
+    parser.add_argument(
+        "--etcd-max-txn-ops",
+        type=int,
+        default=0,
+        help="start etcd (raw and coordinator alike) with this --max-txn-ops (default: etcd's 128)",
+    )
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(main_async(args.quick, args.batch, args.window)), indent=2))
+    result = asyncio.run(main_async(args.quick, args.batch, args.window, args.etcd_max_txn_ops))
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
