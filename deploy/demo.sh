@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPO=$PWD
 SHARED=${LVS_SHARED_DIR:-$REPO/../shared}
-SEED=$SHARED/seed/ldirectord.cf
+SEED=${DEMO_CONFIG:-$SHARED/seed/ldirectord.cf}
 RUN=${DEMO_DIR:-$REPO/run/demo}
 NS=lvs-demo-$$
 CLUSTER=demo
@@ -46,7 +46,7 @@ cleanup() {
 trap cleanup EXIT
 
 in_ns() { ip netns exec "$NS" "$@"; }
-bg() { local log=$1; shift; in_ns "$@" >"$RUN/$log" 2>&1 & PIDS+=($!); }
+bg() { local log=$1; shift; ip netns exec "$NS" "$@" >"$RUN/$log" 2>&1 & PIDS+=($!); }  # $! is the program itself
 cli() { in_ns "$BIN/lvs-events" --endpoints 127.0.0.1:7420 --cluster "$CLUSTER" "$@"; }
 
 say "network namespace $NS: real servers and VIPs on its loopback"
@@ -107,20 +107,37 @@ cli status
 say "operator: drain web3 on 203.0.113.10:80 for maintenance"
 cli drain "TCP 203.0.113.10:80" 192.0.2.13:80 --reason "kernel upgrade on web3" --operator alice
 wait_sync
-say "real server web2 stops answering"
+serving() {  # serving yes|no DEST: wait until DEST takes (or no longer takes) new connections
+    local weight
+    for _ in $(seq 100); do
+        weight=$(cli table | awk -v d="$2" '$1 == "->" && $2 == d {print $4; exit}')
+        if [ -n "$weight" ] && [ "$weight" != 0 ]; then
+            [ "$1" = yes ] && return 0
+        else
+            [ "$1" = no ] && return 0  # gone, or at weight 0 with quiescent=yes
+        fi
+        sleep 0.3
+    done
+    echo "demo: the table never got to '$1 $2'" >&2
+    return 1
+}
+say "real server web2 stops answering: the checks take it out (checkinterval=5 in the seed)"
 kill "$PID_web2"
-sleep 4
+serving no 192.0.2.12:80
+sleep 6  # one more check interval: both directors have seen it (the log keeps both views)
 wait_sync
 say "the table now (lvs-events table), like ipvsadm -L -n"
 cli table
 say "web2 comes back; the operator enables web3"
 web web2 192.0.2.12
 cli enable "TCP 203.0.113.10:80" 192.0.2.13:80 --reason "web3 upgraded" --operator alice
-sleep 4
+serving yes 192.0.2.12:80
+sleep 6
 wait_sync
 
-say "lvs-events tail: who changed what, when and why"
-cli tail
+say "lvs-events tail: who changed what, when and why (the whole log is in $RUN/tail.log)"
+cli tail --type ConfigApplied --type AdminOverride
+cli tail --type RealServerHealth --real 192.0.2.12
 say "lvs-events status"
 cli status
 for node in master slave; do
