@@ -23,10 +23,15 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 [ -f "$SEED" ] || { echo "demo: $SEED not found (set LVS_SHARED_DIR)" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || { echo "demo: needs root (network namespaces)" >&2; exit 2; }
 
-if ! command -v etcd >/dev/null; then
-    say "installing etcd-server"
+missing=()
+for pair in etcd:etcd-server ip:iproute2 openssl:openssl curl:curl python3:python3-venv; do
+    command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
+done
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+    say "installing ${missing[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q etcd-server iproute2 openssl
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
 fi
 if [ ! -x .venv/bin/lvs-events ]; then
     say "installing lvs-events into .venv"
