@@ -76,6 +76,7 @@ class LeaderElectionService(lpb_grpc.LeaderElectionServicer):
         self.leaders = leaders
         self.cluster = cluster
         self.timeout = timeout
+        self._background: set[asyncio.Task[None]] = set()
 
     def _within(self, context: grpc.aio.ServicerContext[Any, Any]) -> float:
         remaining = context.time_remaining()
@@ -166,9 +167,11 @@ class LeaderElectionService(lpb_grpc.LeaderElectionServicer):
             await self._revoke_quietly(lease_id)
         else:
             log.info("leader elected", node=node, term=outcome.term, how=what, lease_id=lease_id)
-            for old in replaced:
+            for old in replaced:  # after the answer: the caller must not wait for this
                 if old.lease_id != lease_id:
-                    await self._revoke_quietly(old.lease_id)
+                    task = asyncio.create_task(self._revoke_quietly(old.lease_id))
+                    self._background.add(task)
+                    task.add_done_callback(self._background.discard)
         return lpb.ElectionReply(acquired=outcome.acquired, leader=_info(outcome.leader, outcome.term))
 
     async def _revoke_quietly(self, lease_id: int) -> None:

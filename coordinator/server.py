@@ -459,6 +459,7 @@ async def serve_coordinator(settings: CoordinatorSettings) -> AsyncIterator[Runn
         max_txn_ops=settings.etcd_max_txn_ops,
     )
     await store.connect()
+    leaders = EtcdLeaderStore(store)  # the election's own etcd connection (connects on first use)
     try:
         appender = Appender(store, max_batch_events=settings.max_batch_events or store.max_batch_events)
         states = StateService(
@@ -485,7 +486,7 @@ async def serve_coordinator(settings: CoordinatorSettings) -> AsyncIterator[Runn
             ]
         )
         cpb_grpc.add_CoordinatorServicer_to_server(service, server)
-        add_leader_election(server, EtcdLeaderStore(store), settings.cluster, settings.etcd_timeout)
+        add_leader_election(server, leaders, settings.cluster, settings.etcd_timeout)
         health_servicer = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
@@ -515,6 +516,7 @@ async def serve_coordinator(settings: CoordinatorSettings) -> AsyncIterator[Runn
                 running.background.cancel()
                 await asyncio.wait([running.background])
     finally:
+        await leaders.close()
         await store.close()
 
 

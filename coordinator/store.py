@@ -49,6 +49,7 @@ import grpc.aio
 import structlog
 from etcd3aio import Etcd3Client, EtcdError, prefix_range_end
 from etcd3aio._protobuf import Compare, TxnRequest  # etcd3aio has no txn_compare_mod_revision helper
+from etcd3aio.connections import ConnectionManager
 from etcd3aio.kv import KVService
 
 from lvs_events.errors import Compacted, Fenced, StoreError, StoreUnavailable
@@ -854,15 +855,48 @@ class EtcdLeaderStore:
         self.k_info = p + b"leader_info"
         self.k_term = p + b"term"
         self.k_last = p + b"last_leader"
+        # Its own etcd connection: pick_first over the endpoints (put the local member first), and
+        # HTTP/2 keepalive in about a second, so a partitioned member is left within the election
+        # deadlines (the log's client round-robins, with keepalives of 10 s + 5 s).
+        manager = ConnectionManager(events.endpoints, keepalive_time_ms=1000, keepalive_timeout_ms=500)
+        manager.grpc_options = [
+            ("grpc.lb_policy_name", "pick_first") if k == "grpc.lb_policy_name" else (k, v)
+            for k, v in manager.grpc_options
+        ] + [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000)]
+        self._client = Etcd3Client(events.endpoints, rpc_max_attempts=1)
+        self._client._manager = manager
+        self._connected = False
+        self._connecting = asyncio.Lock()
+
+    async def connect(self) -> None:
+        if self._connected:
+            return
+        async with self._connecting:
+            if not self._connected:
+                await self._client.connect()
+                self._connected = True
+
+    async def close(self) -> None:
+        if self._connected:
+            self._connected = False
+            await self._client.close()
+
+    @property
+    def _kv(self) -> KVService:
+        kv = self._client.kv
+        if kv is None:
+            raise StoreUnavailable("etcd client (leadership) is not connected")
+        return kv
 
     def _lease(self) -> Any:
-        lease = self.events._client.lease
+        lease = self._client.lease
         if lease is None:
             raise StoreUnavailable("etcd client is not connected")
         return lease
 
     async def grant(self, ttl: int, *, within: float | None = None) -> tuple[int, int]:
         """A new lease: (id, granted TTL in seconds; etcd may raise it to its minimum)."""
+        await self.connect()
         try:
             resp = await self._lease().grant(ttl, timeout=within or self.timeout, max_attempts=1)
         except (EtcdError, grpc.aio.AioRpcError, TimeoutError) as e:
@@ -871,6 +905,7 @@ class EtcdLeaderStore:
 
     async def revoke(self, lease_id: int, *, within: float | None = None) -> None:
         """Revoke a lease (its keys go with it); an unknown or expired lease is not an error."""
+        await self.connect()
         try:
             await self._lease().revoke(lease_id, timeout=within or self.timeout, max_attempts=1)
         except grpc.aio.AioRpcError as e:
@@ -885,7 +920,8 @@ class EtcdLeaderStore:
             raise _translate(e, "lease revoke") from e
 
     async def _view(self, within: float) -> _LeaderView:
-        kv = self.events._kv
+        await self.connect()
+        kv = self._kv
         ops = [
             kv.txn_op_get(k)
             for k in (self.k_leader, self.k_info, self.k_term, self.events.k_head, self.k_last)
@@ -911,11 +947,12 @@ class EtcdLeaderStore:
 
     async def current(self, *, within: float | None = None) -> tuple[LeaderRecord | None, int, int]:
         """(leader or None, term counter, etcd revision): one linearizable read."""
+        await self.connect()
         v = await self._view(within or self.timeout)
         return (v.info if v.leader_value is not None else None), v.term, v.revision
 
     def _log_ops(self, events: list[pb.Event], head: int) -> tuple[list[Any], int]:
-        kv = self.events._kv
+        kv = self._kv
         ops = []
         rev = head
         for ev in events:
@@ -927,13 +964,13 @@ class EtcdLeaderStore:
         return ops, rev
 
     def _head_compare(self, head: int) -> Any:
-        kv = self.events._kv
+        kv = self._kv
         if head:
             return kv.txn_compare_value(self.events.k_head, str(head))
         return kv.txn_compare_create_revision(self.events.k_head, 0)
 
     def _failure_ops(self) -> list[Any]:
-        kv = self.events._kv
+        kv = self._kv
         return [
             kv.txn_op_get(k)
             for k in (self.k_leader, self.k_info, self.k_term, self.events.k_head, self.k_last)
@@ -951,7 +988,8 @@ class EtcdLeaderStore:
     ) -> ElectionOutcome:
         """Become leader with ``lease_id``: if there is no leader (``expect_term`` None, a campaign)
         or the leader key holds ``expect_term`` (a takeover). One transaction (see above)."""
-        kv = self.events._kv
+        await self.connect()
+        kv = self._kv
         deadline = asyncio.get_running_loop().time() + (within or self.timeout)
         view: _LeaderView | None = None
         for attempt in range(MAX_ELECTION_ATTEMPTS):
@@ -1009,6 +1047,7 @@ class EtcdLeaderStore:
     async def keepalive(self, lease_id: int, term: int, *, within: float | None = None) -> KeepAliveOutcome:
         """Refresh the lease and read (linearizably) whether the leader key still holds ``term``
         with this lease; both at once."""
+        await self.connect()
         t = within or self.timeout
         lease = self._lease()
 
@@ -1038,7 +1077,8 @@ class EtcdLeaderStore:
         self, node: str, term: int, *, events_for: LeaderEvents, within: float | None = None
     ) -> ElectionOutcome:
         """Delete the leader keys if they hold ``term`` (and log the LOST event); revoke the lease."""
-        kv = self.events._kv
+        await self.connect()
+        kv = self._kv
         deadline = asyncio.get_running_loop().time() + (within or self.timeout)
         view: _LeaderView | None = None
         for attempt in range(MAX_ELECTION_ATTEMPTS):
@@ -1078,7 +1118,8 @@ class EtcdLeaderStore:
     async def watch(self, start_revision: int) -> AsyncIterator[tuple[LeaderRecord | None, int]]:
         """Changes of the leader from etcd revision ``start_revision``: (leader or None, etcd
         revision). Ends (StoreUnavailable) when the watch breaks; re-read and watch again."""
-        watch = self.events._client.watch
+        await self.connect()
+        watch = self._client.watch
         if watch is None:
             raise StoreUnavailable("etcd client is not connected")
         stream = watch.watch(self.k_info, start_revision=start_revision)

@@ -109,6 +109,7 @@ class HaState:
     peer: PeerView | None = None
     acked_term: int = 0  # what we acknowledged in reply to the peer's last heartbeat
     acked_at: float = NEVER  # when we last acknowledged an active peer's term
+    since: float = 0.0  # when this node started: a peer never heard from is silent from here
     reason: str = ""  # why the last role change happened (status, logs)
     changed_at: float = 0.0
 
@@ -290,7 +291,8 @@ def authority_until(s: HaState, t: HaTiming) -> float:
 
 
 def peer_silent(s: HaState, now: float, t: HaTiming) -> bool:
-    return s.peer is None or now - s.peer.seen_at >= t.silence
+    last = s.since if s.peer is None else s.peer.seen_at
+    return now - last >= t.silence
 
 
 def ack_for(s: HaState, role: str, term: int) -> int:
@@ -301,7 +303,7 @@ def ack_for(s: HaState, role: str, term: int) -> int:
     election call of ours is in flight or once we hold a term ourselves; and a node that wins an
     election adds its VIPs no earlier than ``authority`` after its last acknowledgement.
     """
-    standby = s.role in (Role.STANDBY, Role.FAULT) and not s.inflight
+    standby = s.role in (Role.STANDBY, Role.FAULT) and not s.inflight and not s.lease_id
     if standby and role == Role.ACTIVE.value and term >= s.leader_term and term > 0:
         return term
     return 0
@@ -332,7 +334,9 @@ def _demote(s: HaState, now: float, role: Role, hook: str, reason: str) -> tuple
             s,
             role=role,
             vips=False,
-            lease_id=0,
+            # FAULT keeps its term and lease: a later keepalive that finds them still held
+            # (nobody took over meanwhile) makes it active again without a new election
+            lease_id=s.lease_id if role is Role.FAULT else 0,
             keepalive_inflight=False,
             confirmed_etcd=NEVER,
             confirmed_peer=NEVER,
@@ -370,7 +374,7 @@ def step(s: HaState, inp: Input, t: HaTiming) -> tuple[HaState, list[Action]]:  
     if isinstance(inp, KeepAliveResult):
         return _kept_alive(s, inp)
     if isinstance(inp, KeepAliveFailed):
-        return replace(s, keepalive_inflight=False, keepalive_due=inp.now), []
+        return replace(s, keepalive_inflight=False, keepalive_due=min(s.keepalive_due, inp.now)), []
     if isinstance(inp, PeerSeen):
         return _peer_seen(s, inp)
     if isinstance(inp, PeerAck):
@@ -451,6 +455,11 @@ def _tick(s: HaState, now: float, t: HaTiming) -> tuple[HaState, list[Action]]: 
             s = replace(s, vips=True, changed_at=now)
             out += [AddVips(s.term), Notify("active", s.term, s.reason)]
         return s, out
+    if s.role is Role.FAULT and s.lease_id:
+        if not s.keepalive_inflight and now >= s.keepalive_due:
+            s = replace(s, keepalive_inflight=True, keepalive_due=now + t.keepalive_interval)
+            return s, [KeepAlive(s.term, s.lease_id)]
+        return s, []
     # STANDBY / FAULT
     out = []
     if s.vips:  # cannot happen through step(); be safe anyway
@@ -523,6 +532,19 @@ def _elected(s: HaState, inp: ElectionResult, t: HaTiming) -> tuple[HaState, lis
 
 def _kept_alive(s: HaState, inp: KeepAliveResult) -> tuple[HaState, list[Action]]:
     s = replace(s, keepalive_inflight=False)
+    if s.role is Role.FAULT and s.lease_id and inp.term == s.term:
+        if inp.held:  # nobody took over while we could not tell: act again, as any active does
+            return replace(
+                s,
+                role=Role.ACTIVE,
+                confirmed_etcd=inp.sent_at,
+                vip_not_before=inp.now,
+                vip_after_confirm=NEVER,
+                reason="leadership confirmed again",
+                changed_at=inp.now,
+            ), []
+        s = _learn(s, inp.leader, inp.leader_term)
+        return replace(s, lease_id=0, role=Role.STANDBY, reason="lost the lease while in fault"), []
     if s.role not in (Role.ACTIVE, Role.HANDING_OVER) or inp.term != s.term:
         return s, []
     if inp.held:

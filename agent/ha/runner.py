@@ -67,7 +67,7 @@ class HaRunner:
         self.election = election
         self.vip_manager = vips
         self.applied = applied  # (applied revision, table digest) of this agent
-        self.state = m.HaState(settings.node)
+        self.state = m.HaState(settings.node, since=time.monotonic())
         self.log = log.bind(node=settings.node)
         self._vip_ops: asyncio.Queue[m.AddVips | m.RemoveVips] = asyncio.Queue(64)
         self._hooks: asyncio.Queue[m.Notify] = asyncio.Queue(64)
@@ -95,6 +95,7 @@ class HaRunner:
             self.role_changes.append((time.time(), self.state.role.value, self.state.term, self.state.reason))
             self.log.info(
                 "ha.role",
+                at=time.time(),
                 role=self.state.role.value,
                 was=before.role.value,
                 term=self.state.term,
@@ -134,14 +135,15 @@ class HaRunner:
     async def _elect(self, op: str, stale_term: int) -> None:
         t = self.timing
         sent = time.monotonic()
+        self.log.info("ha.election", op=op, stale_term=stale_term, at=time.time())
         try:
             if op == "campaign":
                 r = await self.election.campaign(
-                    self.settings.node, t.lease_ttl, self._address, within=t.retry_deadline
+                    self.settings.node, t.lease_ttl, self._address, within=2 * t.retry_deadline
                 )
             else:
                 r = await self.election.takeover(
-                    self.settings.node, stale_term, t.lease_ttl, self._address, within=t.retry_deadline
+                    self.settings.node, stale_term, t.lease_ttl, self._address, within=2 * t.retry_deadline
                 )
         except LvsEventsError as e:
             self.feed(m.ElectionFailed(time.monotonic(), op, str(e)))

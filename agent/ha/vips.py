@@ -87,12 +87,12 @@ def _mac(ifname: str) -> bytes:
         return bytes.fromhex(f.read().strip().replace(":", ""))
 
 
-def announce(ifname: str, ips: Sequence[str]) -> None:
-    """Gratuitous ARP / unsolicited NA for each address, a few times (blocking: run in a thread)."""
+def announce(ifname: str, ips: Sequence[str], count: int = ANNOUNCE_COUNT) -> None:
+    """Gratuitous ARP / unsolicited NA for each address, ``count`` times (blocking: a thread)."""
     mac = _mac(ifname)
     v4 = [ip for ip in ips if ":" not in ip]
     v6 = [ip for ip in ips if ":" in ip]
-    for i in range(ANNOUNCE_COUNT):
+    for i in range(count):
         if i:
             time.sleep(ANNOUNCE_GAP)
         if v4:
@@ -156,8 +156,10 @@ class NetlinkVips:
             parse_vip(v)  # fail at start on a bad address
         self.dynamic = dynamic
         self.vips: tuple[str, ...] = self.static
+        importlib.import_module("pyroute2")  # now, not on the first failover (it takes a while)
         self._guard: subprocess.Popen[bytes] | None = None
         self._want_guard = guard
+        self._announcer: asyncio.Task[None] | None = None
 
     def wanted(self) -> tuple[str, ...]:
         out = list(self.static)
@@ -175,21 +177,35 @@ class NetlinkVips:
         if not self.vips:
             log.warning("vips.none", interface=self.interface)
             return
-        if self._want_guard:
-            self.close()  # a guard for exactly this set
-            self._guard = await asyncio.to_thread(spawn_guard, self.interface, self.vips)
         try:
             await asyncio.to_thread(change, self.interface, self.vips, "add")
         except OSError as e:
             raise DataplaneError(f"adding VIPs {list(self.vips)} on {self.interface}: {e}") from e
-        log.info("vips.added", interface=self.interface, vips=list(self.vips))
         ips = [parse_vip(v)[0] for v in self.vips]
         try:
-            await asyncio.to_thread(announce, self.interface, ips)
+            await asyncio.to_thread(announce, self.interface, ips, 1)
         except OSError as e:
             log.warning("vips.announce_failed", error=str(e))
+        log.info("vips.added", interface=self.interface, vips=list(self.vips))
+        # the repeats and the crash guard after the first announcement: they are not urgent
+        if self._announcer is None or self._announcer.done():
+            self._announcer = asyncio.create_task(self._repeat(ips))
+        if self._want_guard:
+            self.close()  # a guard for exactly this set
+            self._guard = await asyncio.to_thread(spawn_guard, self.interface, self.vips)
+
+    async def _repeat(self, ips: list[str]) -> None:
+        for _ in range(ANNOUNCE_COUNT - 1):
+            await asyncio.sleep(ANNOUNCE_GAP)
+            try:
+                await asyncio.to_thread(announce, self.interface, ips, 1)
+            except OSError as e:
+                log.warning("vips.announce_failed", error=str(e))
+                return
 
     async def remove(self) -> None:
+        if self._announcer is not None:
+            self._announcer.cancel()
         if not self.vips:
             return
         try:

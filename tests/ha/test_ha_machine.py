@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -109,6 +110,23 @@ def test_active_self_demotes_without_confirmation() -> None:
     assert not s.vips
     assert RemoveVips("leadership not confirmed within the authority window") in acts
     assert Notify("fault", 3, "leadership not confirmed within the authority window") in acts
+
+
+def test_fault_resumes_when_etcd_confirms_the_term_again() -> None:
+    s = active(now=10.0)
+    s, _ = step(s, Tick(10.4), T)
+    assert s.role is Role.FAULT
+    s, acts = step(s, Tick(10.45), T)
+    assert acts == [KeepAlive(3, 99)]  # no new election: our term may still be ours
+    s2, _ = step(s, PeerSeen(10.46, "b", "active", 3, reply=True), T)
+    assert s2.acked_term == 0
+    s, _ = step(s, KeepAliveResult(10.5, 10.45, 3, held=True), T)
+    assert s.role is Role.ACTIVE
+    s, acts = step(s, Tick(10.51), T)
+    assert kinds(acts) == ["AddVips", "Notify"]
+    lost, _ = step(replace(s, role=Role.FAULT, vips=False), KeepAliveResult(10.6, 10.55, 3, False, "b", 4), T)
+    assert lost.role is Role.STANDBY
+    assert lost.leader == "b"
 
 
 def test_failsafe_peer_ack_keeps_the_active() -> None:
