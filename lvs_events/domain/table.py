@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from lvs_events.domain.config import Family, Forwarding, Protocol, endpoint_text, service_key
@@ -70,41 +70,51 @@ class Table:
 
     def to_json(self) -> list[dict[str, object]]:
         """Canonical JSON form: services by key, destinations by key. The digest hashes this."""
-        out: list[dict[str, object]] = []
-        for s in sorted(self.services, key=lambda s: s.key):
-            out.append(
-                {
-                    "service": s.key,
-                    "protocol": s.protocol.value,
-                    "address": s.address,
-                    "port": s.port,
-                    "fwmark": s.fwmark,
-                    "family": int(s.family),
-                    "scheduler": s.scheduler,
-                    "persistent": s.persistent,
-                    "netmask": s.netmask,
-                    "ops": s.ops,
-                    "schedflags": list(s.schedflags),
-                    "dests": [
-                        {
-                            "dest": d.key,
-                            "address": d.address,
-                            "port": d.port,
-                            "forward": d.forwarding.value,
-                            "weight": d.weight,
-                            "l_threshold": d.lower_threshold,
-                            "u_threshold": d.upper_threshold,
-                        }
-                        for d in sorted(s.dests, key=lambda d: d.key)
-                    ],
-                }
-            )
-        return out
+        return [service_json(s) for s in sorted(self.services, key=lambda s: s.key)]
 
     def digest(self) -> str:
         """sha256 of the canonical JSON: equal tables give equal digests on every node."""
-        blob = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()
-        return hashlib.sha256(blob).hexdigest()
+        return digest_of_parts(service_digest_part(s) for s in sorted(self.services, key=lambda s: s.key))
+
+
+def service_json(s: Service) -> dict[str, object]:
+    """One service's element of :meth:`Table.to_json`."""
+    return {
+        "service": s.key,
+        "protocol": s.protocol.value,
+        "address": s.address,
+        "port": s.port,
+        "fwmark": s.fwmark,
+        "family": int(s.family),
+        "scheduler": s.scheduler,
+        "persistent": s.persistent,
+        "netmask": s.netmask,
+        "ops": s.ops,
+        "schedflags": list(s.schedflags),
+        "dests": [
+            {
+                "dest": d.key,
+                "address": d.address,
+                "port": d.port,
+                "forward": d.forwarding.value,
+                "weight": d.weight,
+                "l_threshold": d.lower_threshold,
+                "u_threshold": d.upper_threshold,
+            }
+            for d in sorted(s.dests, key=lambda d: d.key)
+        ],
+    }
+
+
+def service_digest_part(s: Service) -> bytes:
+    """One service's canonical JSON, as it appears inside the text :meth:`Table.digest` hashes."""
+    return json.dumps(service_json(s), sort_keys=True, separators=(",", ":")).encode()
+
+
+def digest_of_parts(parts: Iterable[bytes]) -> str:
+    """:meth:`Table.digest` from :func:`service_digest_part` of each service, in key order (a
+    caller that keeps the parts re-encodes only the services that changed)."""
+    return hashlib.sha256(b"[" + b",".join(parts) + b"]").hexdigest()
 
 
 def table_from_json(data: Iterable[dict[str, object]]) -> Table:
@@ -184,14 +194,25 @@ def diff(actual: Table, desired: Table) -> list[Op]:
     Order never drops traffic needlessly: new services and destinations first, then edits
     (weights), then destination removals, then service removals.
     """
+    have = {s.key: s for s in actual.services}
+    want: dict[str, Service | None] = {s.key: s for s in desired.services}
+    want.update((key, None) for key in have if key not in want)
+    return diff_services(have, want)
+
+
+def diff_services(have: Mapping[str, Service], want: Mapping[str, Service | None]) -> list[Op]:
+    """:func:`diff` of only the services named in ``want`` (``None``: the service must not exist),
+    in the same order; O(size of ``want``). ``have``: the actual services by key."""
     adds: list[Op] = []
     edits: list[Op] = []
     dels: list[Op] = []
     svc_dels: list[Op] = []
-    have = {s.key: s for s in actual.services}
-    want = {s.key: s for s in desired.services}
     for key, ws in want.items():
         hs = have.get(key)
+        if ws is None:
+            if hs is not None:
+                svc_dels.append(Op("del-service", hs))
+            continue
         if hs is None:
             adds.append(Op("add-service", ws))
             adds.extend(Op("add-dest", ws, d) for d in ws.dests)
@@ -207,8 +228,21 @@ def diff(actual: Table, desired: Table) -> list[Op]:
             elif cur != d:
                 edits.append(Op("edit-dest", ws, d))
         dels.extend(Op("del-dest", hs, d) for dk, d in hd.items() if dk not in wd)
-    svc_dels.extend(Op("del-service", hs) for key, hs in have.items() if key not in want)
     return adds + edits + dels + svc_dels
+
+
+def same_service(a: Service | None, b: Service | None) -> bool:
+    """Equal as the kernel sees them: attributes and destinations, whatever the order."""
+    if a is None or b is None:
+        return a is b
+    if a is b:
+        return True
+    return (
+        a.key == b.key
+        and a.same_attributes(b)
+        and len(a.dests) == len(b.dests)
+        and {d.key: d for d in a.dests} == {d.key: d for d in b.dests}
+    )
 
 
 def apply_ops(table: Table, ops: Iterable[Op]) -> Table:  # noqa: PLR0912 -- one branch per op kind
