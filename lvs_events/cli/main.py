@@ -30,6 +30,7 @@ from lvs_events.client import Filters as ServerFilters
 from lvs_events.domain.config import Config
 from lvs_events.domain.config_diff import diff_configs
 from lvs_events.domain.events import AdminAction, AdminOverride, ConfigApplied
+from lvs_events.domain.ipvsadm_save import format_ipvsadm_save
 from lvs_events.domain.render import render
 from lvs_events.domain.table import format_ipvsadm
 from lvs_events.domain.validate import validate_config
@@ -72,7 +73,13 @@ def _parser() -> argparse.ArgumentParser:
 
     tb = sub.add_parser("table", help="the IPVS table the log renders, now or at a revision")
     tb.add_argument("--at", type=int, default=0, metavar="REV", help="at this log revision (default: now)")
-    tb.add_argument("-o", "--output", choices=["ipvsadm", "json"], default="ipvsadm")
+    tb.add_argument(
+        "-o",
+        "--output",
+        choices=["ipvsadm", "json", "ipvsadm-save"],
+        default="ipvsadm",
+        help="ipvsadm -L -n layout, canonical JSON, or rules for ipvsadm -R (default %(default)s)",
+    )
 
     for name, text in (
         ("drain", "set a real server's weight to 0"),
@@ -168,6 +175,9 @@ async def _table(client: CoordinatorClient, args: argparse.Namespace) -> int:
     if args.output == "json":
         doc = {"revision": view.revision, "digest": view.table_digest, "services": view.table.to_json()}
         sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    elif args.output == "ipvsadm-save":
+        # exactly the rules (no comment line): the output is fed to ``ipvsadm -R``
+        sys.stdout.write(format_ipvsadm_save(render(view.state) if view.state.config else view.table))
     else:
         # render from the state for the config's own order (the digest is order-independent)
         sys.stdout.write(format_ipvsadm(render(view.state) if view.state.config else view.table))
@@ -219,6 +229,9 @@ async def _status(client: CoordinatorClient, args: argparse.Namespace) -> int:
             },
         }
         sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    elif args.output == "ipvsadm-save":
+        # exactly the rules (no comment line): the output is fed to ``ipvsadm -R``
+        sys.stdout.write(format_ipvsadm_save(render(view.state) if view.state.config else view.table))
     else:
         sys.stdout.write(views.status_text(view.state, view.head_revision, view.table_digest))
     return 0

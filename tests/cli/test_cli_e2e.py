@@ -226,6 +226,9 @@ def test_operator_workflow_end_to_end(stack: Stack) -> None:
     assert doc["digest"] == digest
     old = json.loads(stack.cli("table", "-o", "json", "--at", "1").stdout)
     assert old["revision"] == 1
+    save = stack.cli("table", "-o", "ipvsadm-save").stdout
+    assert "-A -t 203.0.113.10:80 -s wrr -p 7200\n" in save
+    assert all(line.startswith(("-A ", "-a ")) for line in save.splitlines())  # rules only
 
     # config show writes the config in force back as ldirectord.cf that parses to the same config
     shown = stack.cli("config", "show").stdout
