@@ -29,6 +29,7 @@ PAYLOAD_FIELDS: dict[type[Any], str] = {
     de.Leadership: "leadership",
     de.DrillMarker: "drill_marker",
     de.ConfigRejected: "config_rejected",
+    de.DataplaneDrift: "dataplane_drift",
 }
 FIELD_PAYLOADS = {v: k for k, v in PAYLOAD_FIELDS.items()}
 

@@ -12,6 +12,7 @@ from lvs_events.domain.events import (
     AdminOverride,
     ConfigApplied,
     ConfigRejected,
+    DataplaneDrift,
     DrillMarker,
     Event,
     Leadership,
@@ -44,6 +45,9 @@ def summary(event: Event) -> str:  # noqa: PLR0911 -- one return per payload typ
         return f"{p.node} {p.change.value} leadership, term {p.term}"
     if isinstance(p, ConfigRejected):
         return f"config {p.source} REFUSED, the config in force stays: {p.error}"
+    if isinstance(p, DataplaneDrift):
+        shown = "; ".join(p.repairs[:3]) + (f"; and {len(p.repairs) - 3} more" if len(p.repairs) > 3 else "")
+        return f"{p.node} repaired IPVS drift at revision {p.revision}: {shown or 'nothing'}"
     if isinstance(p, DrillMarker):
         detail = f": {p.detail}" if p.detail else ""
         return f"drill {p.drill_id} {p.scenario} {p.phase}{detail}"

@@ -81,6 +81,17 @@ class ConfigRejected:
     digest: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class DataplaneDrift:
+    """A node's periodic check found its kernel table changed behind its back (someone ran
+    ``ipvsadm``) and repaired it. A record only: the fold changes nothing."""
+
+    node: str
+    revision: int  # the log revision whose table the node holds (and restored)
+    repairs: tuple[str, ...]  # one line per operation: "edit-dest TCP 1.2.3.4:80 -> 10.0.0.1:80 w=30"
+    foreign: tuple[str, ...] = ()  # services in the kernel the node does not own (left alone)
+
+
 Payload = (
     ConfigApplied
     | RealServerHealth
@@ -89,6 +100,7 @@ Payload = (
     | Leadership
     | DrillMarker
     | ConfigRejected
+    | DataplaneDrift
 )
 
 PAYLOAD_TYPES: dict[type[object], str] = {
@@ -99,6 +111,7 @@ PAYLOAD_TYPES: dict[type[object], str] = {
     Leadership: "Leadership",
     DrillMarker: "DrillMarker",
     ConfigRejected: "ConfigRejected",
+    DataplaneDrift: "DataplaneDrift",
 }
 
 

@@ -17,6 +17,7 @@ from lvs_events.domain.events import (
     AdminOverride,
     ConfigApplied,
     ConfigRejected,
+    DataplaneDrift,
     DrillMarker,
     Event,
     Leadership,
@@ -40,7 +41,7 @@ def _need(cond: bool, field: str, expected: str, found: object) -> None:
         raise InvalidEvent(f"{field}: expected {expected}, found {found!r}")
 
 
-def validate_event(event: Event, *, max_bytes: int = MAX_EVENT_BYTES, size: int = 0) -> None:
+def validate_event(event: Event, *, max_bytes: int = MAX_EVENT_BYTES, size: int = 0) -> None:  # noqa: PLR0912
     """Raise :class:`InvalidEvent` if ``event`` must not be appended. ``size``: its encoded size."""
     # The checks that format their expectation run it only on failure (this is the append path).
     if size > max_bytes:
@@ -93,6 +94,11 @@ def validate_event(event: Event, *, max_bytes: int = MAX_EVENT_BYTES, size: int 
             "the error, at most 4096 characters",
             p.error,
         )
+    elif isinstance(p, DataplaneDrift):
+        _need(bool(_NAME_RE.match(p.node)), "dataplane_drift.node", "a node name", p.node)
+        _need(bool(p.repairs), "dataplane_drift.repairs", "at least one repair", "none")
+        for i, line in enumerate(p.repairs):
+            _need(0 < len(line) <= MAX_TEXT, f"dataplane_drift.repairs[{i}]", "an operation", line)
     elif isinstance(p, DrillMarker):
         _need(bool(p.drill_id), "drill_marker.drill_id", "an id", p.drill_id)
 

@@ -19,6 +19,7 @@ from lvs_events.domain.events import (
     AdminOverride,
     ConfigApplied,
     ConfigRejected,
+    DataplaneDrift,
     DrillMarker,
     Event,
     Leadership,
@@ -103,6 +104,9 @@ def payloads(draw: st.DrawFn, universe: Config) -> Payload:  # noqa: PLR0911 -- 
         return ConfigRejected("ldirectord.cf", "ldirectord.cf:3:5: bad", "0" * 64)
     if kind == 8:
         return TableApplied(draw(st.sampled_from(NODES)), draw(st.integers(0, 100)), "0" * 64)
+    if draw(st.booleans()):
+        repairs = ("edit-dest TCP 203.0.113.10:80 -> 192.0.2.13:80 w=30",)
+        return DataplaneDrift(draw(st.sampled_from(NODES)), draw(st.integers(0, 100)), repairs, ("FWM 99",))
     return DrillMarker("d1", "switchover", "start")
 
 

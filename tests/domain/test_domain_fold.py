@@ -13,6 +13,7 @@ from lvs_events.domain.events import (
     AdminAction,
     AdminOverride,
     ConfigApplied,
+    DataplaneDrift,
     DrillMarker,
     Event,
     Leadership,
@@ -156,11 +157,11 @@ def test_replay_is_idempotent_and_deterministic(events: list[Event]) -> None:
 
 @settings(max_examples=100, deadline=None)
 @given(event_logs())
-def test_table_reports_and_drill_markers_only_advance_the_clock(events: list[Event]) -> None:
+def test_table_reports_drift_records_and_drill_markers_only_advance_the_clock(events: list[Event]) -> None:
     state = State()
     for e in events:
         after = fold(state, e)
-        if isinstance(e.payload, (TableApplied, DrillMarker)):
+        if isinstance(e.payload, (TableApplied, DrillMarker, DataplaneDrift)):
             # they may move "now" forward (which can end an expired drain), nothing else
             same_clock = replace(state, clock=after.clock)
             assert render(after).digest() == render(same_clock).digest()

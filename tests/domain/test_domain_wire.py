@@ -28,6 +28,7 @@ PAIRS = [
     (de.Leadership, pb.Leadership),
     (de.DrillMarker, pb.DrillMarker),
     (de.ConfigRejected, pb.ConfigRejected),
+    (de.DataplaneDrift, pb.DataplaneDrift),
 ]
 
 

@@ -798,6 +798,45 @@ class ConfigRejected(_message.Message):
 Global___ConfigRejected: _TypeAlias = ConfigRejected  # noqa: Y015
 
 @_typing.final
+class DataplaneDrift(_message.Message):
+    """A node's periodic check found its kernel table changed behind its back and repaired it.
+    A record only: the fold changes nothing.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    REPAIRS_FIELD_NUMBER: _builtins.int
+    FOREIGN_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    revision: _builtins.int
+    """the log revision whose table the node holds (and restored)"""
+    @_builtins.property
+    def repairs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """one line per operation: "edit-dest TCP 203.0.113.10:80 -> 192.0.2.13:80 w=30" """
+
+    @_builtins.property
+    def foreign(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """services in the kernel the node does not own (left alone)"""
+
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+        revision: _builtins.int = ...,
+        repairs: _abc.Iterable[_builtins.str] | None = ...,
+        foreign: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["foreign", b"foreign", "node", b"node", "repairs", b"repairs", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DataplaneDrift: _TypeAlias = DataplaneDrift  # noqa: Y015
+
+@_typing.final
 class Event(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -816,6 +855,7 @@ class Event(_message.Message):
     LEADERSHIP_FIELD_NUMBER: _builtins.int
     DRILL_MARKER_FIELD_NUMBER: _builtins.int
     CONFIG_REJECTED_FIELD_NUMBER: _builtins.int
+    DATAPLANE_DRIFT_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """made by the publisher; a retry with the same id is a no-op"""
     cluster: _builtins.str
@@ -844,6 +884,8 @@ class Event(_message.Message):
     def drill_marker(self) -> Global___DrillMarker: ...
     @_builtins.property
     def config_rejected(self) -> Global___ConfigRejected: ...
+    @_builtins.property
+    def dataplane_drift(self) -> Global___DataplaneDrift: ...
     def __init__(
         self,
         *,
@@ -862,12 +904,13 @@ class Event(_message.Message):
         leadership: Global___Leadership | None = ...,
         drill_marker: Global___DrillMarker | None = ...,
         config_rejected: Global___ConfigRejected | None = ...,
+        dataplane_drift: Global___DataplaneDrift | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["admin_override", b"admin_override", "config_applied", b"config_applied", "config_rejected", b"config_rejected", "drill_marker", b"drill_marker", "leadership", b"leadership", "payload", b"payload", "real_server_health", b"real_server_health", "table_applied", b"table_applied"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["admin_override", b"admin_override", "config_applied", b"config_applied", "config_rejected", b"config_rejected", "dataplane_drift", b"dataplane_drift", "drill_marker", b"drill_marker", "leadership", b"leadership", "payload", b"payload", "real_server_health", b"real_server_health", "table_applied", b"table_applied"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "admin_override", b"admin_override", "cluster", b"cluster", "config_applied", b"config_applied", "config_rejected", b"config_rejected", "drill_marker", b"drill_marker", "event_id", b"event_id", "leadership", b"leadership", "origin", b"origin", "payload", b"payload", "real_server_health", b"real_server_health", "reason", b"reason", "revision", b"revision", "table_applied", b"table_applied", "term", b"term", "wall_time", b"wall_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "admin_override", b"admin_override", "cluster", b"cluster", "config_applied", b"config_applied", "config_rejected", b"config_rejected", "dataplane_drift", b"dataplane_drift", "drill_marker", b"drill_marker", "event_id", b"event_id", "leadership", b"leadership", "origin", b"origin", "payload", b"payload", "real_server_health", b"real_server_health", "reason", b"reason", "revision", b"revision", "table_applied", b"table_applied", "term", b"term", "wall_time", b"wall_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["config_applied", "real_server_health", "admin_override", "table_applied", "leadership", "drill_marker", "config_rejected"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["config_applied", "real_server_health", "admin_override", "table_applied", "leadership", "drill_marker", "config_rejected", "dataplane_drift"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
