@@ -19,6 +19,7 @@ requirements never share a transaction.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
@@ -93,8 +94,7 @@ class Appender:
         self.max_in_flight = max_in_flight
         self._queue: deque[_Request] = deque()
         self._queue_size = queue_size
-        self._room = asyncio.Event()  # set while the queue has room
-        self._room.set()
+        self._waiting: deque[asyncio.Future[None]] = deque()  # submitters waiting for room, FIFO
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -130,10 +130,21 @@ class Appender:
         while True:
             if self._closed:
                 raise StoreUnavailable("coordinator is shutting down")
+            if len(self._queue) < self._queue_size and not self._waiting:
+                break
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiting.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake()  # pass the turn on
+                else:
+                    with contextlib.suppress(ValueError):
+                        self._waiting.remove(waiter)
+                raise
             if len(self._queue) < self._queue_size:
                 break
-            self._room.clear()
-            await self._room.wait()
         loop = asyncio.get_running_loop()
         futs: list[asyncio.Future[Appended]] = []
         now = time.monotonic()
@@ -143,6 +154,8 @@ class Appender:
             futs.append(fut)
         self._idle.clear()
         self._wakeup.set()
+        if self._waiting:
+            self._wake()  # room left: the next in line
         return futs
 
     async def append(self, msg: pb.Event, size: int, *, require_term: int | None = None) -> Appended:
@@ -151,7 +164,7 @@ class Appender:
     async def close(self, grace: float) -> None:
         """Refuse new events; wait (up to ``grace`` seconds) until every queued one is answered."""
         self._closed = True
-        self._room.set()
+        self._wake(everyone=True)
         try:
             async with asyncio.timeout(grace):
                 await self._idle.wait()
@@ -200,8 +213,18 @@ class Appender:
             batch.append(nxt)
             nbytes += nxt.size
             ids.add(nxt.msg.event_id)
-        self._room.set()
+        self._wake()
         return batch
+
+    def _wake(self, *, everyone: bool = False) -> None:
+        """Let waiting submitters in, one at a time in order, while the queue has room."""
+        room = len(self._queue) < self._queue_size
+        while self._waiting and (everyone or room):
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                if not everyone:
+                    return  # it queues, then (having room left) wakes the next
 
     async def _flush(self, batch: list[_Request]) -> None:
         # dedupe within the batch: the first of each event_id is appended, the others share it
@@ -250,5 +273,5 @@ class Appender:
             r = self._queue.popleft()
             if not r.future.done():
                 r.future.set_exception(error)
-        self._room.set()
+        self._wake(everyone=True)
         self._idle.set()

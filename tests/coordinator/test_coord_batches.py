@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from coordinator import server
-from coordinator.store import EtcdEventStore
+from coordinator.log import Appender
+from coordinator.store import Appended, EtcdEventStore
 from lvs_events import client as client_mod
 from lvs_events.pb.v1 import coordinator_pb2 as cpb
 from tests.coordinator.helpers import CLUSTER, health_event, read_log
@@ -65,3 +66,38 @@ def test_clients_keepalive_is_on_by_default_and_accepted_by_the_server() -> None
     assert options["grpc.keepalive_time_ms"] == client_mod.DEFAULT_KEEPALIVE * 1000
     assert options["grpc.keepalive_time_ms"] >= server.MIN_PING_INTERVAL_MS
     assert options["grpc.keepalive_timeout_ms"] <= 5000
+
+
+class _SlowStore:
+    """An EventStore stand-in for the appender: dense revisions, a little latency."""
+
+    max_batch_events = 4
+
+    def __init__(self) -> None:
+        self.head = 0
+        self.batches: list[list[str]] = []
+
+    async def append(self, events, *, require_term=None):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(0.001)
+        self.batches.append([e.event_id for e in events])
+        out = []
+        for e in events:
+            self.head += 1
+            out.append(Appended(e.event_id, self.head, duplicate=False))
+        return out
+
+
+async def test_backpressure_lets_waiting_submitters_in_first_come_first_served() -> None:
+    store = _SlowStore()
+    appender = Appender(store, max_batch_events=4, queue_size=3, max_in_flight=2)  # type: ignore[arg-type]
+    runner = asyncio.create_task(appender.run())
+    try:
+        groups = [[(health_event(f"g{g}-{i}"), 10) for i in range(3)] for g in range(12)]
+        submitted = [asyncio.create_task(appender.submit_many(items)) for items in groups]
+        await asyncio.gather(*submitted)
+        results = [await asyncio.gather(*s.result()) for s in submitted]
+        revisions = [a.revision for group in results for a in group]
+        assert revisions == list(range(1, 37))  # every event, in the order submitted
+    finally:
+        runner.cancel()
+        await asyncio.wait([runner])
