@@ -21,13 +21,21 @@ Decisions:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from lvs_events.client import Snapshot
+from lvs_events.domain.config import Config
 from lvs_events.domain.events import Event, TableApplied
-from lvs_events.domain.render import render
+from lvs_events.domain.render import (
+    expiring_virtuals,
+    render,
+    render_changed,
+    touched_virtuals,
+    virtual_positions,
+)
 from lvs_events.domain.state import State, fold
-from lvs_events.domain.table import Table
+from lvs_events.domain.table import Service, Table, digest_of_parts, service_digest_part
 
 __all__ = ["ApplyCore", "Policy", "Ready"]
 
@@ -42,6 +50,21 @@ class Policy:
     retry_after: float = 1.0  # after a failed reconcile
 
 
+class _LazyDigest:
+    """A digest computed when first asked for (after the kernel's ack, on the per-event path)."""
+
+    __slots__ = ("_fn", "_value")
+
+    def __init__(self, fn: Callable[[], str]) -> None:
+        self._fn: Callable[[], str] | None = fn
+        self._value = ""
+
+    def __call__(self) -> str:
+        if self._fn is not None:
+            self._value, self._fn = self._fn(), None
+        return self._value
+
+
 @dataclass(frozen=True, slots=True)
 class Ready:
     """What the shell must do now, in this order: reconcile, persist, publish."""
@@ -49,9 +72,18 @@ class Ready:
     revision: int  # state revision this is about
     state: State  # the folded state at ``revision`` (immutable: safe to encode in a thread)
     desired: Table | None  # reconcile the dataplane to this table; None: leave it
-    desired_digest: str  # digest of the rendered table at ``revision``
+    digest: str | _LazyDigest  # see desired_digest
     persist: bool  # write ``state`` as the applied revision
     publish: TableApplied | None  # publish this after a successful, verified reconcile
+    # The per-event path: the dataplane already holds ``desired`` except for these services (the
+    # desired service by key); reconcile just them. None: reconcile the whole table.
+    changed: Mapping[str, Service | None] | None = None
+
+    @property
+    def desired_digest(self) -> str:
+        """Digest of the rendered table at ``revision`` (computed on first use)."""
+        d = self.digest
+        return d if isinstance(d, str) else d()
 
     @property
     def empty(self) -> bool:
@@ -71,7 +103,15 @@ class ApplyCore:
         # rendered
         self._rendered_revision = -1
         self._desired = Table()
-        self._desired_digest = ""
+        self._desired_digest: str | _LazyDigest = ""
+        # the incremental render: valid while the config object stays the same
+        self._rendered_config: Config | None = None
+        self._rendered_clock = 0.0
+        self._positions: dict[str, tuple[int, ...]] = {}
+        self._touched: set[str] | None = None  # virtuals touched since the last render; None: all
+        self._parts: dict[str, bytes] = {}  # per-service canonical JSON, for the digest
+        self._order: list[str] = []  # their keys, sorted (the digest's order)
+        self._unapplied: set[str] | None = None  # services that may differ from _applied; None: all
         # applied
         self._applied: Table | None = None  # None: the dataplane's content is unknown
         self._applied_digest = ""
@@ -94,15 +134,26 @@ class ApplyCore:
             if item.revision > self.state.revision:
                 self.state = item.state
                 self.snapshots_loaded += 1
+                self._touched = None
             return
         before = self.state.revision
         self.state = fold(self.state, item)
         if self.state.revision != before:
             self.events_folded += 1
+            touched = touched_virtuals(item)
+            if touched is None:
+                self._touched = None
+            elif self._touched is not None:
+                self._touched.update(touched)
 
     @property
     def applied_revision(self) -> int:
         return self._applied_revision
+
+    @property
+    def applied_table(self) -> Table | None:
+        """The table last applied and verified (None: unknown, a reconcile is due)."""
+        return None if self._retry_at is not None else self._applied
 
     @property
     def applied_digest(self) -> str:
@@ -123,36 +174,91 @@ class ApplyCore:
         """What to do now, or None when nothing is due (see :meth:`next_deadline` for when to ask again)."""
         s = self.state
         if s.revision != self._rendered_revision:
-            desired = render(s)
-            if desired != self._desired or not self._desired_digest:
-                self._desired = desired
-                self._desired_digest = desired.digest()
-            self._rendered_revision = s.revision
+            self._render(s)
         table_changed = self._applied is None or self._desired != self._applied
         retry_due = self._retry_at is not None and now >= self._retry_at
         resync_due = (
             self._reconciled_at is not None and now - self._reconciled_at >= self.policy.resync_interval
         )
         reconcile = (table_changed and self._retry_at is None) or retry_due or resync_due
+        changed = None
+        if reconcile and not (retry_due or resync_due) and self._unapplied:
+            changed = self._changed_services(self._unapplied) or None
         persist = s.revision > self._persisted_revision and (
             table_changed
             or self._persisted_at is None
             or now - self._persisted_at >= self.policy.persist_interval
         )
-        publish = self._publish_decision(now, caught_up=caught_up, reconciling=reconcile)
+        # On the per-event path the digest waits until after the kernel's ack; so does the
+        # TableApplied decision (the next ``ready`` makes it, from the applied digest).
+        publish = (
+            None
+            if changed is not None
+            else self._publish_decision(now, caught_up=caught_up, reconciling=reconcile)
+        )
         ready = Ready(
             revision=s.revision,
             state=s,
             desired=self._desired if reconcile else None,
-            desired_digest=self._desired_digest,
+            digest=self._desired_digest,
             persist=persist,
             publish=publish,
+            changed=changed,
         )
         return None if ready.empty else ready
 
+    def _render(self, s: State) -> None:
+        """Render the table at ``s``: only the virtual services touched since the last render
+        when the config object is the same (and no leader change or snapshot intervened)."""
+        incremental = (
+            self._touched is not None
+            and self._rendered_revision >= 0
+            and s.config is self._rendered_config
+            and len(self._parts) == len(self._desired.services)
+        )
+        if incremental:
+            assert self._touched is not None
+            keys = self._touched | expiring_virtuals(s, self._rendered_clock, s.clock)
+            if keys:
+                self._desired = render_changed(s, self._desired, keys, self._positions)
+                # a new dict (a C-level copy): an earlier Ready's lazy digest keeps its own parts
+                parts = self._parts = dict(self._parts)
+                for key in keys:
+                    for i in self._positions.get(key, ()):
+                        parts[key] = service_digest_part(self._desired.services[i])
+                order = self._order
+                self._desired_digest = _LazyDigest(lambda: digest_of_parts(parts[k] for k in order))
+                if self._unapplied is not None:
+                    self._unapplied.update(keys)
+        else:
+            desired = render(s)
+            if desired != self._desired or not self._desired_digest:
+                self._desired = desired
+                self._parts = {sv.key: service_digest_part(sv) for sv in desired.services}
+                self._order = sorted(self._parts)
+                self._desired_digest = desired.digest()
+                self._unapplied = None  # which services differ from the applied table: unknown
+            self._positions = virtual_positions(s.config)
+        self._rendered_config = s.config
+        self._rendered_clock = s.clock
+        self._rendered_revision = s.revision
+        self._touched = set()
+
+    def _changed_services(self, keys: set[str]) -> dict[str, Service | None] | None:
+        out: dict[str, Service | None] = {}
+        for key in keys:
+            at = self._positions.get(key, ())
+            if not at:
+                continue  # not a virtual service of this config: nothing to apply
+            if len(at) > 1:
+                return None  # a key the config has twice: the whole table
+            out[key] = self._desired.services[at[0]]
+        return out
+
     def _publish_decision(self, now: float, *, caught_up: bool, reconciling: bool) -> TableApplied | None:
         # The digest the dataplane will hold after this Ready: the desired one if we reconcile now.
-        digest = self._desired_digest if reconciling else self._applied_digest
+        d = self._desired_digest
+        digest = (d if isinstance(d, str) else d()) if reconciling else self._applied_digest
         applied_ok = reconciling or (self._applied is not None and self._retry_at is None)
         if not applied_ok or not digest or digest == self.reported_digest():
             self._publish_pending_since = None
@@ -200,10 +306,13 @@ class ApplyCore:
                 self._applied_digest = ready.desired_digest
                 self._applied_revision = ready.revision
                 self._retry_at = None
+                # from now on a change of a few services is applied as just those services
+                self._unapplied = set() if ready.desired is self._desired else None
             else:  # the dataplane does not hold what we asked for: try again later
                 self._applied = None
                 self._applied_digest = actual_digest or ""
                 self._retry_at = now + self.policy.retry_after
+                self._unapplied = None
             self._reconciled_at = now
         if ready.persist:
             self._persisted_revision = max(self._persisted_revision, ready.revision)
@@ -217,6 +326,7 @@ class ApplyCore:
         """The dataplane refused: forget what it holds, retry after ``retry_after``."""
         self._applied = None
         self._applied_digest = ""
+        self._unapplied = None
         self._reconciled_at = now
         self._retry_at = now + self.policy.retry_after
 

@@ -29,7 +29,7 @@ from lvs_events.leadership import LeaderElectionClient
 
 log = structlog.get_logger("agent")
 
-DATAPLANES = ("memory",)  # "kernel" comes with its own issue
+DATAPLANES = ("memory", "ipvs")  # ipvs: the kernel's table over netlink (needs pyroute2 and root)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -42,6 +42,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="comma-separated coordinator host:port list; the agent fails over (default %(default)s)",
     )
     p.add_argument("--dataplane", choices=DATAPLANES, default="memory")
+    p.add_argument(
+        "--drift-interval",
+        type=float,
+        default=30.0,
+        help="ipvs: every so many seconds compare the kernel with the applied table, record and "
+        "repair a difference (0: never; default %(default)s)",
+    )
     p.add_argument(
         "--state-dir", type=Path, required=True, help="where the applied revision and tables are kept"
     )
@@ -102,6 +109,10 @@ def load_config(args: argparse.Namespace) -> LoadedConfig | None:
 def make_dataplane(kind: str, state_dir: Path) -> Dataplane:
     if kind == "memory":
         return MemoryDataplane(state_dir)
+    if kind == "ipvs":
+        from agent.dataplane.ipvs import IpvsDataplane  # noqa: PLC0415 -- pyroute2 only when asked for
+
+        return IpvsDataplane(owned_path=state_dir / "ipvs-owned.json")
     raise SystemExit(f"lvs-agent: unknown dataplane {kind!r}")
 
 
@@ -122,6 +133,7 @@ def settings_from(args: argparse.Namespace) -> AgentSettings:
         health_checks=not args.no_health_checks,
         drain_timeout=args.drain_timeout,
         client_timeout=args.timeout,
+        drift_interval=args.drift_interval,
     )
 
 
@@ -136,7 +148,8 @@ async def run(settings: AgentSettings, dataplane_kind: str, args: argparse.Names
     if args is not None and args.peer:
         election = LeaderElectionClient(settings.endpoints, timeout=args.retry_deadline)
         ha = make_ha(args, settings, election)
-    agent = Agent(settings, make_dataplane(dataplane_kind, settings.state_dir), ha=ha)
+    dataplane = make_dataplane(dataplane_kind, settings.state_dir)
+    agent = Agent(settings, dataplane, ha=ha)
     if (
         ha is not None
         and args is not None
@@ -152,6 +165,9 @@ async def run(settings: AgentSettings, dataplane_kind: str, args: argparse.Names
     finally:
         if election is not None:
             await election.close()
+        close = getattr(dataplane, "close", None)
+        if close is not None:
+            await close()
 
 
 def make_ha(args: argparse.Namespace, settings: AgentSettings, election: LeaderElectionClient) -> HaRunner:

@@ -32,7 +32,7 @@ from agent.autoreload import AutoReloader
 from agent.checks import Checker
 from agent.config_source import LoadedConfig, same_config
 from agent.core import ApplyCore, Policy, Ready
-from agent.dataplane import Dataplane, reconcile
+from agent.dataplane import Dataplane, reconcile, reconcile_changed
 from agent.fallback import FallbackRunner
 from agent.ha.runner import HaRunner
 from agent.health import HealthChecker, PublisherReporter
@@ -40,10 +40,13 @@ from agent.maintenance import MaintenanceWatcher
 from agent.persist import StateStore
 from agent.publisher import Publisher
 from lvs_events.client import CoordinatorClient, Snapshot
-from lvs_events.domain.events import ConfigApplied, Event, Payload
+from lvs_events.domain.events import ConfigApplied, DataplaneDrift, Event, Payload
+from lvs_events.domain.table import Op, Table
 from lvs_events.errors import CoordinatorUnavailable, DataplaneError
 
 __all__ = ["Agent", "AgentSettings", "Inbox"]
+
+_MAX_DRIFT_LINES = 500  # per DataplaneDrift event (an event is at most 1 MB)
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class AgentSettings:
     outbox_size: int = 10_000
     drain_timeout: float = 5.0
     client_timeout: float = 10.0
+    drift_interval: float = 30.0  # compare a kernel dataplane with the applied table; 0: never
     policy: Policy = field(default_factory=Policy)
 
 
@@ -145,6 +149,7 @@ class Agent:
         if ha is not None:
             ha.applied = lambda: (self.core.applied_revision, self.core.applied_digest)
         self.started = asyncio.Event()  # set once the stored state is loaded and tasks run
+        self._dataplane_lock = asyncio.Lock()  # the apply loop's reconcile vs the drift check
         self.resyncs = 0
         self._stopping = False
 
@@ -172,6 +177,8 @@ class Agent:
                 if self.settings.publish_config and self.settings.config is not None:
                     side.append(tg.create_task(self._publish_config(self.settings.config), name="config"))
                 side.append(tg.create_task(self.fallbacks.run(), name="fallbackcommand"))
+                if self.settings.drift_interval > 0 and hasattr(self.dataplane, "drift"):
+                    side.append(tg.create_task(self._drift_loop(), name="drift"))
                 if self.settings.config_path is not None:
                     side.append(tg.create_task(self._autoreloader().run(), name="autoreload"))
                 self.started.set()
@@ -304,12 +311,11 @@ class Agent:
         actual_digest: str | None = None
         if ready.desired is not None:
             try:
-                ops, actual = await reconcile(self.dataplane, ready.desired)
+                ops, actual, actual_digest = await self._reconcile(ready)
             except DataplaneError as e:
                 log.exception("agent.reconcile_failed", error=str(e))
                 core.reconcile_failed(ready, now)
                 return
-            actual_digest = actual.digest() if ops or actual != ready.desired else ready.desired_digest
             if actual_digest != ready.desired_digest:
                 log.error("agent.verify_failed", want=ready.desired_digest, have=actual_digest)
             elif ops:
@@ -341,6 +347,51 @@ class Agent:
         )
         if ready.desired is not None or persisted:
             await self._write_status()
+
+    async def _reconcile(self, ready: Ready) -> tuple[list[Op], Table, str]:
+        """The dataplane to ``ready.desired``: on the per-event path only the services that
+        changed (the rest is in place), else the whole table. Returns the operations, the
+        table the dataplane holds and its digest."""
+        assert ready.desired is not None
+        async with self._dataplane_lock:
+            if ready.changed is not None:
+                ops, ok = await reconcile_changed(self.dataplane, ready.changed)
+                if ok:
+                    return ops, ready.desired, ready.desired_digest  # the digest after the ack
+                self.log.warning("agent.partial_verify_failed", services=sorted(ready.changed))
+            ops, actual = await reconcile(self.dataplane, ready.desired)
+        digest = actual.digest() if ops or actual != ready.desired else ready.desired_digest
+        return ops, actual, digest
+
+    async def _drift_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.drift_interval)
+            try:
+                await self.check_drift()
+            except DataplaneError as e:
+                self.log.warning("agent.drift_check_failed", error=str(e))
+
+    async def check_drift(self) -> DataplaneDrift | None:
+        """Compare the kernel with the table last applied; a difference (someone ran ``ipvsadm``)
+        is published as ``DataplaneDrift`` and then repaired. Returns what was published."""
+        drift = getattr(self.dataplane, "drift", None)
+        if drift is None:
+            return None
+        async with self._dataplane_lock:
+            desired = self.core.applied_table
+            if desired is None:  # nothing verified applied yet (or a retry is due): the apply loop's job
+                return None
+            d = await drift(desired)
+            if d.clean:
+                return None
+            lines = d.lines()
+            if len(lines) > _MAX_DRIFT_LINES:
+                lines = [*lines[: _MAX_DRIFT_LINES - 1], f"... and {len(lines) - _MAX_DRIFT_LINES + 1} more"]
+            payload = DataplaneDrift(self.settings.node, self.core.applied_revision, tuple(lines), d.foreign)
+            self.publisher.submit(payload, reason="the kernel table changed behind the agent's back")
+            self.log.warning("agent.drift", repairs=len(d.ops), first=lines[0], foreign=len(d.foreign))
+            await self.dataplane.apply(list(d.ops))
+        return payload
 
     async def _write_status(self) -> None:
         core = self.core

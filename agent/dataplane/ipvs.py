@@ -10,10 +10,11 @@
   from the configuration while the agent was down is still removed when it comes back).
 * **A shadow of the owned table.** After one real dump the dataplane keeps what it last wrote
   (the kernel acked every request), so the steady-state path (one event, one weight change) costs
-  one netlink round trip, not a dump of every service. :meth:`drift` dumps the kernel for real,
-  reports what differs from the desired table and resets the shadow to the kernel's truth; the
-  agent's periodic check calls :meth:`check_and_repair` (or ``drift`` then ``reconcile``) and
-  records the difference as an event. Any refusal by the kernel also drops the shadow.
+  one netlink round trip, not a dump of every service; :meth:`reconcile_services` (the agent's
+  per-event path) diffs and updates only the services named, O(changed). :meth:`drift` dumps the
+  kernel for real, reports what differs from the desired table and resets the shadow to the
+  kernel's truth; the agent's periodic check (``Agent.check_drift``) records the difference as a
+  ``DataplaneDrift`` event, then applies the repair. Any refusal by the kernel drops the shadow.
 * **Idempotent against races.** An add of something that already exists becomes a set (the
   service is then adopted: it is in the desired table); a delete of something already gone is
   success; a set of a destination that vanished becomes an add. Anything else the kernel refuses
@@ -29,7 +30,7 @@ import json
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,7 +38,7 @@ from typing import TypeVar
 
 from agent.dataplane import reconcile
 from lvs_events.domain.ipvsadm_save import sorted_like_ipvsadm
-from lvs_events.domain.table import Op, Service, Table, apply_ops, diff
+from lvs_events.domain.table import Op, Service, Table, apply_ops, diff, diff_services, same_service
 from lvs_events.errors import DataplaneError
 
 from ._netlink import IpvsSocket, NetlinkFailure, Request, dest_request, service_request
@@ -90,9 +91,13 @@ class IpvsDataplane:
         if owned_path is not None and owned_path.exists():
             self._owned |= _load_owned(owned_path)
         self._use_shadow = use_shadow
-        self._shadow: Table | None = None
+        # What the kernel holds for the owned services, by key (None: unknown, dump first), and
+        # the same as a Table, built on demand.
+        self._shadow: dict[str, Service] | None = None
+        self._shadow_table: Table | None = None
         self._lock = asyncio.Lock()
         self._closed = False
+        self._owned_dirty = True  # the owned set is written at the first apply, then when it changed
         self.stats = _Stats()
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -125,10 +130,15 @@ class IpvsDataplane:
 
     def claim(self, desired: Table) -> None:
         """Own every service of ``desired`` (the services the configuration says are ours)."""
-        new = {s.key for s in desired.services} - self._owned
+        self.claim_keys(s.key for s in desired.services)
+
+    def claim_keys(self, keys: Iterable[str]) -> None:
+        """Own these services (O(len(keys)))."""
+        new = [k for k in keys if k not in self._owned]
         if new:
-            self._owned |= new
-            self._shadow = None  # the shadow does not hold the newly claimed services yet
+            self._owned.update(new)
+            self._owned_dirty = True
+            self._set_shadow(None)  # the shadow does not hold the newly claimed services yet
 
     async def foreign(self) -> Table:
         """The services in the kernel this agent does not own (with their destinations)."""
@@ -140,17 +150,18 @@ class IpvsDataplane:
         """The owned services as the kernel holds them (the shadow after the first dump)."""
         async with self._lock:
             if self._use_shadow and self._shadow is not None:
-                return self._shadow
-            table = await self._run(lambda: self._dump_sync(owned=True))
-            self._shadow = table
-            return table
+                return self._shadow_as_table()
+            return await self._dump_owned_locked()
 
     async def dump_kernel(self) -> Table:
         """The owned services, dumped from the kernel now (never the shadow)."""
         async with self._lock:
-            table = await self._run(lambda: self._dump_sync(owned=True))
-            self._shadow = table
-            return table
+            return await self._dump_owned_locked()
+
+    async def _dump_owned_locked(self) -> Table:
+        table = await self._run(lambda: self._dump_sync(owned=True))
+        self._set_shadow({s.key: s for s in table.services}, table)
+        return table
 
     async def apply(self, ops: list[Op]) -> None:
         if not ops:
@@ -165,12 +176,35 @@ class IpvsDataplane:
         self.claim(desired)
         return await reconcile(self, desired)
 
+    async def reconcile_services(self, desired: Mapping[str, Service | None]) -> tuple[list[Op], bool]:
+        """The per-event path: make only the services named in ``desired`` match it (``None``:
+        the service must not exist), O(len(desired)) with the shadow: claim, diff, apply, update.
+
+        Returns the operations applied and whether the kernel now holds exactly those services
+        (as far as every request was acked); the rest of the table is not looked at.
+        """
+        self.claim_keys(k for k, s in desired.items() if s is not None)
+        async with self._lock:
+            if not self._use_shadow or self._shadow is None:
+                await self._dump_owned_locked()
+            shadow = self._shadow
+            assert shadow is not None
+            ops = diff_services(shadow, desired)
+            if ops:
+                await self._run(lambda: self._apply_sync(ops))
+            after = self._shadow
+            if after is None:  # a refusal or a race: ask the kernel
+                await self._dump_owned_locked()
+                after = self._shadow
+                assert after is not None
+            return ops, all(same_service(after.get(k), s) for k, s in desired.items())
+
     async def drift(self, desired: Table) -> Drift:
         """Dump the kernel (for real), diff it against ``desired``: the repair, not yet applied."""
         self.claim(desired)
         async with self._lock:
             actual, foreign = await self._run(self._dump_split_sync)
-            self._shadow = actual
+            self._set_shadow({s.key: s for s in actual.services}, actual)
         return Drift(tuple(diff(actual, desired)), actual, tuple(s.key for s in foreign.services))
 
     async def check_and_repair(self, desired: Table) -> Drift:
@@ -213,19 +247,23 @@ class IpvsDataplane:
         try:
             requests = [_request(op) for op in ops]
         except (ValueError, KeyError) as e:
-            self._shadow = None
+            self._set_shadow(None)
             raise DataplaneError(f"cannot encode an IPVS operation: {e}") from e
         for op in ops:  # services we create are ours from the first request on
-            if op.kind == "add-service":
+            if op.kind == "add-service" and op.service.key not in self._owned:
                 self._owned.add(op.service.key)
+                self._owned_dirty = True
         refused, raced = self._send_with_fallbacks(ops, requests)
         failed = {id(op) for op, _ in refused}
         for op in ops:
-            if op.kind == "del-service" and id(op) not in failed:
+            if op.kind == "del-service" and id(op) not in failed and op.service.key in self._owned:
                 self._owned.discard(op.service.key)
-        if self._owned_path is not None:
+                self._owned_dirty = True
+        if self._owned_path is not None and self._owned_dirty:  # not on a weight change: no fsync
             _save_owned(self._owned_path, self._owned)
-        self._shadow = None if refused or raced else _applied(self._shadow, ops)
+            self._owned_dirty = False
+        shadow = self._shadow
+        self._set_shadow(None if refused or raced or shadow is None else _applied(shadow, ops))
         if refused:
             self.stats.refusals += len(refused)
             first_op, first = refused[0]
@@ -258,10 +296,10 @@ class IpvsDataplane:
         try:
             return self._sock.send(requests)
         except OSError as e:
-            self._shadow = None
+            self._set_shadow(None)
             raise DataplaneError(f"IPVS netlink request failed: {e}") from e
         except Exception as e:
-            self._shadow = None
+            self._set_shadow(None)
             if type(e).__name__ == "NetlinkError":
                 raise DataplaneError(f"IPVS netlink request failed: {e}") from e
             raise
@@ -276,6 +314,16 @@ class IpvsDataplane:
             raise
         except OSError as e:
             raise DataplaneError(f"IPVS netlink: {e}") from e
+
+    def _set_shadow(self, shadow: dict[str, Service] | None, table: Table | None = None) -> None:
+        self._shadow = shadow
+        self._shadow_table = table
+
+    def _shadow_as_table(self) -> Table:
+        assert self._shadow is not None
+        if self._shadow_table is None:
+            self._shadow_table = Table(tuple(self._shadow.values()))
+        return self._shadow_table
 
     async def _locked_run(self, fn: Callable[[], T]) -> T:
         async with self._lock:
@@ -326,13 +374,22 @@ def _already_done(op: Op, code: int) -> bool:
     return op.kind == "del-service" and code == errno.ESRCH
 
 
-def _applied(shadow: Table | None, ops: list[Op]) -> Table | None:
-    if shadow is None:
-        return None
+def _applied(shadow: dict[str, Service], ops: list[Op]) -> dict[str, Service] | None:
+    """The shadow after ``ops`` (all acked), updated in place: O(services the ops touch)."""
+    by_key: dict[str, list[Op]] = {}
+    for op in ops:
+        by_key.setdefault(op.service.key, []).append(op)
     try:
-        return apply_ops(shadow, ops)
+        for key, key_ops in by_key.items():
+            cur = shadow.get(key)
+            after = apply_ops(Table(() if cur is None else (cur,)), key_ops).services
+            if after:
+                shadow[key] = after[0]
+            else:
+                shadow.pop(key, None)
     except ValueError:
         return None
+    return shadow
 
 
 # --- ordering like ipvsadm ---------------------------------------------------------------------

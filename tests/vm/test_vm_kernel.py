@@ -57,3 +57,12 @@ def test_vm_netlink_does_not_block_the_event_loop(vm_run: VmRun) -> None:
 
 def test_vm_two_directors_in_namespaces_have_one_digest(vm_run: VmRun) -> None:
     assert_case(vm_run, "kernel:two_directors")
+
+
+def test_vm_render_normalisations_match_the_kernel_dump(vm_run: VmRun) -> None:
+    assert_case(vm_run, "kernel:render_normalised")
+
+
+def test_vm_agent_per_event_path_keeps_the_kernel_equal_to_the_render(vm_run: VmRun) -> None:
+    r = assert_case(vm_run, "kernel:agent_per_event_path")
+    assert r["detail"]["partial_reconciles"] >= 15  # type: ignore[index]

@@ -1,9 +1,10 @@
 """Host side of the VM tests: find ``ipvs-vm``, build the job directory, boot once, read results.
 
 The job directory carries everything the VM lacks: the project's ``lvs_events`` and ``agent``
-packages (sources only), ``immutables`` copied from this interpreter's installation (a cp311
-manylinux build: the VM's Python 3.11 has the same ABI), the seed configuration and the scripts in
-``tests/vm/suite``. pyroute2 (pinned 0.9.7) is already in the VM image.
+packages (sources only), ``immutables``, ``grpc``, ``protobuf``, ``structlog`` and
+``typing_extensions`` copied from this interpreter's installation (cp311 manylinux builds: the VM's
+Python 3.11 has the same ABI; the agent's core imports the client module), the seed configuration
+and the scripts in ``tests/vm/suite``. pyroute2 (pinned 0.9.7) is already in the VM image.
 """
 
 from __future__ import annotations
@@ -38,10 +39,18 @@ def _copy_package(name: str, dest: Path) -> None:
 
 
 def _copy_installed(module: str, dest: Path) -> None:
+    """Copy an installed package (or single-file module) of this interpreter into ``dest``;
+    ``google.protobuf`` copies the whole ``google`` directory."""
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
         raise RuntimeError(f"{module} is not installed in this interpreter")
-    pkg = Path(spec.origin).parent
+    origin = Path(spec.origin)
+    if origin.name != "__init__.py":  # a module file
+        shutil.copy2(origin, dest / origin.name)
+        return
+    pkg = origin.parent
+    for _ in range(module.count(".")):
+        pkg = pkg.parent
     shutil.copytree(pkg, dest / pkg.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
@@ -54,10 +63,12 @@ def build_job(job: Path) -> Path:
     src.mkdir()
     for pkg in ("lvs_events", "agent"):
         _copy_package(pkg, src)
-    # Only what the dataplane and the domain import; the gRPC stack stays on the host.
+    # What the dataplane, the domain and the agent's core import (cp311 builds: the VM's Python
+    # 3.11 has the same ABI); the core imports the client module, hence grpc and protobuf.
     site = job / "site"
     site.mkdir()
-    _copy_installed("immutables", site)
+    for module in ("immutables", "grpc", "google.protobuf", "structlog", "typing_extensions"):
+        _copy_installed(module, site)
     (job / "seed").mkdir()
     shutil.copy2(shared_dir() / "seed" / "ldirectord.cf", job / "seed" / "ldirectord.cf")
     shutil.copytree(SUITE, job / "suite", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))

@@ -88,11 +88,32 @@ def start_server(n: int) -> subprocess.Popen[bytes]:
     raise RuntimeError(f"real{n}'s http.server did not start")
 
 
+def wait_http(n: int, timeout: float = 30) -> None:
+    """Until real n's http.server answers a GET (listening is not yet serving: a just-started
+    server may refuse or reset its first connection). From the director's namespace."""
+    import http.client
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            c = http.client.HTTPConnection(f"10.1.{n}.2", PORT, timeout=1)
+            c.request("GET", "/id")
+            ok = c.getresponse().read().decode() == f"real{n}"
+            c.close()
+            if ok:
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"real{n}'s http.server does not answer")
+
+
 CLIENT = r"""
 import http.client, json, sys, time
 vip, port, stop_file = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 import os
 out = []
+up = False
 while not os.path.exists(stop_file):
     t = time.time()
     try:
@@ -102,10 +123,27 @@ while not os.path.exists(stop_file):
         body = r.read().decode()
         c.close()
         out.append([t, body if r.status == 200 else f"HTTP {r.status}"])
+        if not up:
+            open(stop_file + ".up", "w").close()  # the drill starts its phases from here
+            up = True
     except Exception as e:
         out.append([t, "ERR " + type(e).__name__])
 print(json.dumps(out))
 """
+
+
+def stop_server(p: subprocess.Popen[bytes]) -> None:
+    p.terminate()
+    p.wait()
+
+
+async def client_answered(client: subprocess.Popen[bytes], up: Path) -> None:
+    """A loaded (emulated) VM takes seconds to start the client: phases count from its first answer."""
+    deadline = time.monotonic() + 60
+    while not up.exists():  # noqa: ASYNC240 -- a script: nothing else runs
+        if time.monotonic() > deadline or client.poll() is not None:
+            raise RuntimeError("the client never got an answer from the VIP")
+        await asyncio.sleep(0.05)
 
 
 async def drill() -> dict[str, object]:
@@ -127,12 +165,14 @@ async def drill() -> dict[str, object]:
     marks: list[tuple[float, float, str]] = []
     stop_file = "/tmp/client.stop"
     Path(stop_file).unlink(missing_ok=True)  # noqa: ASYNC240 -- a script: nothing else runs
+    Path(stop_file + ".up").unlink(missing_ok=True)  # noqa: ASYNC240
     async with IpvsDataplane() as dp:
         await dp.reconcile(table(1))
         client = subprocess.Popen(  # noqa: ASYNC220 -- started once, read at the end
             ["ip", "netns", "exec", "client", sys.executable, "-c", CLIENT, VIP, str(PORT), stop_file],
             stdout=subprocess.PIPE,
         )
+        await client_answered(client, Path(stop_file + ".up"))
 
         async def phase(name: str, t: Table | None, seconds: float) -> None:
             begin = time.time()
@@ -141,18 +181,26 @@ async def drill() -> dict[str, object]:
             marks.append((begin, time.time(), name))  # the phase counts from the kernel's ack
             await asyncio.sleep(seconds)
 
+        def transition(name: str) -> None:
+            """Ends the phase before an action outside the table (a server stopped or started):
+            attempts begun from here until the next phase belong to ``~name``, no phase of note."""
+            now = time.time()
+            marks.append((now, now, f"~{name}"))
+
         await phase("both", None, 4)
         await phase("drain-real1", table(0), 5)  # weight 0: no new connections
         await phase("restore-real1", table(1), 4)
         await phase("stop-real1-drained", table(0), 1)  # graceful stop: drain, remove, stop
         await phase("stop-real1-removed", table(None), 0.5)
-        servers[1].terminate()
-        servers[1].wait()
+        transition("stopping-real1")
+        stop_server(servers[1])
         await phase("real1-stopped", None, 3)
+        transition("starting-real1")
         servers[1] = start_server(1)
+        wait_http(1)  # serving, not just listening, before it goes back into the table
         await phase("real1-restarted-added", table(1), 4)
-        servers[1].terminate()  # abrupt stop: the table still sends to real1 until a check acts
-        servers[1].wait()
+        transition("killing-real1")
+        stop_server(servers[1])  # abrupt stop: the table still sends to real1 until a check acts
         await phase("real1-killed-in-table", None, 2)
         await phase("real1-removed-after-kill", table(None), 3)
         marks.append((time.time(), time.time(), "end"))
@@ -176,9 +224,10 @@ def summarize(attempts: list[list[object]], marks: list[tuple[float, float, str]
             if start <= float(t) < end:  # type: ignore[arg-type]
                 counts[str(what)] = counts.get(str(what), 0) + 1
         phases[name] = counts
-        # when, after the phase's table was acked, each server first/last answered (ms)
+        # when, after the phase's table was acked, each server first/last answered, or each kind
+        # of failure first/last happened (ms)
         for t, what in attempts:
-            if start <= float(t) < end and not str(what).startswith(("ERR", "HTTP")):  # type: ignore[arg-type]
+            if start <= float(t) < end:  # type: ignore[arg-type]
                 key = f"{name}:{what}:ms"
                 off = round((float(t) - start) * 1000, 1)  # type: ignore[arg-type]
                 lo, hi = offsets.get(key, (off, off))
