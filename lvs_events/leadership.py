@@ -127,8 +127,11 @@ class LeaderElectionClient:
             left = deadline - loop.time()
             if left <= 0.005:
                 break
+            # share what is left among the endpoints not tried yet in this round: an unreachable
+            # one (a partitioned coordinator) must not use up the whole deadline
+            per = left / (n - i % n) if i < n else left
             try:
-                result = await fn(self._stub(endpoint), left)
+                result = await fn(self._stub(endpoint), max(0.05, per))
             except grpc.aio.AioRpcError as e:
                 if e.code() not in _RETRYABLE:
                     raise LvsEventsError(f"{what}: {e.code().name}: {e.details()}") from e

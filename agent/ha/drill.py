@@ -58,6 +58,7 @@ __all__ = [
 class DrillReport:
     drill_id: str
     scenario: str
+    started: float = field(default_factory=time.time)  # wall time the drill began
     old_active: str = ""
     new_active: str = ""
     old_term: int = 0
@@ -146,11 +147,13 @@ async def _ready(pair: Pair, within: float = 30.0) -> tuple[str, int]:
     return str(node), int(term)
 
 
-def _two_holders(log: list[tuple[float, str, bool]]) -> bool:
+def _two_holders(log: list[tuple[float, str, bool]], since: float = 0.0) -> bool:
+    """Whether two nodes held the VIP at once at some time after ``since`` (the whole history is
+    replayed to know who held it at ``since``)."""
     held: set[str] = set()
-    for _, node, holds in sorted(log):
+    for t, node, holds in sorted(log):
         (held.add if holds else held.discard)(node)
-        if len(held) > 1:
+        if len(held) > 1 and t >= since:
             return True
     return False
 
@@ -187,7 +190,6 @@ async def _finish(
         report.elect = None if e is None else e - t0
     gained = [t for t, n, holds in pair.holder_log() if n == new and holds and t >= t0]
     report.vip = (min(gained) - t0) if gained else None
-    report.two_holders = _two_holders(pair.holder_log())
     if check_fencing and new_term > old_term:
         ack = await pair.helper("publish", old, str(old_term))
         report.fenced_refused = ack.get("error_code") == "FAILED_PRECONDITION"
@@ -195,11 +197,16 @@ async def _finish(
 
 
 async def _digests(pair: Pair, report: DrillReport, within: float = 20.0) -> None:
+    """The end of every drill: both tables the same, and the VIP history of the whole drill
+    (including the restart or heal of what was broken) checked for a second holder."""
+
     async def same() -> bool:
         report.digests = {n: pair.applied_digest(n) for n in pair.nodes}
         return len(set(report.digests.values())) == 1 and "" not in report.digests.values()
 
     report.digests_equal = await _wait_for(same, within, 0.1)
+    await asyncio.sleep(0.5)  # let the restarted node settle: its first decisions count too
+    report.two_holders = _two_holders(pair.holder_log(), since=report.started)
 
 
 async def drill_kill_active(pair: Pair, *, probe_seconds: float = 4.0) -> DrillReport:

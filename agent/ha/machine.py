@@ -492,6 +492,11 @@ def _observed(s: HaState, inp: Observed) -> tuple[HaState, list[Action]]:
 
 def _elected(s: HaState, inp: ElectionResult, t: HaTiming) -> tuple[HaState, list[Action]]:
     s = replace(s, inflight="")
+    if not inp.acquired and inp.leader == s.node and inp.lease_id and inp.leader_term > s.leader_term:
+        # an earlier call of ours whose answer was lost did win: that lease is ours; act on it,
+        # with the takeover's wait (we do not know what the previous holder was told)
+        inp = replace(inp, acquired=True, op="takeover", term=inp.leader_term)
+        s = replace(s, handover_term=0)
     if not inp.acquired:
         s = _learn(s, inp.leader, inp.leader_term)
         if s.role is Role.FAULT:

@@ -359,6 +359,11 @@ class HaRunner:
     async def run(self, stop: asyncio.Event, started: asyncio.Event | None = None) -> None:
         """Run until ``stop`` is set; then let go (VIPs, resign) within the retry deadline."""
         try:
+            # a restarted agent starts as standby: VIPs a crashed predecessor left are removed
+            try:
+                await self.vip_manager.remove()
+            except DataplaneError as e:
+                self.log.warning("ha.vip_cleanup_failed", error=str(e))
             async with asyncio.TaskGroup() as tg:
                 tasks = [
                     tg.create_task(self._serve(), name="ha-peer-server"),

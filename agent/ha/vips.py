@@ -207,6 +207,8 @@ class NetlinkVips:
         if self._announcer is not None:
             self._announcer.cancel()
         if not self.vips:
+            self.vips = self.wanted()  # nothing added by us yet: the ones we would add
+        if not self.vips:
             return
         try:
             await asyncio.to_thread(change, self.interface, self.vips, "del")
@@ -237,6 +239,7 @@ def _guard_main(argv: Sequence[str]) -> int:
     p.add_argument("--guard", required=True, metavar="INTERFACE")
     p.add_argument("vips", nargs="+")
     args = p.parse_args(argv)
+    importlib.import_module("pyroute2")  # before waiting: the removal must be quick when it comes
     sys.stdin.buffer.read()  # until EOF: the agent is gone
     try:
         change(args.guard, args.vips, "del")

@@ -225,6 +225,20 @@ def test_election_failure_backs_off() -> None:
     assert acts == [Campaign()]
 
 
+def test_a_lost_answer_that_won_is_adopted() -> None:
+    s = HaState("b", leader="a", leader_term=3)
+    s, acts = step(s, Tick(1.0), T)
+    assert acts == [Takeover(3)]
+    s, _ = step(s, ElectionFailed(1.2, "takeover", "deadline"), T)  # it did land, though
+    s, acts = step(s, Tick(1.3), T)
+    assert acts == [Takeover(3)]
+    s, _ = step(s, ElectionResult(1.31, "takeover", False, 4, 77, "b", 4, sent_at=1.3), T)
+    assert s.role is Role.ACTIVE
+    assert s.term == 4
+    assert s.lease_id == 77
+    assert s.vip_not_before >= 1.31 + T.authority
+
+
 def test_restart_with_own_stale_term_takes_it_over() -> None:
     s = HaState("a", leader="a", leader_term=5)
     s, acts = step(s, Tick(1.0), T)
