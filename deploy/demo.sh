@@ -69,6 +69,16 @@ web() {  # web NAME ADDR: HTTP on :80 and HTTPS on :443
 }
 web web1 192.0.2.11; web web2 192.0.2.12; web web3 192.0.2.13
 web web4 198.51.100.11; web web5 198.51.100.12; web web6 198.51.100.13
+answers() {  # answers ADDR: wait until the real server at ADDR says "OK" on http and https
+    for _ in $(seq 100); do
+        in_ns curl -fsS "http://$1/areyouthere.php" 2>/dev/null | grep -q OK &&
+            in_ns curl -kfsS "https://$1/areyouthere.php" 2>/dev/null | grep -q OK && return 0
+        sleep 0.1
+    done
+    echo "demo: real server $1 does not answer" >&2
+    return 1
+}
+for a in 192.0.2.11 192.0.2.12 192.0.2.13 198.51.100.11 198.51.100.12 198.51.100.13; do answers "$a"; done
 
 say "etcd (single member, data in $RUN/etcd) and one coordinator"
 bg etcd.log etcd --name demo --data-dir "$RUN/etcd" \
@@ -135,6 +145,7 @@ say "the table now (lvs-events table), like ipvsadm -L -n"
 cli table
 say "web2 comes back; the operator enables web3"
 web web2 192.0.2.12
+answers 192.0.2.12
 cli enable "TCP 203.0.113.10:80" 192.0.2.13:80 --reason "web3 upgraded" --operator alice
 serving yes 192.0.2.12:80
 sleep 6
