@@ -9,7 +9,17 @@ import time
 
 import pytest
 
+from agent.checks import Checker
 from agent.checks.probes import plan
+from lvs_events.domain.config import (
+    CheckSettings,
+    Config,
+    GlobalSettings,
+    Protocol,
+    RealServer,
+    VirtualService,
+)
+from lvs_events.domain.state import State
 from tests.checks.servers import HOST, TIMEOUT, check, closed_port, make_spec, tcp_server
 
 
@@ -90,7 +100,6 @@ def test_checks_timeouts_are_mutual_defaults(
     ct: float | None, nt: float | None, expect: tuple[float, float]
 ) -> None:
     from agent.checks import spec_for
-    from lvs_events.domain.config import CheckSettings, GlobalSettings, Protocol, RealServer, VirtualService
 
     v = VirtualService(
         Protocol.TCP, "10.0.0.1", 80, reals=(RealServer("10.0.0.2", 80),),
@@ -102,7 +111,6 @@ def test_checks_timeouts_are_mutual_defaults(
 
 def test_checks_checkport_and_service_port() -> None:
     from agent.checks import spec_for
-    from lvs_events.domain.config import CheckSettings, GlobalSettings, Protocol, RealServer, VirtualService
 
     v = VirtualService(Protocol.FWM, None, 0, fwmark=7, reals=(RealServer("10.0.0.2", 0),),
                        check=CheckSettings(service="https"))  # fmt: skip
@@ -112,3 +120,95 @@ def test_checks_checkport_and_service_port() -> None:
     v2 = VirtualService(Protocol.TCP, "10.0.0.1", 80, reals=(RealServer("10.0.0.2", 80),),
                         check=CheckSettings(service="http", checkport=8080))  # fmt: skip
     assert spec_for(v2, v2.reals[0], GlobalSettings()).port == 8080
+
+
+# -- the Checker's own connect path (one epoll set, no task or timer per check) ---------------
+
+
+def _connect_state(ports: list[int], timeout: float = 0.2) -> State:
+    v = VirtualService(
+        Protocol.TCP, "10.0.0.1", 80, reals=tuple(RealServer(HOST, p) for p in ports),
+        check=CheckSettings(checktype="connect", checktimeout=timeout),
+    )  # fmt: skip
+    return State(config=Config(GlobalSettings(checkinterval=0.05), (v,)))
+
+
+class _Reports:
+    def __init__(self) -> None:
+        self.items: list[tuple[str, bool, str]] = []
+
+    def report(
+        self, virtual: str, real: str, up: bool, *, checktype: str, detail: str = "", latency_ms: float = 0.0
+    ) -> bool:
+        self.items.append((real, up, detail))
+        return True
+
+
+async def _until(cond: object, within: float = 5.0) -> None:
+    assert callable(cond)
+    async with asyncio.timeout(within):
+        while not cond():  # noqa: ASYNC110 -- polling test state
+            await asyncio.sleep(0.005)
+
+
+async def test_checks_checker_connect_up_refused_and_hung() -> None:
+    reports = _Reports()
+    checker = Checker("n1")
+    with socket.socket() as up, socket.socket() as hung:
+        up.bind((HOST, 0))
+        up.listen(64)  # never accepts: the handshake completes in the kernel, as ldirectord's check
+        hung.bind((HOST, 0))
+        hung.listen(0)
+        fillers = []
+        for _ in range(4):  # fill the accept queue: further SYNs go unanswered
+            f = socket.socket()
+            f.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                f.connect(hung.getsockname())
+            fillers.append(f)
+        ports = [up.getsockname()[1], closed_port(), hung.getsockname()[1]]
+        checker.observe(_connect_state(ports))
+        task = asyncio.create_task(checker.run(reports))
+        try:
+            await _until(lambda: len(reports.items) == 3)
+            await _until(lambda: checker.stats.finished >= 12)  # several rounds: sockets are reused fds
+            assert checker.inflight <= 3
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            for f in fillers:
+                f.close()
+    by_port = {int(r.rsplit(":", 1)[1]): (u, d) for r, u, d in reports.items}
+    assert by_port[ports[0]] == (True, "connected")
+    assert by_port[ports[1]][0] is False
+    assert "ECONNREFUSED" in by_port[ports[1]][1]
+    assert by_port[ports[2]] == (False, "connect: timeout after 0.2s")
+    assert checker.stats.timeouts >= 1
+    assert checker.inflight == 0  # the run's end cancelled what was in flight
+
+
+async def test_checks_checker_connect_removed_target_is_cancelled() -> None:
+    reports = _Reports()
+    checker = Checker("n1")
+    with socket.socket() as hung:
+        hung.bind((HOST, 0))
+        hung.listen(0)
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(hung.getsockname())
+        with filler:
+            checker.observe(_connect_state([hung.getsockname()[1]], timeout=5.0))
+            task = asyncio.create_task(checker.run(reports))
+            try:
+                await _until(lambda: checker.inflight == 1)
+                checker.observe(State(config=Config(GlobalSettings(checkinterval=0.05), ())))
+                assert checker.inflight == 0
+                await asyncio.sleep(0.1)
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+    assert reports.items == []
+    assert checker.stats.finished == 0
