@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -30,7 +31,7 @@ import os
 import platform
 import random
 import resource
-import selectors
+import select
 import socket
 import statistics
 import sys
@@ -68,56 +69,117 @@ def raise_nofile() -> int:
     return hard
 
 
-def serve(n: int, http: bool, ctl: Connection) -> None:  # noqa: PLR0912 -- one select loop
-    """The real servers: n listeners; ``ctl`` receives indexes to stop, answers close times."""
+def serve(indexes: list[int], http: bool, backlog: int, ctl: Connection) -> None:  # noqa: PLR0915 -- one loop
+    """Real servers: a listener for every index in ``indexes``, one epoll loop.
+
+    ``ctl`` receives an index to stop (answered with its close time) or ``"quit"``. A connect
+    check's connection is accepted and closed; an HTTP one gets ``HTTP_RESPONSE``. Events of a
+    listener closed earlier in the same batch are skipped (closing it mid-batch must not kill
+    the process: the old single-process server died of EBADF that way).
+    """
     raise_nofile()
-    sel = selectors.DefaultSelector()
-    listeners: dict[int, socket.socket] = {}
-    for i in range(n):
+    ep = select.epoll()
+    listeners: dict[int, socket.socket] = {}  # fd -> listener
+    by_index: dict[int, socket.socket] = {}
+    conns: dict[int, socket.socket] = {}  # fd -> accepted HTTP connection waiting for its request
+    for i in indexes:
         s = socket.socket()
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((address(i), PORT))
-        s.listen(128)
+        s.listen(backlog)
         s.setblocking(False)
-        listeners[i] = s
-        sel.register(s, selectors.EVENT_READ, ("listen", i))
-    sel.register(ctl.fileno(), selectors.EVENT_READ, ("ctl", -1))
+        listeners[s.fileno()] = s
+        by_index[i] = s
+        ep.register(s.fileno(), select.EPOLLIN)
+    ctl_fd = ctl.fileno()
+    ep.register(ctl_fd, select.EPOLLIN)
     ctl.send("ready")
+
+    def answer(conn: socket.socket) -> bool:
+        try:
+            data = conn.recv(4096)
+        except BlockingIOError:
+            return False
+        except OSError:
+            data = b""
+        if data:
+            with contextlib.suppress(OSError):
+                conn.send(HTTP_RESPONSE)
+        conn.close()
+        return True
+
     while True:
-        for key, _ in sel.select():
-            kind, i = key.data
-            if kind == "ctl":
+        for fd, _ in ep.poll():
+            if fd == ctl_fd:
                 msg = ctl.recv()
                 if msg == "quit":
                     return
-                s = listeners.pop(msg)
-                sel.unregister(s)
-                s.close()
+                s = by_index.pop(msg)
+                del listeners[s.fileno()]
+                s.close()  # leaves the epoll set
                 ctl.send((msg, time.monotonic()))
-            elif kind == "listen":
-                sock = key.fileobj
-                assert isinstance(sock, socket.socket)
+            elif (lst := listeners.get(fd)) is not None:
                 for _ in range(64):
                     try:
-                        conn, _addr = sock.accept()
+                        conn, _addr = lst.accept()
                     except (BlockingIOError, InterruptedError):
                         break
-                    if http:
-                        conn.setblocking(False)
-                        sel.register(conn, selectors.EVENT_READ, ("conn", -1))
-                    else:
+                    except OSError:  # ECONNABORTED and the like: the client is gone
+                        continue
+                    if not http:
                         conn.close()
-            else:
-                conn = key.fileobj
-                assert isinstance(conn, socket.socket)
-                try:
-                    data = conn.recv(4096)
-                    if data:
-                        conn.send(HTTP_RESPONSE)
-                except OSError:
-                    pass
-                sel.unregister(conn)
-                conn.close()
+                        continue
+                    conn.setblocking(False)
+                    if not answer(conn):  # the request is usually there already
+                        conns[conn.fileno()] = conn
+                        ep.register(conn.fileno(), select.EPOLLIN)
+            elif (c := conns.pop(fd, None)) is not None and not answer(c):
+                conns[fd] = c
+
+
+def proc_cpu(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process, from /proc."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rpartition(")")[2].split()
+    tck = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tck, int(fields[12]) / tck
+
+
+def runqueue_wait() -> float:
+    """Seconds this process's threads have waited for a CPU while runnable (/proc schedstat):
+    on a shared machine, the time the checker was ready to run but other processes had the CPUs."""
+    total = 0.0
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError), open(f"/proc/self/task/{tid}/schedstat", encoding="ascii") as f:
+            total += int(f.read().split()[1]) / 1e9
+    return total
+
+
+def tcp_counters() -> dict[str, int]:
+    """The kernel's TCP counters of this network namespace (/proc/net/netstat and snmp)."""
+    out: dict[str, int] = {}
+    for name in ("/proc/net/netstat", "/proc/net/snmp"):
+        with contextlib.suppress(OSError), open(name, encoding="ascii") as f:
+            lines = f.read().splitlines()
+        for head, vals in zip(lines[::2], lines[1::2], strict=False):
+            keys, values = head.split(), vals.split()
+            for k, v in zip(keys[1:], values[1:], strict=False):
+                with contextlib.suppress(ValueError):
+                    out[keys[0] + k] = int(v)
+    return out
+
+
+TCP_COUNTERS = (
+    "TcpExt:ListenOverflows",
+    "TcpExt:ListenDrops",
+    "TcpExt:TCPSynRetrans",
+    "TcpExt:TCPTimeouts",
+    "TcpExt:TCPAbortOnData",
+    "Tcp:ActiveOpens",
+    "Tcp:AttemptFails",
+    "Tcp:EstabResets",
+    "Tcp:RetransSegs",
+)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -128,8 +190,10 @@ def pct(values: list[float], q: float) -> float:
 
 
 class Recorder:
+    """The reporter: every verdict with the time it arrived."""
+
     def __init__(self) -> None:
-        self.down_at: dict[str, float] = {}
+        self.downs: dict[str, list[float]] = {}
         self.reports = 0
 
     def report(
@@ -137,8 +201,60 @@ class Recorder:
     ) -> bool:
         self.reports += 1
         if not up:
-            self.down_at.setdefault(real, time.monotonic())
+            self.downs.setdefault(real, []).append(time.monotonic())
         return True
+
+    def down_after(self, real: str, at: float) -> float | None:
+        return next((t for t in self.downs.get(real, ()) if t >= at), None)
+
+
+class Listeners:
+    """``procs`` listener processes sharing the ``n`` addresses (index modulo ``procs``)."""
+
+    def __init__(self, n: int, http: bool, procs: int, backlog: int) -> None:
+        self.procs: list[mp.Process] = []
+        self.ctls: list[Connection] = []
+        for k in range(procs):
+            parent, child = mp.Pipe()
+            proc = mp.Process(
+                target=serve, args=(list(range(k, n, procs)), http, backlog, child), daemon=True
+            )
+            proc.start()
+            self.procs.append(proc)
+            self.ctls.append(parent)
+        for ctl, proc in zip(self.ctls, self.procs, strict=True):
+            if not ctl.poll(60) or ctl.recv() != "ready":
+                raise RuntimeError(f"listener process {proc.pid} did not start (exit code {proc.exitcode})")
+
+    def stop(self, i: int) -> float:
+        """Close the listener of server ``i``; its CLOCK_MONOTONIC close time."""
+        ctl = self.ctls[i % len(self.ctls)]
+        ctl.send(i)
+        if not ctl.poll(10):
+            raise RuntimeError("listener process does not answer")
+        idx, at = ctl.recv()
+        assert idx == i
+        return float(at)
+
+    def alive(self) -> bool:
+        return all(p.is_alive() for p in self.procs)
+
+    def cpu(self) -> tuple[float, float]:
+        user = system = 0.0
+        for p in self.procs:
+            assert p.pid is not None
+            u, s = proc_cpu(p.pid)
+            user, system = user + u, system + s
+        return user, system
+
+    def close(self) -> None:
+        for ctl in self.ctls:
+            with contextlib.suppress(OSError):
+                ctl.send("quit")
+        for p in self.procs:
+            p.join(5)
+            if p.is_alive():
+                p.kill()
 
 
 async def scenario(  # noqa: PLR0915, PLR0917 -- one measured run
@@ -148,11 +264,11 @@ async def scenario(  # noqa: PLR0915, PLR0917 -- one measured run
     stops: int,
     interval: float,
     timeout: float,  # noqa: ASYNC109
+    listener_procs: int,
+    backlog: int,
+    max_concurrency: int,
 ) -> dict[str, object]:
-    parent, child = mp.Pipe()
-    proc = mp.Process(target=serve, args=(n, mode == "http", child), daemon=True)
-    proc.start()
-    assert parent.recv() == "ready"
+    listeners = Listeners(n, mode == "http", listener_procs, backlog)
     reals = tuple(RealServer(address(i), PORT) for i in range(n))
     check = CheckSettings(
         checktype="connect" if mode == "connect" else "negotiate",
@@ -167,22 +283,23 @@ async def scenario(  # noqa: PLR0915, PLR0917 -- one measured run
         (VirtualService(Protocol.TCP, "10.255.0.1", 80, reals=reals, check=check),),
     )
     last_start: dict[str, float] = {}
+    last_up: dict[str, bool] = {}
     gaps: list[float] = []
     measuring = False
-    failures = 0
+    failures: collections.Counter[str] = collections.Counter()
 
     def on_check(spec: CheckSpec, result: Result, started: float, ended: float) -> None:
-        nonlocal failures
         prev = last_start.get(spec.real)
         last_start[spec.real] = started
+        last_up[spec.real] = result.up
         if measuring:
             if prev is not None:
                 gaps.append(started - prev)
             if not result.up:
-                failures += 1
+                failures[result.detail] += 1
 
     rec = Recorder()
-    checker = Checker("bench", on_check=on_check, max_concurrency=2000)
+    checker = Checker("bench", on_check=on_check, max_concurrency=max_concurrency)
     checker.observe(State(config=config))
     task = asyncio.create_task(checker.run(rec))
     loop = asyncio.get_running_loop()
@@ -194,42 +311,64 @@ async def scenario(  # noqa: PLR0915, PLR0917 -- one measured run
     await asyncio.sleep(interval)
     measuring = True
     checks0 = checker.stats.finished
-    cpu0, wall0 = time.process_time(), time.monotonic()
+    tcp0 = tcp_counters()
+    own0, lst0, wait0, wall0 = os.times(), listeners.cpu(), runqueue_wait(), time.monotonic()
     await asyncio.sleep(window)
-    cpu1, wall1 = time.process_time(), time.monotonic()
+    own1, lst1, wait1, wall1 = os.times(), listeners.cpu(), runqueue_wait(), time.monotonic()
+    tcp1 = tcp_counters()
     checks = checker.stats.finished - checks0
     measuring = False
-    # detection: stop `stops` servers spread over one interval
-    victims = random.Random(n).sample(range(n), stops)
+    wall = wall1 - wall0
+    # detection: stop `stops` servers spread over one interval, among those whose verdict is up
+    # and whose last check passed (a server already failing is not a detection)
+    verdicts = checker.verdicts()
+    healthy = [
+        i for i in range(n) if last_up.get(reals[i].key) and verdicts.get(("TCP 10.255.0.1:80", reals[i].key))
+    ]
+    victims = random.Random(n).sample(healthy, min(stops, len(healthy)))
     stopped: dict[str, float] = {}
     for i in victims:
-        await loop.run_in_executor(None, parent.send, i)
-        idx, at = await loop.run_in_executor(None, parent.recv)
-        stopped[f"{address(idx)}:{PORT}"] = at
+        stopped[reals[i].key] = await loop.run_in_executor(None, listeners.stop, i)
         await asyncio.sleep(interval / stops)
     deadline = time.monotonic() + interval + timeout + 3
-    while time.monotonic() < deadline and not all(r in rec.down_at for r in stopped):  # noqa: ASYNC110
+    while time.monotonic() < deadline and not all(rec.down_after(r, t) for r, t in stopped.items()):  # noqa: ASYNC110
         await asyncio.sleep(0.05)
-    detect = [rec.down_at[r] - t for r, t in stopped.items() if r in rec.down_at]
+    detect = [d - t for r, t in stopped.items() if (d := rec.down_after(r, t)) is not None]
+    alive = listeners.alive()
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    parent.send("quit")
-    proc.join(5)
+    listeners.close()
     return {
         "real_servers": n,
         "mode": "connect" if mode == "connect" else "negotiate:http",
         "checkinterval_s": interval,
         "checktimeout_s": timeout,
+        "listener_processes": listener_procs,
+        "listen_backlog": backlog,
+        "max_concurrency": max_concurrency,
         "initial_up_reports": up_reported,
-        "checks_per_s": round(checks / (wall1 - wall0), 1),
-        "failed_checks_in_window": failures,
+        "window_s": round(wall, 2),
+        "checks_per_s": round(checks / wall, 1),
+        "failed_checks_in_window": sum(failures.values()),
+        "failures_by_detail": dict(failures.most_common(5)),
         "interval_p50_s": round(pct(gaps, 0.5), 4),
         "interval_p99_s": round(pct(gaps, 0.99), 4),
         "interval_max_s": round(max(gaps), 4) if gaps else None,
-        "cpu_share": round((cpu1 - cpu0) / (wall1 - wall0), 3),
+        "cpu_share": round((own1.user - own0.user + own1.system - own0.system) / wall, 3),
+        "cpu_user": round((own1.user - own0.user) / wall, 3),
+        "cpu_sys": round((own1.system - own0.system) / wall, 3),
+        "cpu_us_per_check": round(
+            (own1.user - own0.user + own1.system - own0.system) / max(checks, 1) * 1e6, 1
+        ),
+        "runqueue_wait_share": round((wait1 - wait0) / wall, 3),
+        "listeners_cpu_user": round((lst1[0] - lst0[0]) / wall, 3),
+        "listeners_cpu_sys": round((lst1[1] - lst0[1]) / wall, 3),
+        "tcp_counters_in_window": {k: tcp1.get(k, 0) - tcp0.get(k, 0) for k in TCP_COUNTERS},
         "late_starts": checker.stats.late_starts,
+        "listeners_alive": alive,
         "stopped": len(stopped),
+        "excluded_failing_before_stop": n - len(healthy),
         "detected": len(detect),
         "detection_p50_s": round(pct(detect, 0.5), 4),
         "detection_p99_s": round(pct(detect, 0.99), 4),
@@ -247,15 +386,29 @@ async def main() -> None:
     ap.add_argument("--stops", type=int, default=100)
     ap.add_argument("--interval", type=float, default=1.0)
     ap.add_argument("--timeout", type=float, default=1.0)
+    ap.add_argument("--listener-procs", type=int, default=2, help="processes sharing the listeners")
+    ap.add_argument("--backlog", type=int, default=4096, help="listen backlog (capped by net.core.somaxconn)")
+    ap.add_argument("--max-concurrency", type=int, default=2000)
     args = ap.parse_args()
     # the checker logs every transition at INFO; keep the report clean (and the warm-up cheap)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     nofile = raise_nofile()
+    load0 = os.getloadavg()
     results = []
     for mode in args.modes.split(","):
         for n in (int(x) for x in args.sizes.split(",")):
             results.append(
-                await scenario(n, mode, args.window, min(args.stops, n), args.interval, args.timeout)
+                await scenario(
+                    n,
+                    mode,
+                    args.window,
+                    min(args.stops, n),
+                    args.interval,
+                    args.timeout,
+                    args.listener_procs,
+                    args.backlog,
+                    args.max_concurrency,
+                )
             )
     print(
         json.dumps(
@@ -264,6 +417,7 @@ async def main() -> None:
                 "python": platform.python_version(),
                 "cpus": os.cpu_count(),
                 "rlimit_nofile": nofile,
+                "loadavg_1m_before_after": [round(load0[0], 2), round(os.getloadavg()[0], 2)],
                 "detection_measured_to": "the reporter (stand-in for the event in the log)",
                 "results": results,
             },
