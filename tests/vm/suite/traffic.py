@@ -181,25 +181,27 @@ async def drill() -> dict[str, object]:
             marks.append((begin, time.time(), name))  # the phase counts from the kernel's ack
             await asyncio.sleep(seconds)
 
-        def transition(name: str) -> None:
+        async def transition(name: str) -> None:
             """Ends the phase before an action outside the table (a server stopped or started):
-            attempts begun from here until the next phase belong to ``~name``, no phase of note."""
+            attempts begun from here until the next phase belong to ``~name``, no phase of note.
+            The action waits a moment, so that attempts begun before it completed."""
             now = time.time()
             marks.append((now, now, f"~{name}"))
+            await asyncio.sleep(0.5)
 
         await phase("both", None, 4)
         await phase("drain-real1", table(0), 5)  # weight 0: no new connections
         await phase("restore-real1", table(1), 4)
         await phase("stop-real1-drained", table(0), 1)  # graceful stop: drain, remove, stop
         await phase("stop-real1-removed", table(None), 0.5)
-        transition("stopping-real1")
+        await transition("stopping-real1")
         stop_server(servers[1])
         await phase("real1-stopped", None, 3)
-        transition("starting-real1")
+        await transition("starting-real1")
         servers[1] = start_server(1)
         wait_http(1)  # serving, not just listening, before it goes back into the table
         await phase("real1-restarted-added", table(1), 4)
-        transition("killing-real1")
+        await transition("killing-real1")
         stop_server(servers[1])  # abrupt stop: the table still sends to real1 until a check acts
         await phase("real1-killed-in-table", None, 2)
         await phase("real1-removed-after-kill", table(None), 3)
