@@ -38,7 +38,7 @@ from typing import TypeVar
 
 from agent.dataplane import reconcile
 from lvs_events.domain.ipvsadm_save import sorted_like_ipvsadm
-from lvs_events.domain.table import Op, Service, Table, apply_ops, diff, diff_services, same_service
+from lvs_events.domain.table import Op, Service, Table, apply_ops_to, diff, diff_services, same_service
 from lvs_events.errors import DataplaneError
 
 from ._netlink import IpvsSocket, NetlinkFailure, Request, dest_request, service_request
@@ -375,18 +375,9 @@ def _already_done(op: Op, code: int) -> bool:
 
 
 def _applied(shadow: dict[str, Service], ops: list[Op]) -> dict[str, Service] | None:
-    """The shadow after ``ops`` (all acked), updated in place: O(services the ops touch)."""
-    by_key: dict[str, list[Op]] = {}
-    for op in ops:
-        by_key.setdefault(op.service.key, []).append(op)
+    """The shadow after ``ops`` (all acked), updated in place: O(ops), not O(table)."""
     try:
-        for key, key_ops in by_key.items():
-            cur = shadow.get(key)
-            after = apply_ops(Table(() if cur is None else (cur,)), key_ops).services
-            if after:
-                shadow[key] = after[0]
-            else:
-                shadow.pop(key, None)
+        apply_ops_to(shadow, ops)
     except ValueError:
         return None
     return shadow

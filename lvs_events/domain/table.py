@@ -245,10 +245,18 @@ def same_service(a: Service | None, b: Service | None) -> bool:
     )
 
 
-def apply_ops(table: Table, ops: Iterable[Op]) -> Table:  # noqa: PLR0912 -- one branch per op kind
+def apply_ops(table: Table, ops: Iterable[Op]) -> Table:
     """Apply operations to a table value (the in-memory dataplane, and tests of ``diff``)."""
     services: dict[str, Service] = {s.key: s for s in table.services}
-    order: list[str] = [s.key for s in table.services]
+    apply_ops_to(services, ops)
+    return Table(tuple(services.values()))
+
+
+def apply_ops_to(services: dict[str, Service], ops: Iterable[Op]) -> None:  # noqa: PLR0912 -- one branch per op kind
+    """Apply operations to services by key, in place (new services go last); O(ops).
+
+    ``ValueError`` on an operation that does not apply (``services`` is then partly updated).
+    """
     # Destinations being edited, per service, kept as dicts until the end (a service of n
     # destinations built up by n add-dest ops costs O(n), not O(n^2)).
     working: dict[str, dict[str, Dest]] = {}
@@ -260,7 +268,6 @@ def apply_ops(table: Table, ops: Iterable[Op]) -> Table:  # noqa: PLR0912 -- one
                 raise ValueError(f"service {key} exists")
             services[key] = replace(op.service, dests=())
             working.pop(key, None)
-            order.append(key)
         elif op.kind == "edit-service":
             if cur is None:
                 raise ValueError(f"no service {key}")
@@ -270,7 +277,6 @@ def apply_ops(table: Table, ops: Iterable[Op]) -> Table:  # noqa: PLR0912 -- one
                 raise ValueError(f"no service {key}")
             del services[key]
             working.pop(key, None)
-            order.remove(key)
         else:
             if cur is None or op.dest is None:
                 raise ValueError(f"no service {key} for {op}")
@@ -288,7 +294,6 @@ def apply_ops(table: Table, ops: Iterable[Op]) -> Table:  # noqa: PLR0912 -- one
                 dests[dk] = op.dest
     for key, dests in working.items():
         services[key] = replace(services[key], dests=tuple(dests.values()))
-    return Table(tuple(services[k] for k in order))
 
 
 # --- ipvsadm -L -n ---------------------------------------------------------------------------
