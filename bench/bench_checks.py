@@ -1,17 +1,21 @@
 """Health-check benchmark: 1,000 and 10,000 real servers at checkinterval=1, one JSON report.
 
-The real servers are loopback listeners in a *separate* process (a plain ``selectors`` loop that
-accepts and closes, or answers a fixed HTTP response), one listener per address
-``127.1.x.y:8000``, so the CPU measured is the checker's alone. The checker runs in this process:
-the real :class:`agent.checks.Checker` with the real probes.
+The real servers are loopback listeners in separate processes (``--listener-procs``, an epoll
+loop each that accepts and closes, or answers a fixed HTTP response; backlog 4096), one listener
+per address ``127.1.x.y:8000``, so the checker's CPU is measured apart from theirs (reported
+too, with the checker's runqueue wait and the kernel's TCP counters). The checker runs in this
+process: the real :class:`agent.checks.Checker` with the real probes.
 
 Measured per scenario:
 
 * ``interval_p50`` / ``interval_p99``: time between two consecutive check starts of the same
   real server (target: the checkinterval);
-* ``cpu_share``: process CPU time / wall time over the steady window (1.0 = one core);
-* ``detection_p50`` / ``detection_p99``: from the server process closing a listener (its
-  CLOCK_MONOTONIC timestamp, system-wide on Linux) to the down verdict reaching the reporter.
+* ``cpu_share`` (``cpu_user`` + ``cpu_sys``): process CPU time / wall time over the steady
+  window (1.0 = one core); on loopback the kernel work of both ends of a handshake is charged
+  mostly to the checker's ``connect``/``close`` system calls;
+* ``detection_p50`` / ``detection_p99``: for servers whose last check passed, from the server
+  process closing a listener (its CLOCK_MONOTONIC timestamp, system-wide on Linux) to the next
+  down verdict reaching the reporter.
   The reporter stands in for "the event in the log": the full agent -> coordinator -> etcd path
   is not part of this benchmark.
 
