@@ -356,7 +356,7 @@ async def _helper(args: argparse.Namespace) -> Any:
         except Exception as e:  # reported as data to the drill
             return {"ok": False, "error": str(e), "t0": t0}
         return {"ok": True, "t0": t0, **asdict(rep)}
-    async with CoordinatorClient(coords, timeout=3.0) as c:
+    async with CoordinatorClient(coords, timeout=6.0, attempt_timeout=1.0) as c:
         if args.cmd == "publish":
             node, term = args.rest[0], int(args.rest[1])
             payload = RealServerHealth("TCP 198.51.100.10:80", "192.0.2.11:80", up=True, observer=node)

@@ -208,6 +208,9 @@ class NetnsLab:
             bind_address=[ADDR["dir1"], ADDR["dir2"], ADDR["witness"]],
             start_timeout=30.0,
             tmp_root=SHM,
+            # a member coming back from a partition must not depose the raft leader (it would
+            # stall every etcd call, and so the keepalives, for an election timeout)
+            extra_args=["--pre-vote"],
         )
         (self.tmp / "config.json").write_bytes(codec.dumps(lab_config()))
         eps = self.etcd.endpoints
