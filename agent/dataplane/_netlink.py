@@ -464,6 +464,10 @@ class IpvsSocket:
             raise
         self._pyroute2, self._fd, self._family = sock, fd, family
 
+    @property
+    def opened(self) -> bool:
+        return self._fd is not None
+
     def close(self) -> None:
         if self._pyroute2 is not None:
             sock, self._pyroute2, self._fd = self._pyroute2, None, None

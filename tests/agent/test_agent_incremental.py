@@ -159,6 +159,7 @@ class FakeSocket:
         self.kernel = kernel
         self.sent: list[int] = []
         self.dumps = 0
+        self.opened = True
 
     def open(self) -> None:
         return None
