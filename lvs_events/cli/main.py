@@ -36,6 +36,7 @@ from lvs_events.domain.table import format_ipvsadm
 from lvs_events.domain.validate import validate_config
 from lvs_events.errors import CoordinatorUnavailable, InvalidEvent, LvsEventsError
 from lvs_events.ldirectord import ConfigError, ConfigWarning, format_config, parse_file
+from lvs_events.leadership import HaStatus, PeerUnavailable, SwitchoverFailed, ha_status, switchover
 
 DEFAULT_ENDPOINTS = "127.0.0.1:7420"
 EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE = 1, 2, 3
@@ -108,6 +109,11 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--strict", action="store_true")
     sh = csub.add_parser("show", help="the config in force, written back as ldirectord.cf")
     sh.add_argument("--at", type=int, default=0, metavar="REV", help="as it was at this log revision")
+
+    so = sub.add_parser(
+        "switchover", help="planned handover to the standby (ready before the active lets go)"
+    )
+    so.add_argument("--to", default="", metavar="NODE", help="the node to hand over to (default: the peer)")
 
     st = sub.add_parser("status", help="nodes, their applied revision, digest and lag")
     st.add_argument("-o", "--output", choices=["text", "json"], default="text")
@@ -207,8 +213,72 @@ def _origin() -> str:
     return "".join(c if c.isalnum() or c in "._-" else "-" for c in name) or "cli"
 
 
+async def _switchover(client: CoordinatorClient, args: argparse.Namespace) -> int:
+    endpoints = [e.strip() for e in args.endpoints.split(",") if e.strip()]
+    try:
+        r = await switchover(endpoints, args.to, within=max(args.timeout, 1.0))
+    except (SwitchoverFailed, PeerUnavailable) as e:
+        raise CoordinatorRejected("FAILED_PRECONDITION", str(e)) from e
+    sys.stdout.write(
+        f"switchover: {r.from_node} (term {r.old_term}) -> {r.to_node} (term {r.new_term}) "
+        f"in {r.seconds * 1000:.0f} ms\n"
+    )
+    return 0
+
+
+def _ha_doc(ha: HaStatus | None) -> dict[str, object]:
+    if ha is None:
+        return {"error": "leadership service unavailable"}
+    return {
+        "active": ha.leader.node or None,
+        "term": ha.leader.term,
+        "vips": list(ha.vips),
+        "reason": ha.reason,
+        "error": ha.error,
+        "nodes": {
+            n.node: {
+                "role": n.role,
+                "term": n.term,
+                "revision": n.revision,
+                "digest": n.digest,
+                "seen_ago": n.seen_ago,
+                "holds_vips": n.vips,
+            }
+            for n in ha.nodes
+        },
+    }
+
+
+def _ha_text(ha: HaStatus | None) -> str:
+    if ha is None:
+        return "leadership: unavailable (no coordinator answered the election service)\n"
+    if not ha.leader.present:
+        return f"leadership: no active director ({ha.error or 'no leader'})\n"
+    lines = [f"leadership: {ha.leader.node} is active, term {ha.leader.term} (etcd)"]
+    if ha.error:
+        lines.append(f"  the active agent could not be asked: {ha.error}")
+    if ha.nodes:
+        lines.append(f"  {'NODE':<12} {'ROLE':<10} {'TERM':>5} {'REVISION':>9}  {'VIPS':<5} SEEN")
+        for n in ha.nodes:
+            seen = "self" if n.node == ha.leader.node else f"{n.seen_ago:.2f}s ago"
+            held = "yes" if n.vips else "no"
+            lines.append(f"  {n.node:<12} {n.role:<10} {n.term:>5} {n.revision:>9}  {held:<5} {seen}")
+    if ha.vips:
+        lines.append(f"  VIPs: {', '.join(ha.vips)}")
+    return "\n".join(lines) + "\n"
+
+
+async def _ha(args: argparse.Namespace) -> HaStatus | None:
+    endpoints = [e.strip() for e in args.endpoints.split(",") if e.strip()]
+    try:
+        return await ha_status(endpoints, within=args.timeout)
+    except LvsEventsError:
+        return None
+
+
 async def _status(client: CoordinatorClient, args: argparse.Namespace) -> int:
     view = await client.get_state(0)
+    ha = await _ha(args)
     if args.output == "json":
         doc = {
             "cluster": view.state.cluster,
@@ -227,6 +297,7 @@ async def _status(client: CoordinatorClient, args: argparse.Namespace) -> int:
                 }
                 for n, s in sorted(view.state.nodes.items())
             },
+            "leadership": _ha_doc(ha),
         }
         sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     elif args.output == "ipvsadm-save":
@@ -234,6 +305,7 @@ async def _status(client: CoordinatorClient, args: argparse.Namespace) -> int:
         sys.stdout.write(format_ipvsadm_save(render(view.state) if view.state.config else view.table))
     else:
         sys.stdout.write(views.status_text(view.state, view.head_revision, view.table_digest))
+        sys.stdout.write("\n" + _ha_text(ha))
     return 0
 
 
@@ -305,6 +377,7 @@ COMMANDS = {
     "enable": _admin,
     "status": _status,
     "config": _config,
+    "switchover": _switchover,
 }
 
 

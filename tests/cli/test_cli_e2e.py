@@ -148,7 +148,7 @@ def _read_lines(proc: subprocess.Popen[str], until: object, timeout: float) -> l
     return lines
 
 
-def test_operator_workflow_end_to_end(stack: Stack) -> None:
+def test_operator_workflow_end_to_end(stack: Stack) -> None:  # noqa: PLR0915 -- one operator session, in order
     # the coordinator is up when the CLI gets an answer
     _wait(lambda: stack.cli("status", check=False).returncode == 0, what="coordinator")
 
@@ -220,6 +220,12 @@ def test_operator_workflow_end_to_end(stack: Stack) -> None:
     status = stack.cli("status").stdout
     assert "master" in status
     assert "slave" in status
+    # no agent campaigns here (no --peer): the election service answers that nobody is active
+    assert "leadership: no active director" in status
+    assert json.loads(stack.cli("status", "-o", "json").stdout)["leadership"]["active"] is None
+    refused = stack.cli("switchover", check=False)
+    assert refused.returncode == 1
+    assert "no active director" in refused.stderr
 
     # the table at an older revision differs (before the drain), and JSON output parses
     doc = json.loads(stack.cli("table", "-o", "json").stdout)
