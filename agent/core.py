@@ -10,9 +10,11 @@ Decisions:
 * **reconcile** the dataplane when the rendered table differs from the one last applied, at start
   (nothing applied yet), after a failed or unverified apply, and every ``resync_interval``
   seconds (anti-entropy: somebody may have edited the kernel table behind our back);
-* **persist** the folded state when its revision advanced and either the table changed or
-  ``persist_interval`` seconds passed since the last write (a restart then replays at most that
-  much of the log, which is harmless: the fold is idempotent);
+* **persist** the folded state when its revision advanced and ``persist_interval`` seconds passed
+  since the last write, and at least ``persist_cost_factor`` times as long as that write took (a
+  big state costs a write of megabytes: it may take at most about 1/factor of the agent's time).
+  A restart then replays at most that much of the log, which is harmless: the fold is idempotent
+  and the reconcile compares the dataplane with the table, not with what was persisted;
 * **publish** ``TableApplied`` when the applied digest differs from the one the log last recorded
   for this node, once caught up with the log head (or after ``publish_delay`` seconds when the log
   keeps moving), at most once per ``min_publish_interval``, and not again while the same digest is
@@ -43,6 +45,7 @@ __all__ = ["ApplyCore", "Policy", "Ready"]
 @dataclass(frozen=True, slots=True)
 class Policy:
     persist_interval: float = 1.0
+    persist_cost_factor: float = 10.0  # wait at least this many times the last write's duration
     publish_delay: float = 1.0
     min_publish_interval: float = 0.5  # at most two TableApplied a second from a node
     republish_after: float = 10.0
@@ -121,6 +124,7 @@ class ApplyCore:
         # persisted
         self._persisted_revision = self.state.revision
         self._persisted_at: float | None = None
+        self._persist_cost = 0.0
         # published
         self._inflight_digest = ""
         self._inflight_at = 0.0
@@ -185,9 +189,7 @@ class ApplyCore:
         if reconcile and not (retry_due or resync_due) and self._unapplied:
             changed = self._changed_services(self._unapplied) or None
         persist = s.revision > self._persisted_revision and (
-            table_changed
-            or self._persisted_at is None
-            or now - self._persisted_at >= self.policy.persist_interval
+            self._persisted_at is None or now - self._persisted_at >= self._persist_every()
         )
         # On the per-event path the digest waits until after the kernel's ack; so does the
         # TableApplied decision (the next ``ready`` makes it, from the applied digest).
@@ -281,7 +283,7 @@ class ApplyCore:
         if self._reconciled_at is not None:
             times.append(self._reconciled_at + self.policy.resync_interval)
         if self.state.revision > self._persisted_revision and self._persisted_at is not None:
-            times.append(self._persisted_at + self.policy.persist_interval)
+            times.append(self._persisted_at + self._persist_every())
         if self._publish_pending_since is not None:
             times.append(
                 max(
@@ -329,6 +331,13 @@ class ApplyCore:
         self._unapplied = None
         self._reconciled_at = now
         self._retry_at = now + self.policy.retry_after
+
+    def _persist_every(self) -> float:
+        return max(self.policy.persist_interval, self.policy.persist_cost_factor * self._persist_cost)
+
+    def persist_took(self, seconds: float) -> None:
+        """How long the last write of the state took (it paces the next one)."""
+        self._persist_cost = seconds
 
     def persist_failed(self, now: float) -> None:
         self._persisted_at = now  # try again after persist_interval

@@ -324,7 +324,9 @@ class Agent:
         persisted = ready.persist
         if ready.persist:
             try:
+                began = time.monotonic()
                 await self.store.save(self.settings.node, ready.state, ready.desired_digest)
+                core.persist_took(time.monotonic() - began)
             except OSError as e:
                 log.exception("agent.persist_failed", error=str(e))
                 core.persist_failed(now)

@@ -163,6 +163,28 @@ def test_persist_is_rate_limited_when_the_table_does_not_change() -> None:
     assert r2.revision == 2
 
 
+def test_persist_is_paced_by_interval_and_by_what_a_write_costs() -> None:
+    core = ApplyCore("lb1", policy=POLICY)
+    core.step(cfg_event(1))
+    r = core.ready(0.0, caught_up=True)
+    assert r is not None
+    assert r.persist
+    _do(core, r, 0.0)
+    core.persist_took(0.5)  # a big state: half a second to write
+    core.step(ev(health(REALS[0], True), 2))  # the table changes: reconcile now, persist later
+    r2 = core.ready(0.1, caught_up=True)
+    assert r2 is not None
+    assert r2.desired is not None
+    assert not r2.persist
+    _do(core, r2, 0.1)
+    early = core.ready(4.9, caught_up=True)  # 10 x 0.5 s have not passed yet
+    assert early is None or not early.persist
+    r3 = core.ready(5.0, caught_up=True)
+    assert r3 is not None
+    assert r3.persist
+    assert r3.revision == 2
+
+
 def test_snapshot_replaces_older_state_and_is_ignored_when_behind() -> None:
     events = [cfg_event(1), ev(health(REALS[0], True), 2), ev(drain(REALS[0]), 3)]
     full = fold_all(ApplyCore("x").state, events)
