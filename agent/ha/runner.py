@@ -252,6 +252,8 @@ class HaRunner:
 
     async def _send_handover(self, term: int) -> None:
         within = 2 * self.timing.retry_deadline
+        # the peer adds the VIPs without waiting once told: ours must really be gone first
+        await self._vip_ops.join()
         try:
             r = await self._peer_stub().Handover(
                 lpb.HandoverRequest(from_node=self.settings.node, term=term), timeout=within
