@@ -480,6 +480,9 @@ async def serve_coordinator(settings: CoordinatorSettings) -> AsyncIterator[Runn
                 # accept the clients' keepalive pings (every 10 s by default) so a dead
                 # connection under a quiet Subscribe is noticed in seconds on both sides
                 ("grpc.keepalive_permit_without_calls", 1),
+                # never GOAWAY a client for pinging (seen as "too_many_pings" under a quiet
+                # Subscribe): a dropped follower would only reconnect and resume anyway
+                ("grpc.http2.max_ping_strikes", 0),
                 ("grpc.http2.min_recv_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
                 ("grpc.keepalive_time_ms", SERVER_KEEPALIVE_MS),
                 ("grpc.keepalive_timeout_ms", SERVER_KEEPALIVE_MS // 2),

@@ -53,8 +53,9 @@ def render_virtual(state: State, cfg: Config, v: VirtualService) -> Service:
     quiescent = cfg.globals.quiescent if v.quiescent is None else v.quiescent
     dests: list[Dest] = []
     seen: set[str] = set()
+    vkey = v.key  # formatted once per service, not once per real (10,000 reals in one service)
     for r in v.reals:
-        d = _render_real(state, v, r, quiescent)
+        d = _render_real(state, v, r, quiescent, vkey)
         if d is not None and d.key not in seen:  # two reals ipvsadm makes one: the first wins
             seen.add(d.key)
             dests.append(d)
@@ -227,13 +228,24 @@ def real_is_up(state: State, v: VirtualService, r: RealServer) -> bool:
     return obs is not None and obs.up
 
 
-def _render_real(state: State, v: VirtualService, r: RealServer, quiescent: bool) -> Dest | None:
-    ov = state.overrides.get((v.key, r.key))
+def _render_real(
+    state: State, v: VirtualService, r: RealServer, quiescent: bool, vkey: str
+) -> Dest | None:
+    rkey = r.key
+    ov = state.overrides.get((vkey, rkey)) if state.overrides else None
     if ov is not None and not ov.active(state.clock):
         ov = None
     if ov is not None and ov.action is AdminAction.DISABLE:
         return None
-    if not real_is_up(state, v, r):
+    checktype = v.check.checktype
+    if checktype == "on":
+        up = True
+    elif checktype == "off":
+        up = False
+    else:  # real_is_up, inlined with the keys already made
+        obs = effective_health(state, vkey, rkey)
+        up = obs is not None and obs.up
+    if not up:
         return _dest(v, r, 0) if quiescent else None
     weight = r.weight
     if ov is not None:
