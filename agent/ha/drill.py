@@ -8,10 +8,11 @@ One function per scenario, each returning a :class:`DrillReport`::
     report = await drill_etcd_member_down(pair)     # stop one etcd member (not the witness)
     report = await run_drill("kill-active", pair)   # by name (SCENARIOS)
 
-``pair`` is anything with the :class:`Pair` methods: the network-namespace lab of the tests and
-the benchmark (``tests/support/netns_lab.py``) is one; a deployment would implement the fault
-injections its own way (ssh, a power switch). Each drill is recorded in the log as DrillMarker
-events (start, detect, elect, vip, first-connection, end).
+``pair`` is anything with the :class:`Pair` methods: the network-namespace lab of the tests, the
+benchmark and ``lvs-events drill --lab`` (``agent.ha.lab``) is one; ``agent.ha.running.RunningPair``
+drives a deployed pair (observed through the coordinators, faults by operator commands). Each
+drill is recorded in the log as DrillMarker events (start, detect, elect, vip, first-connection,
+end).
 
 Times in a report are seconds from the fault (or from the switchover request): ``detect`` when
 the standby asked etcd to take over, ``elect`` when it became active, ``vip`` when the VIP

@@ -1,4 +1,5 @@
-"""A director pair in network namespaces on this host, for the HA drills (tests and bench).
+"""A director pair in network namespaces on this host, for the HA drills (``lvs-events drill
+--lab``, the tests and the bench).
 
 Topology (one bridge in its own namespace, a veth per namespace)::
 
@@ -31,6 +32,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from agent.ha.etcd_lab import LabEtcd, find_etcd
 from lvs_events.domain import codec
 from lvs_events.domain.config import (
     CheckSettings,
@@ -40,9 +42,8 @@ from lvs_events.domain.config import (
     RealServer,
     VirtualService,
 )
-from tests.support.etcd import EtcdCluster, find_etcd
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[2]  # where the packages are (PYTHONPATH of the helpers)
 NET = "198.51.100"
 VIP = f"{NET}.10"
 ADDR = {"dir1": f"{NET}.1", "dir2": f"{NET}.2", "witness": f"{NET}.3", "client": f"{NET}.100"}
@@ -106,7 +107,7 @@ class NetnsLab:
         self.nodes: tuple[str, str] = ("dir1", "dir2")
         self.tmp = Path(tempfile.mkdtemp(prefix="lvs-drill-"))
         self.timing = timing or FAST_TIMING
-        self.etcd: EtcdCluster | None = None
+        self.etcd: LabEtcd | None = None
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.argv: dict[str, list[str]] = {}
         self._holders: dict[str, bool] = {"dir1": False, "dir2": False}
@@ -202,10 +203,9 @@ class NetnsLab:
             self._monitors.append(proc)
             self._monitor_tasks.append(asyncio.create_task(self._watch(name, proc)))
         self.etcd = await asyncio.to_thread(
-            EtcdCluster,
-            3,
-            netns=[self.ns["dir1"], self.ns["dir2"], self.ns["witness"]],
-            bind_address=[ADDR["dir1"], ADDR["dir2"], ADDR["witness"]],
+            LabEtcd,
+            [self.ns["dir1"], self.ns["dir2"], self.ns["witness"]],
+            [ADDR["dir1"], ADDR["dir2"], ADDR["witness"]],
             start_timeout=30.0,
             tmp_root=SHM,
             # a member coming back from a partition must not depose the raft leader (it would

@@ -24,6 +24,9 @@ from typing import NoReturn
 
 import structlog
 
+from agent.ha.drill import SCENARIOS, DrillReport, Pair, run_drill
+from agent.ha.lab import NetnsLab, netns_available
+from agent.ha.running import RunningPair, missing_commands
 from lvs_events.cli import views
 from lvs_events.client import CoordinatorClient, CoordinatorRejected, Snapshot, new_event
 from lvs_events.client import Filters as ServerFilters
@@ -117,7 +120,43 @@ def _parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="nodes, their applied revision, digest and lag")
     st.add_argument("-o", "--output", choices=["text", "json"], default="text")
+
+    _drill_parser(sub)
     return p
+
+
+def _drill_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    dr = sub.add_parser(
+        "drill",
+        help="break the pair on purpose (a named scenario) and report the failover",
+        description="Run a failover drill and print its report: times to detect, elect, move the "
+        "VIP and serve the first client on the new active; failed client connections; whether two "
+        "nodes held the VIP; whether both tables agree afterwards. Exit 1 if two nodes held the VIP "
+        "or the tables differ. Without --lab only switchover needs no --*-command.",
+    )
+    dr.add_argument("scenario", choices=list(SCENARIOS))
+    dr.add_argument(
+        "--lab",
+        action="store_true",
+        help="on a pair started here in network namespaces (root, ip netns, etcd)",
+    )
+    dr.add_argument("--runs", type=int, default=1, metavar="N", help="run the scenario N times (default 1)")
+    dr.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    dr.add_argument("--vip", default="", metavar="HOST:PORT", help="the service the client probe connects to")
+    for key, what in DRILL_COMMANDS.items():
+        dr.add_argument(
+            f"--{key}-command", default="", metavar="CMD", help=f"shell command: {what} ({{node}}: the node)"
+        )
+
+
+DRILL_COMMANDS = {
+    "kill": "SIGKILL the agent of a node",
+    "start": "start a node's agent again",
+    "isolate": "cut a node off from etcd and its peer",
+    "heal": "undo --isolate-command",
+    "etcd-stop": "stop the etcd member on a node",
+    "etcd-start": "start it again",
+}
 
 
 def _operator() -> str:
@@ -370,6 +409,112 @@ async def _config(client: CoordinatorClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v * 1000:.0f} ms"
+
+
+def _yes(v: bool | None) -> str:
+    return "not checked" if v is None else ("yes" if v else "no")
+
+
+def _drill_text(r: DrillReport, i: int) -> str:
+    lines = [
+        f"drill {r.scenario} run {i} ({r.drill_id}): {r.old_active or '?'} (term {r.old_term}) -> "
+        f"{r.new_active or '?'} (term {r.new_term})",
+        f"  detect {_ms(r.detect)}  elect {_ms(r.elect)}  vip {_ms(r.vip)}  "
+        f"first connection {_ms(r.first_connection)}",
+        f"  failed connections {r.failed_connections} of {r.attempts}  two holders {_yes(r.two_holders)}  "
+        f"fenced refused {_yes(r.fenced_refused)}  digests equal {_yes(r.digests_equal)}",
+    ]
+    lines += [f"  note: {n}" for n in r.notes]
+    return "\n".join(lines) + "\n"
+
+
+def _drill_args(args: argparse.Namespace) -> tuple[dict[str, str], tuple[str, int]]:
+    """The operator commands and the probe's target, checked before anything runs."""
+    if args.runs < 1:
+        raise UsageError("--runs must be at least 1")
+    commands = {k: getattr(args, f"{k.replace('-', '_')}_command") for k in DRILL_COMMANDS}
+    if args.lab:
+        return commands, ("", 0)
+    missing = missing_commands(args.scenario, commands)
+    if missing:
+        raise UsageError(
+            f"drill {args.scenario} against a running pair needs {' and '.join(missing)} "
+            "(shell commands, {node} is replaced by the node name), or --lab"
+        )
+    host, sep, port = args.vip.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise UsageError("drill against a running pair needs --vip HOST:PORT (the service the client probes)")
+    return commands, (host.strip("[]"), int(port))
+
+
+async def _drill(client: CoordinatorClient, args: argparse.Namespace) -> int:
+    commands, vip = _drill_args(args)
+
+    reports: list[DrillReport] = []
+    errors = 0
+
+    async def runs(pair: Pair) -> None:
+        nonlocal errors
+        for i in range(1, args.runs + 1):
+            try:
+                r = await run_drill(args.scenario, pair)
+            except Exception as e:  # one broken run is reported; the others still run
+                errors += 1
+                sys.stderr.write(f"lvs-events: drill {args.scenario} run {i} failed: {e}\n")
+                continue
+            reports.append(r)
+            sys.stdout.write(r.to_json() + "\n" if args.output == "json" else _drill_text(r, i))
+            sys.stdout.flush()
+
+    if args.lab:
+        why = await asyncio.to_thread(netns_available)
+        if why:
+            raise UsageError(f"drill --lab cannot run here: {why}")
+        async with NetnsLab() as lab:
+            await runs(lab)
+    else:
+        endpoints = [e.strip() for e in args.endpoints.split(",") if e.strip()]
+        try:
+            async with RunningPair(
+                endpoints, cluster=args.cluster, vip=vip, commands=commands, timeout=args.timeout
+            ) as pair:
+                await runs(pair)
+        except RuntimeError as e:
+            raise LvsEventsError(str(e)) from e
+
+    firsts = [r.first_connection for r in reports if r.first_connection is not None]
+    bad = [r for r in reports if r.two_holders or not r.digests_equal]
+    summary = {
+        "summary": args.scenario,
+        "runs": args.runs,
+        "completed": len(reports),
+        "first_connection_p50": _pct(firsts, 0.5),
+        "first_connection_p99": _pct(firsts, 0.99),
+        "failed_connections": sum(r.failed_connections for r in reports),
+        "two_holders_runs": sum(1 for r in reports if r.two_holders),
+        "unequal_digests_runs": sum(1 for r in reports if not r.digests_equal),
+    }
+    if args.output == "json":
+        sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
+    else:
+        sys.stdout.write(
+            f"{args.scenario}: {len(reports)} of {args.runs} runs, first connection "
+            f"p50 {_ms(summary['first_connection_p50'])} p99 {_ms(summary['first_connection_p99'])}, "
+            f"{summary['failed_connections']} failed connections, two holders in "
+            f"{summary['two_holders_runs']} runs, unequal digests in {summary['unequal_digests_runs']}\n"
+        )
+    return EXIT_FAILED if bad or errors else 0
+
+
 COMMANDS = {
     "tail": _tail,
     "table": _table,
@@ -378,6 +523,7 @@ COMMANDS = {
     "status": _status,
     "config": _config,
     "switchover": _switchover,
+    "drill": _drill,
 }
 
 
