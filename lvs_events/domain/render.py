@@ -228,9 +228,7 @@ def real_is_up(state: State, v: VirtualService, r: RealServer) -> bool:
     return obs is not None and obs.up
 
 
-def _render_real(
-    state: State, v: VirtualService, r: RealServer, quiescent: bool, vkey: str
-) -> Dest | None:
+def _render_real(state: State, v: VirtualService, r: RealServer, quiescent: bool, vkey: str) -> Dest | None:
     rkey = r.key
     ov = state.overrides.get((vkey, rkey)) if state.overrides else None
     if ov is not None and not ov.active(state.clock):
