@@ -120,6 +120,17 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
             sock.close()
 
 
+def default_tmp_root() -> str | None:
+    """Where test members keep their data: ``$LVS_TEST_ETCD_TMP``, else a tmpfs (``/dev/shm``)
+    when there is one. The tests exercise our code, not the disk: on a busy CI disk an etcd fsync
+    can stall for seconds and turn a 5 s client deadline into a spurious failure."""
+    env = os.environ.get("LVS_TEST_ETCD_TMP")
+    if env:
+        return env
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """Return a TCP port that was free on ``host`` (bind to port 0 and release)."""
     return free_ports(1, host)[0]
@@ -175,7 +186,7 @@ class EtcdMember:
             peer_port = peer_port or ports[1]
         self.client_port = client_port
         self.peer_port = peer_port
-        self.tmp_dir = Path(tempfile.mkdtemp(prefix=f"etcd-test-{name}-", dir=tmp_root))
+        self.tmp_dir = Path(tempfile.mkdtemp(prefix=f"etcd-test-{name}-", dir=tmp_root or default_tmp_root()))
         self.data_dir = self.tmp_dir / "data"
         self.log_path = self.tmp_dir / "member.log"
         self.initial_cluster = f"{name}={self.peer_url}"
