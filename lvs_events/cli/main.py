@@ -537,12 +537,19 @@ def _fail(code: int, message: str) -> NoReturn:
     sys.exit(code)
 
 
+def _stderr_logger(*_args: object) -> structlog.PrintLogger:
+    return structlog.PrintLogger(sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     # The CLI's own output is the answer; the client's retries are noise unless something is wrong.
+    # The factory looks sys.stderr up at each logger's creation (not once, here): a caller that
+    # swaps stderr (a test harness, an embedding program) never leaves loggers on a closed file.
     structlog.configure(
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=_stderr_logger,
+        cache_logger_on_first_use=False,
     )
     try:
         sys.exit(asyncio.run(run(args)))
