@@ -193,13 +193,24 @@ class Agent:
 
     def _autoreloader(self) -> AutoReloader:
         assert self.settings.config_path is not None
-        # Until leadership lands, the agent that publishes the config at start is the one that
-        # watches the file; the other only replays.
+        ha = self.ha
+        if ha is None:
+            # No election (no --peer): the agent that publishes the config at start watches the
+            # file; the other only replays.
+            return AutoReloader(
+                self.settings.config_path,
+                self.publisher,
+                in_force=lambda: self.core.state.config,
+                is_active=lambda: self.settings.publish_config,
+            )
+        # With an election, the active director watches the file and its reloads carry its term:
+        # an active that lost its term cannot change the config (the coordinator fences it).
         return AutoReloader(
             self.settings.config_path,
             self.publisher,
             in_force=lambda: self.core.state.config,
-            is_active=lambda: self.settings.publish_config,
+            is_active=lambda: ha.active_term() > 0,
+            term=ha.active_term,
         )
 
     async def _load(self) -> None:
