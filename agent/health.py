@@ -2,22 +2,18 @@
 
 A :class:`HealthChecker` watches the folded state (for the configuration in force) and reports
 verdict *transitions* through a :class:`HealthReporter`; the agent turns them into
-``RealServerHealth`` events observed by this node. The real checkers (connect, negotiate, ping,
-external, ...) come in their own issue; this module ships the interface and
-:class:`StaticChecker`, which knows only ``checktype=on`` (always up) and ``checktype=off``
-(always down).
+``RealServerHealth`` events observed by this node. The implementation is
+:class:`agent.checks.Checker` (every ldirectord check type, ``on`` and ``off`` included).
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Protocol
 
-from lvs_events.domain.config import Config
 from lvs_events.domain.events import RealServerHealth
-from lvs_events.domain.state import RealKey, State
+from lvs_events.domain.state import State
 
-__all__ = ["HealthChecker", "HealthReporter", "PublisherReporter", "StaticChecker", "static_transitions"]
+__all__ = ["HealthChecker", "HealthReporter", "PublisherReporter"]
 
 
 class HealthReporter(Protocol):
@@ -69,58 +65,3 @@ class PublisherReporter:
         return (
             self.publisher.submit(payload, reason=f"check {checktype}: {'up' if up else 'down'}") is not None
         )
-
-
-def static_verdicts(config: Config | None) -> dict[RealKey, tuple[bool, str]]:
-    """The verdicts known without checking: ``on`` servers are up, ``off`` servers down."""
-    out: dict[RealKey, tuple[bool, str]] = {}
-    if config is None:
-        return out
-    for v in config.virtuals:
-        ct = v.check.checktype
-        if ct in ("on", "off"):
-            for r in v.reals:
-                out[(v.key, r.key)] = (ct == "on", ct)
-    return out
-
-
-def static_transitions(state: State, node: str, sent: dict[RealKey, bool]) -> list[tuple[RealKey, bool, str]]:
-    """Pure: the verdicts this node must report, i.e. those that differ from both what the log
-    records for this node and what it already sent."""
-    out: list[tuple[RealKey, bool, str]] = []
-    for key, (up, ct) in static_verdicts(state.config).items():
-        views = state.health.get(key)
-        logged = views.get(node) if views is not None else None
-        if logged is not None and logged.up == up:
-            continue
-        if sent.get(key) == up:
-            continue
-        out.append((key, up, ct))
-    return out
-
-
-class StaticChecker:
-    """``checktype=on`` / ``off`` only: reports those verdicts when the config brings them in."""
-
-    def __init__(self, node: str) -> None:
-        self.node = node
-        self._state = State()
-        self._sent: dict[RealKey, bool] = {}
-        self._wake = asyncio.Event()
-
-    def observe(self, state: State) -> None:
-        if state.config is not self._state.config or state.health is not self._state.health:
-            self._state = state
-            self._wake.set()
-
-    def resync(self) -> None:
-        self._sent.clear()
-        self._wake.set()
-
-    async def run(self, reporter: HealthReporter) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            for key, up, ct in static_transitions(self._state, self.node, self._sent):
-                if reporter.report(key[0], key[1], up, checktype=ct, detail=f"checktype={ct}"):
-                    self._sent[key] = up

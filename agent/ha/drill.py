@@ -210,22 +210,43 @@ async def _digests(pair: Pair, report: DrillReport, within: float = 20.0) -> Non
     report.two_holders = _two_holders(pair.holder_log(), since=report.started)
 
 
-async def drill_kill_active(pair: Pair, *, probe_seconds: float = 4.0) -> DrillReport:
-    """SIGKILL the active agent; the standby detects the silence, takes over, moves the VIP."""
-    report = DrillReport(uuid.uuid4().hex[:12], "kill-active")
+async def _fault_drill(
+    pair: Pair,
+    scenario: str,
+    fault: Callable[[str], Awaitable[None]],
+    repair: Callable[[str], Awaitable[None]],
+    *,
+    probe_seconds: float,
+    check_fencing: bool,
+    digests_within: float = 20.0,
+) -> DrillReport:
+    """The shape of every fault drill: probe, inflict ``fault`` on the active, measure, repair."""
+    report = DrillReport(uuid.uuid4().hex[:12], scenario)
     old, old_term = await _ready(pair)
     report.old_active, report.old_term = old, old_term
     await _marker(pair, report.drill_id, report.scenario, "start", f"active {old} term {old_term}")
     await pair.start_probe(probe_seconds)
     await asyncio.sleep(0.3)
     t0 = time.time()
-    await pair.kill_agent(old)
+    await fault(old)
     await asyncio.sleep(max(0.0, probe_seconds - 0.3))
-    await _finish(pair, report, t0, old, old_term, check_fencing=True)
-    await pair.start_agent(old)
-    await _digests(pair, report)
+    await _finish(pair, report, t0, old, old_term, check_fencing=check_fencing)
+    await repair(old)
+    await _digests(pair, report, within=digests_within)
     await _marker(pair, report.drill_id, report.scenario, "end", report.to_json())
     return report
+
+
+async def drill_kill_active(pair: Pair, *, probe_seconds: float = 4.0) -> DrillReport:
+    """SIGKILL the active agent; the standby detects the silence, takes over, moves the VIP."""
+    return await _fault_drill(
+        pair,
+        "kill-active",
+        pair.kill_agent,
+        pair.start_agent,
+        probe_seconds=probe_seconds,
+        check_fencing=True,
+    )
 
 
 async def drill_switchover(pair: Pair, *, probe_seconds: float = 2.0, to: str = "") -> DrillReport:
@@ -251,39 +272,28 @@ async def drill_switchover(pair: Pair, *, probe_seconds: float = 2.0, to: str = 
 
 async def drill_partition_active(pair: Pair, *, probe_seconds: float = 5.0) -> DrillReport:
     """Cut the active off from etcd and from its peer (its link goes down), then heal."""
-    report = DrillReport(uuid.uuid4().hex[:12], "partition-active")
-    old, old_term = await _ready(pair)
-    report.old_active, report.old_term = old, old_term
-    await _marker(pair, report.drill_id, report.scenario, "start", f"active {old} term {old_term}")
-    await pair.start_probe(probe_seconds)
-    await asyncio.sleep(0.3)
-    t0 = time.time()
-    await pair.isolate(old)
-    await asyncio.sleep(max(0.0, probe_seconds - 0.3))
-    await _finish(pair, report, t0, old, old_term, check_fencing=True)
-    await pair.heal(old)
-    await _digests(pair, report, within=30.0)
-    await _marker(pair, report.drill_id, report.scenario, "end", report.to_json())
-    return report
+    return await _fault_drill(
+        pair,
+        "partition-active",
+        pair.isolate,
+        pair.heal,
+        probe_seconds=probe_seconds,
+        check_fencing=True,
+        digests_within=30.0,
+    )
 
 
 async def drill_etcd_member_down(pair: Pair, *, probe_seconds: float = 4.0) -> DrillReport:
     """Stop the etcd member on the active's director: quorum stays (peer + witness), and the
     active must keep the VIP (no failover, no failed connection)."""
-    report = DrillReport(uuid.uuid4().hex[:12], "etcd-member-down")
-    old, old_term = await _ready(pair)
-    report.old_active, report.old_term = old, old_term
-    await _marker(pair, report.drill_id, report.scenario, "start", f"active {old} term {old_term}")
-    await pair.start_probe(probe_seconds)
-    await asyncio.sleep(0.3)
-    t0 = time.time()
-    await pair.stop_etcd(old)
-    await asyncio.sleep(max(0.0, probe_seconds - 0.3))
-    await _finish(pair, report, t0, old, old_term, check_fencing=False)
-    await pair.start_etcd(old)
-    await _digests(pair, report)
-    await _marker(pair, report.drill_id, report.scenario, "end", report.to_json())
-    return report
+    return await _fault_drill(
+        pair,
+        "etcd-member-down",
+        pair.stop_etcd,
+        pair.start_etcd,
+        probe_seconds=probe_seconds,
+        check_fencing=False,
+    )
 
 
 SCENARIOS: dict[str, Callable[[Pair], Awaitable[DrillReport]]] = {
