@@ -339,5 +339,10 @@ class ApplyCore:
         """How long the last write of the state took (it paces the next one)."""
         self._persist_cost = seconds
 
+    def persisted(self, revision: int, now: float) -> None:
+        """The shell wrote the state at ``revision`` outside :meth:`ready` (the final write on drain)."""
+        self._persisted_revision = max(self._persisted_revision, revision)
+        self._persisted_at = now
+
     def persist_failed(self, now: float) -> None:
         self._persisted_at = now  # try again after persist_interval

@@ -249,7 +249,9 @@ class Agent:
             async with asyncio.timeout(self.settings.drain_timeout):
                 await apply
                 if self.core.state.revision > self.core.persisted_revision:
+                    revision = self.core.state.revision
                     await self.store.save(self.settings.node, self.core.state, self.core.applied_digest)
+                    self.core.persisted(revision, time.monotonic())
                 await self.publisher.flush()
         except TimeoutError:
             self.log.warning("agent.drain_timeout", queued=self.publisher.queued)

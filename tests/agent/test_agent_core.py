@@ -247,3 +247,19 @@ def test_table_applied_is_rate_limited_while_the_table_keeps_changing() -> None:
     assert r3 is not None
     assert r3.publish is not None
     assert r3.publish.digest == r2.desired_digest
+
+
+def test_a_write_outside_ready_is_recorded_so_nothing_is_persisted_twice() -> None:
+    core = ApplyCore("lb1", policy=POLICY)
+    core.step(cfg_event(1))
+    r = core.ready(0.0, caught_up=True)
+    assert r is not None
+    _do(core, r, 0.0)
+    core.step(ev(applied("lb2", 1, "b" * 64), 2))
+    assert core.persisted_revision == 1
+    core.persisted(2, 0.2)  # the shell's final write on drain
+    assert core.persisted_revision == 2
+    later = core.ready(5.0, caught_up=True)
+    assert later is None or not later.persist
+    core.persisted(1, 0.3)  # an older write never moves it back
+    assert core.persisted_revision == 2
