@@ -112,6 +112,8 @@ class NetnsLab:
         self.argv: dict[str, list[str]] = {}
         self._holders: dict[str, bool] = {"dir1": False, "dir2": False}
         self._holder_log: list[tuple[float, str, bool]] = []
+        self._silent: dict[str, bool] = {"dir1": False, "dir2": False}
+        self.silent_log: list[tuple[float, str, bool]] = []  # the ARP-silent copies on lo
         self._monitors: list[asyncio.subprocess.Process] = []
         self._monitor_tasks: list[asyncio.Task[None]] = []
         self._probe: asyncio.subprocess.Process | None = None
@@ -298,11 +300,18 @@ class NetnsLab:
             text = line.decode(errors="replace")
             if f" {VIP}/" not in text:
                 continue
-            holds = not text.startswith("Deleted")
+            # "[Deleted ]IDX: DEV    inet VIP/32 ...": held = on eth0 (answering ARP); on lo
+            # it is the silent copy of a switchover, not a holder
+            words = text.split()
+            holds = words[0] != "Deleted"
+            dev = words[1 if holds else 2]
             now = time.time()
-            if self._holders[node] != holds:
-                self._holders[node] = holds
-                self._holder_log.append((now, node, holds))
+            state, log = self._holders, self._holder_log
+            if dev != "eth0":
+                state, log = self._silent, self.silent_log
+            if state[node] != holds:
+                state[node] = holds
+                log.append((now, node, holds))
 
     async def vip_holders(self) -> set[str]:
         return {n for n, h in self._holders.items() if h}

@@ -20,10 +20,17 @@ Why there is never a second VIP holder (see ``docs/failover.md``):
    keepalive sent after the takeover is refused. So every confirmation the old active can still
    hold was sent before the takeover's answer, and it runs out within ``authority`` of it.
 3. A node that took over adds the VIPs only ``authority`` after the answer (1 and 2 make the old
-   active let go by then), unless the old active handed over explicitly, VIPs already removed.
+   active let go by then), unless the old active handed over explicitly: it had made its VIPs
+   ARP-silent first (see 5).
 4. A node elected by create-if-absent (no leader key) adds them at once: the key is absent only
    after a resign (the VIPs were removed first) or after the lease expired (``authority <=
    lease_ttl``: the old active let go before).
+5. Planned switchover is make-before-break without two ARP answerers: the active first makes its
+   VIPs *silent* (``SilenceVips``: still accepted, never answered in ARP nor announced; the shell
+   moves them to ``lo`` with ``arp_ignore``/``arp_announce`` set), then hands over; the successor
+   adds and announces them at once; the old node drops the silent copy ``timing.linger`` after
+   the handover completed (in-flight packets sent with a stale ARP entry are still accepted). The
+   VIPs are held ARP-answering (``vips``) by at most one node; ``silent`` is not a holder.
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ __all__ = [
     "Resign",
     "Role",
     "SendHandover",
+    "SilenceVips",
     "Stop",
     "SwitchoverRequested",
     "Takeover",
@@ -95,7 +103,9 @@ class HaState:
     lease_id: int = 0
     leader: str | None = None  # etcd's leader as last learned
     leader_term: int = 0  # its term (or the term counter when there is no leader)
-    vips: bool = False  # the VIPs are (being) held
+    vips: bool = False  # the VIPs are (being) held, ARP-answering: at most one node
+    silent: bool = False  # the VIPs are held ARP-silent (accepted, not answered): a switchover
+    silent_until: float = NEVER  # when the silent copy is dropped
     vip_not_before: float = 0.0
     vip_after_confirm: float = NEVER  # VIPs only after a keepalive sent later than this confirms
     confirmed_etcd: float = NEVER  # send time of the last keepalive that confirmed our term
@@ -263,6 +273,17 @@ class AddVips:
 
 @dataclass(frozen=True, slots=True)
 class RemoveVips:
+    """Remove the VIPs, held or silent."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SilenceVips:
+    """Keep accepting traffic for the VIPs but stop answering ARP / NDP for them and announcing
+    them (planned switchover: the old node keeps what still reaches it while the successor
+    announces)."""
+
     reason: str
 
 
@@ -279,7 +300,7 @@ class SendHandover:
     term: int
 
 
-Action = Campaign | Takeover | KeepAlive | Resign | AddVips | RemoveVips | Notify | SendHandover
+Action = Campaign | Takeover | KeepAlive | Resign | AddVips | RemoveVips | SilenceVips | Notify | SendHandover
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -324,9 +345,14 @@ def can_switchover(s: HaState, to: str, peer_ready: bool) -> str:
     return ""
 
 
-def _demote(s: HaState, now: float, role: Role, hook: str, reason: str) -> tuple[HaState, list[Action]]:
+def _demote(
+    s: HaState, now: float, role: Role, hook: str, reason: str, *, t: HaTiming
+) -> tuple[HaState, list[Action]]:
     actions: list[Action] = []
-    if s.vips:
+    # a silent copy (a switchover under way) lingers when we step down to standby: the successor
+    # is announcing; a fault drops it with the rest
+    silent = s.silent and role is not Role.FAULT
+    if s.vips or (s.silent and not silent):
         actions.append(RemoveVips(reason))
     actions.append(Notify(hook, s.term, reason))
     return (
@@ -334,6 +360,8 @@ def _demote(s: HaState, now: float, role: Role, hook: str, reason: str) -> tuple
             s,
             role=role,
             vips=False,
+            silent=silent,
+            silent_until=min(s.silent_until, now + t.linger) if silent else NEVER,
             # FAULT keeps its term and lease: a later keepalive that finds them still held
             # (nobody took over meanwhile) makes it active again without a new election
             lease_id=s.lease_id if role is Role.FAULT else 0,
@@ -346,6 +374,26 @@ def _demote(s: HaState, now: float, role: Role, hook: str, reason: str) -> tuple
         ),
         actions,
     )
+
+
+def _add_if_due(s: HaState, now: float) -> tuple[HaState, list[Action]]:
+    """An active adds (and announces) its VIPs once its wait is over; a silent copy becomes held."""
+    if (
+        s.role is Role.ACTIVE
+        and not s.vips
+        and now >= s.vip_not_before
+        and s.confirmed_etcd >= s.vip_after_confirm
+    ):
+        return replace(s, vips=True, silent=False, silent_until=NEVER, changed_at=now), [
+            AddVips(s.term),
+            Notify("active", s.term, s.reason),
+        ]
+    return s, []
+
+
+def _linger(s: HaState, now: float, t: HaTiming) -> HaState:
+    """The handover is over (or someone else leads): the silent copy goes ``linger`` from now."""
+    return replace(s, silent_until=min(s.silent_until, now + t.linger)) if s.silent else s
 
 
 def _learn(s: HaState, leader: str | None, term: int) -> HaState:
@@ -366,17 +414,21 @@ def step(s: HaState, inp: Input, t: HaTiming) -> tuple[HaState, list[Action]]:  
     if isinstance(inp, Tick):
         return _tick(s, inp.now, t)
     if isinstance(inp, Observed):
-        return _observed(s, inp)
+        return _observed(s, inp, t)
     if isinstance(inp, ElectionResult):
         return _elected(s, inp, t)
     if isinstance(inp, ElectionFailed):
-        return replace(s, inflight="", election_not_before=inp.now + t.heartbeat_interval), []
+        # a failed handover takeover is over: a later takeover of ours is an ordinary one (with
+        # the authority wait), never "handed over"
+        return replace(
+            s, inflight="", handover_term=0, election_not_before=inp.now + t.heartbeat_interval
+        ), []
     if isinstance(inp, KeepAliveResult):
-        return _kept_alive(s, inp)
+        return _kept_alive(s, inp, t)
     if isinstance(inp, KeepAliveFailed):
         return replace(s, keepalive_inflight=False, keepalive_due=min(s.keepalive_due, inp.now)), []
     if isinstance(inp, PeerSeen):
-        return _peer_seen(s, inp)
+        return _peer_seen(s, inp, t)
     if isinstance(inp, PeerAck):
         if s.role is Role.ACTIVE and inp.ack_term == s.term and inp.sent_at > s.confirmed_peer:
             return replace(s, confirmed_peer=inp.sent_at), []
@@ -384,17 +436,21 @@ def step(s: HaState, inp: Input, t: HaTiming) -> tuple[HaState, list[Action]]:  
     if isinstance(inp, SwitchoverRequested):
         if s.role is not Role.ACTIVE or s.peer is None:
             return s, []
+        deadline = inp.now + 2 * t.retry_deadline + t.silence
         s2 = replace(
             s,
             role=Role.HANDING_OVER,
             vips=False,
-            handover_deadline=inp.now + 2 * t.retry_deadline + t.silence,
+            # ARP-silent, still accepting, until the successor has announced (make-before-break)
+            silent=s.vips or s.silent,
+            silent_until=deadline + t.linger if s.vips or s.silent else NEVER,
+            handover_deadline=deadline,
             reason=f"switchover to {s.peer.node}",
             changed_at=inp.now,
         )
         out: list[Action] = []
         if s.vips:
-            out.append(RemoveVips("switchover"))
+            out.append(SilenceVips("switchover"))
         out += [Notify("standby", s.term, "switchover"), SendHandover(s.peer.node, s.term)]
         return s2, out
     if isinstance(inp, HandoverAsked):
@@ -404,9 +460,9 @@ def step(s: HaState, inp: Input, t: HaTiming) -> tuple[HaState, list[Action]]:  
     if isinstance(inp, HandoverResult):
         if s.role is not Role.HANDING_OVER:
             return s, []
-        if inp.ok:
+        if inp.ok:  # the successor holds the VIPs and has announced them: ours linger, silent
             return replace(
-                s,
+                _linger(s, inp.now, t),
                 role=Role.STANDBY,
                 lease_id=0,
                 keepalive_inflight=False,
@@ -426,19 +482,28 @@ def step(s: HaState, inp: Input, t: HaTiming) -> tuple[HaState, list[Action]]:  
         ), []
     if isinstance(inp, Stop):
         out = []
-        if s.vips:
+        if s.vips or s.silent:
             out.append(RemoveVips("stopping"))
         if s.role in (Role.ACTIVE, Role.HANDING_OVER):
             out += [Resign(s.term), Notify("standby", s.term, "stopping")]
-        return replace(s, role=Role.STOPPED, vips=False, reason="stopping", changed_at=inp.now), out
+        s = replace(s, role=Role.STOPPED, vips=False, silent=False, reason="stopping", changed_at=inp.now)
+        return s, out
     raise TypeError(f"unknown input {inp!r}")
 
 
-def _tick(s: HaState, now: float, t: HaTiming) -> tuple[HaState, list[Action]]:  # noqa: PLR0911
+def _tick(s: HaState, now: float, t: HaTiming) -> tuple[HaState, list[Action]]:
+    if s.silent and now >= s.silent_until:  # the linger after a switchover is over
+        s = replace(s, silent=False, silent_until=NEVER)
+        s, out = _tick_role(s, now, t)
+        return s, [RemoveVips("switchover done"), *out]
+    return _tick_role(s, now, t)
+
+
+def _tick_role(s: HaState, now: float, t: HaTiming) -> tuple[HaState, list[Action]]:  # noqa: PLR0911
     if s.role in (Role.ACTIVE, Role.HANDING_OVER):
         if now >= authority_until(s, t):
             return _demote(
-                s, now, Role.FAULT, "fault", "leadership not confirmed within the authority window"
+                s, now, Role.FAULT, "fault", "leadership not confirmed within the authority window", t=t
             )
         out: list[Action] = []
         if not s.keepalive_inflight and now >= s.keepalive_due:
@@ -446,15 +511,8 @@ def _tick(s: HaState, now: float, t: HaTiming) -> tuple[HaState, list[Action]]: 
             out.append(KeepAlive(s.term, s.lease_id))
         if s.role is Role.HANDING_OVER and now >= s.handover_deadline:
             s = replace(s, role=Role.ACTIVE, vip_after_confirm=now, reason="successor did not take over")
-        if (
-            s.role is Role.ACTIVE
-            and not s.vips
-            and now >= s.vip_not_before
-            and s.confirmed_etcd >= s.vip_after_confirm
-        ):
-            s = replace(s, vips=True, changed_at=now)
-            out += [AddVips(s.term), Notify("active", s.term, s.reason)]
-        return s, out
+        s, added = _add_if_due(s, now)
+        return s, out + added
     if s.role is Role.FAULT and s.lease_id:
         if not s.keepalive_inflight and now >= s.keepalive_due:
             s = replace(s, keepalive_inflight=True, keepalive_due=now + t.keepalive_interval)
@@ -470,13 +528,13 @@ def _tick(s: HaState, now: float, t: HaTiming) -> tuple[HaState, list[Action]]: 
     if s.leader is None:
         return replace(s, inflight="campaign"), [*out, Campaign()]
     if s.leader == s.node:  # a term of ours from before (restart, fault): replace it
-        return replace(s, inflight="takeover"), [*out, Takeover(s.leader_term)]
+        return replace(s, inflight="takeover", handover_term=0), [*out, Takeover(s.leader_term)]
     if peer_silent(s, now, t):
-        return replace(s, inflight="takeover"), [*out, Takeover(s.leader_term)]
+        return replace(s, inflight="takeover", handover_term=0), [*out, Takeover(s.leader_term)]
     return s, out
 
 
-def _observed(s: HaState, inp: Observed) -> tuple[HaState, list[Action]]:
+def _observed(s: HaState, inp: Observed, t: HaTiming) -> tuple[HaState, list[Action]]:
     if inp.term < s.leader_term:
         return s, []
     s2 = _learn(s, inp.leader, inp.term)
@@ -485,7 +543,7 @@ def _observed(s: HaState, inp: Observed) -> tuple[HaState, list[Action]]:
     if s.role in (Role.ACTIVE, Role.HANDING_OVER) and (inp.leader != s.node or inp.term != s.term):
         hook = "standby"
         return _demote(
-            s2, inp.now, Role.STANDBY, hook, f"leader is now {inp.leader or 'nobody'} term {inp.term}"
+            s2, inp.now, Role.STANDBY, hook, f"leader is now {inp.leader or 'nobody'} term {inp.term}", t=t
         )
     return s2, []
 
@@ -512,7 +570,8 @@ def _elected(s: HaState, inp: ElectionResult, t: HaTiming) -> tuple[HaState, lis
     not_before = inp.now if inp.op == "campaign" or handed else inp.now + wait
     if not handed:
         not_before = max(not_before, s.acked_at + wait)
-    return (
+    # a handover or a campaign: the VIPs at once, in this step (no wait for the next tick)
+    return _add_if_due(
         replace(
             s,
             role=Role.ACTIVE,
@@ -531,23 +590,26 @@ def _elected(s: HaState, inp: ElectionResult, t: HaTiming) -> tuple[HaState, lis
             reason=f"{inp.op} won term {inp.term}" + (" (handed over)" if handed else ""),
             changed_at=inp.now,
         ),
-        [],
+        inp.now,
     )
 
 
-def _kept_alive(s: HaState, inp: KeepAliveResult) -> tuple[HaState, list[Action]]:
+def _kept_alive(s: HaState, inp: KeepAliveResult, t: HaTiming) -> tuple[HaState, list[Action]]:
     s = replace(s, keepalive_inflight=False)
     if s.role is Role.FAULT and s.lease_id and inp.term == s.term:
         if inp.held:  # nobody took over while we could not tell: act again, as any active does
-            return replace(
-                s,
-                role=Role.ACTIVE,
-                confirmed_etcd=inp.sent_at,
-                vip_not_before=inp.now,
-                vip_after_confirm=NEVER,
-                reason="leadership confirmed again",
-                changed_at=inp.now,
-            ), []
+            return _add_if_due(
+                replace(
+                    s,
+                    role=Role.ACTIVE,
+                    confirmed_etcd=inp.sent_at,
+                    vip_not_before=inp.now,
+                    vip_after_confirm=NEVER,
+                    reason="leadership confirmed again",
+                    changed_at=inp.now,
+                ),
+                inp.now,
+            )
         s = _learn(s, inp.leader, inp.leader_term)
         return replace(s, lease_id=0, role=Role.STANDBY, reason="lost the lease while in fault"), []
     if s.role not in (Role.ACTIVE, Role.HANDING_OVER) or inp.term != s.term:
@@ -559,7 +621,7 @@ def _kept_alive(s: HaState, inp: KeepAliveResult) -> tuple[HaState, list[Action]
     s = _learn(s, inp.leader, inp.leader_term)
     if s.role is Role.HANDING_OVER:
         return replace(
-            s,
+            _linger(s, inp.now, t),
             role=Role.STANDBY,
             lease_id=0,
             reason="handed over",
@@ -567,10 +629,11 @@ def _kept_alive(s: HaState, inp: KeepAliveResult) -> tuple[HaState, list[Action]
             confirmed_etcd=NEVER,
             confirmed_peer=NEVER,
         ), []
-    return _demote(s, inp.now, Role.STANDBY, "standby", f"lost the lease: leader is {inp.leader or 'nobody'}")
+    why = f"lost the lease: leader is {inp.leader or 'nobody'}"
+    return _demote(s, inp.now, Role.STANDBY, "standby", why, t=t)
 
 
-def _peer_seen(s: HaState, inp: PeerSeen) -> tuple[HaState, list[Action]]:
+def _peer_seen(s: HaState, inp: PeerSeen, t: HaTiming) -> tuple[HaState, list[Action]]:
     s = replace(s, peer=PeerView(inp.node, inp.role, inp.term, inp.revision, inp.digest, inp.now))
     if inp.reply:
         ack = ack_for(s, inp.role, inp.term)
@@ -579,5 +642,6 @@ def _peer_seen(s: HaState, inp: PeerSeen) -> tuple[HaState, list[Action]]:
         s = _learn(s, inp.node, inp.term)
     if s.role is Role.ACTIVE and inp.role == Role.ACTIVE.value and inp.term > s.term:
         # etcd granted the peer a later term: we lost, whatever our keepalives say yet
-        return _demote(s, inp.now, Role.STANDBY, "standby", f"peer {inp.node} is active with term {inp.term}")
+        why = f"peer {inp.node} is active with term {inp.term}"
+        return _demote(s, inp.now, Role.STANDBY, "standby", why, t=t)
     return s, []

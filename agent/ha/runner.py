@@ -5,9 +5,10 @@ with ``time.monotonic()`` and carries out the actions it returns:
 
 * ``Campaign`` / ``Takeover`` / ``KeepAlive`` / ``Resign``: calls to the coordinators'
   ``LeaderElection`` service (each bounded by ``timing.retry_deadline``), results fed back.
-* ``AddVips`` / ``RemoveVips``: one worker, in order (removal is never overtaken by an add).
+* ``AddVips`` / ``SilenceVips`` / ``RemoveVips``: one worker, in order (never overtaken).
 * ``Notify``: the hooks, one at a time, in order.
-* ``SendHandover``: the peer's ``Handover`` call (planned switchover).
+* ``SendHandover``: the peer's ``Handover`` call (planned switchover), sent once our VIPs are
+  silent; the peer answers once it holds and has announced them.
 
 Tasks (one TaskGroup): the ticker, the heartbeat sender, the leader observer, the VIP worker, the
 hook worker, and the Peer gRPC server. ``stop()`` feeds ``Stop`` (VIPs removed, resign) and waits
@@ -69,7 +70,7 @@ class HaRunner:
         self.applied = applied  # (applied revision, table digest) of this agent
         self.state = m.HaState(settings.node, since=time.monotonic())
         self.log = log.bind(node=settings.node)
-        self._vip_ops: asyncio.Queue[m.AddVips | m.RemoveVips] = asyncio.Queue(64)
+        self._vip_ops: asyncio.Queue[m.AddVips | m.RemoveVips | m.SilenceVips] = asyncio.Queue(64)
         self._hooks: asyncio.Queue[m.Notify] = asyncio.Queue(64)
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -105,7 +106,7 @@ class HaRunner:
             self._do(a)
 
     def _do(self, a: m.Action) -> None:
-        if isinstance(a, m.AddVips | m.RemoveVips):
+        if isinstance(a, m.AddVips | m.RemoveVips | m.SilenceVips):
             self._vip_ops.put_nowait(a)
         elif isinstance(a, m.Notify):
             with contextlib.suppress(asyncio.QueueFull):
@@ -252,7 +253,7 @@ class HaRunner:
 
     async def _send_handover(self, term: int) -> None:
         within = 2 * self.timing.retry_deadline
-        # the peer adds the VIPs without waiting once told: ours must really be gone first
+        # the peer adds the VIPs without waiting once told: ours must be ARP-silent first
         await self._vip_ops.join()
         try:
             r = await self._peer_stub().Handover(
@@ -272,6 +273,7 @@ class HaRunner:
         if self.state.handover_term != term:
             self._takeover_waiters.remove(fut)
             return lpb.HandoverReply(ok=False, error=f"{self.settings.node} is {self.state.role.value}, busy")
+        deadline = time.monotonic() + 2 * self.timing.retry_deadline
         try:
             async with asyncio.timeout(2 * self.timing.retry_deadline):
                 res = await fut
@@ -282,6 +284,12 @@ class HaRunner:
                 self._takeover_waiters.remove(fut)
         if res is None or not res.acquired:
             return lpb.HandoverReply(ok=False, error="takeover refused by etcd")
+        # The old active drops its silent copy when we answer: answer once ours are held and
+        # announced (the machine queued AddVips with the election result). Past the deadline we
+        # answer anyway: the old copy then lingers `linger` more, it is ARP-silent either way.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await self._vip_ops.join()
         return lpb.HandoverReply(ok=True, term=res.term, node=self.settings.node)
 
     def _resolve_takeover(self, res: m.ElectionResult | None) -> None:
@@ -331,6 +339,9 @@ class HaRunner:
                 if isinstance(op, m.AddVips):
                     await self.vip_manager.add()
                     self.vips_held = True
+                elif isinstance(op, m.SilenceVips):
+                    await self.vip_manager.silence()
+                    self.vips_held = False  # held = answering ARP for them; silent is not held
                 else:
                     await self.vip_manager.remove()
                     self.vips_held = False

@@ -37,6 +37,7 @@ class HaTiming:
     authority: float = 2.5  # seconds an active keeps acting after its last confirmation
     lease_ttl: int = 5  # etcd lease TTL, whole seconds (etcd 3.4: at least ~1.5 x election timeout)
     margin: float = 0.05  # slack on top of `authority` for the old active's timers and netlink calls
+    linger: float = 0.5  # planned switchover: the old active keeps accepting (ARP-silent) this long
 
     @property
     def silence(self) -> float:
@@ -51,8 +52,9 @@ class HaTiming:
             "retry_deadline": self.retry_deadline,
             "authority": self.authority,
         }
-        if not (self.margin >= 0 and math.isfinite(self.margin)):
-            raise TimingError(f"ha timing: margin must be >= 0 seconds, found {self.margin!r}")
+        for name, value in (("margin", self.margin), ("linger", self.linger)):
+            if not (value >= 0 and math.isfinite(value)):
+                raise TimingError(f"ha timing: {name} must be >= 0 seconds, found {value!r}")
         for name, value in positive.items():
             if not (value > 0 and math.isfinite(value)):
                 raise TimingError(f"ha timing: {name} must be a positive number of seconds, found {value!r}")

@@ -7,9 +7,18 @@
 * :class:`ExternalVips` leaves them to an external manager (``--vip-mode external``): only the
   notify hooks act.
 
+Planned switchover (make-before-break): :meth:`NetlinkVips.silence` moves the VIPs from the
+interface to ``lo``: the node still accepts what clients with a stale ARP entry send it, but it
+neither answers ARP for them nor announces them, because the interface has ``arp_ignore=1``
+(answer only for addresses on the interface asked) and ``arp_announce=2`` (never use a VIP as the
+sender of our own ARP requests), set when the manager starts, as on an LVS-DR real server. IPv6
+needs no setting: Linux answers neighbour solicitations only for addresses on the interface
+asked. Where those settings cannot be made, ``silence`` removes the VIPs (break-before-make).
+:meth:`NetlinkVips.add` adds on the interface and announces first, then drops the ``lo`` copy.
+
 A crashed agent (SIGKILL) cannot remove its VIPs. :func:`spawn_guard` starts a tiny guard
 process holding a pipe from the agent; when the pipe closes (the agent died, however), the guard
-removes the VIPs (``python -m agent.ha.vips --guard``).
+removes the VIPs, from the interface and ``lo`` (``python -m agent.ha.vips --guard``).
 """
 
 from __future__ import annotations
@@ -38,6 +47,10 @@ log = structlog.get_logger("agent.ha.vips")
 ETH_P_ARP = 0x0806
 ANNOUNCE_COUNT = 3
 ANNOUNCE_GAP = 0.02
+SILENT_INTERFACE = "lo"
+# effective (max of conf/all and conf/IF) arp_ignore values under which an address on lo is not
+# answered on IF: 1 (only addresses of IF), 2 (and the sender in their subnet), 8 (never)
+SILENT_ARP_IGNORE = (1, 2, 8)
 
 
 def parse_vip(text: str) -> tuple[str, int]:
@@ -51,6 +64,8 @@ class VipManager(Protocol):
 
     async def add(self) -> None: ...
 
+    async def silence(self) -> None: ...
+
     async def remove(self) -> None: ...
 
 
@@ -61,6 +76,9 @@ class ExternalVips:
         self.vips = tuple(vips)
 
     async def add(self) -> None:
+        return None
+
+    async def silence(self) -> None:
         return None
 
     async def remove(self) -> None:
@@ -124,8 +142,41 @@ def _addr(ipr: Any, cmd: str, index: int, ip: str, prefix: int) -> None:
         raise
 
 
-def change(ifname: str, vips: Sequence[str], cmd: str) -> None:
-    """Add (``cmd="add"``) or delete (``"del"``) the VIPs on ``ifname`` (blocking)."""
+def _conf(ifname: str, key: str) -> str:
+    return f"/proc/sys/net/ipv4/conf/{ifname.replace('.', '/')}/{key}"
+
+
+def _read_conf(ifname: str, key: str) -> int:
+    with open(_conf(ifname, key)) as f:
+        return int(f.read().strip())
+
+
+def arp_silent(ifname: str) -> str:
+    """Make ``ifname`` neither answer ARP for addresses on other interfaces nor use them as the
+    sender of its own ARP requests (``arp_ignore=1``, ``arp_announce=2`` unless the effective
+    values already do). "" when done, else why not (then a silent VIP would still be answered)."""
+    try:
+        ignore = max(_read_conf("all", "arp_ignore"), _read_conf(ifname, "arp_ignore"))
+        if ignore not in SILENT_ARP_IGNORE:
+            if _read_conf("all", "arp_ignore") not in (0, 1):
+                return f"net.ipv4.conf.all.arp_ignore={_read_conf('all', 'arp_ignore')}"
+            with open(_conf(ifname, "arp_ignore"), "w") as f:
+                f.write("1")
+        announce = max(_read_conf("all", "arp_announce"), _read_conf(ifname, "arp_announce"))
+        if announce != 2:
+            with open(_conf(ifname, "arp_announce"), "w") as f:
+                f.write("2")
+        ok = max(_read_conf("all", "arp_ignore"), _read_conf(ifname, "arp_ignore")) in SILENT_ARP_IGNORE
+        ok = ok and max(_read_conf("all", "arp_announce"), _read_conf(ifname, "arp_announce")) == 2
+    except (OSError, ValueError) as e:
+        return str(e)
+    return "" if ok else "arp_ignore/arp_announce did not take"
+
+
+def change(ifname: str, vips: Sequence[str], cmd: str, *, host: bool = False) -> None:
+    """Add (``cmd="add"``) or delete (``"del"``) the VIPs on ``ifname`` (blocking); ``host``: as
+    /32 or /128 whatever their prefix (on ``lo`` a shorter prefix would make a whole subnet
+    local)."""
     # pyroute2 (the `kernel` extra) ships no type information: imported through importlib, as in
     # agent/dataplane/_netlink.py, when first needed (the external mode never imports it)
     ipr_class: Any = importlib.import_module("pyroute2").IPRoute
@@ -135,6 +186,8 @@ def change(ifname: str, vips: Sequence[str], cmd: str) -> None:
             raise DataplaneError(f"vip interface {ifname!r} does not exist")
         for v in vips:
             ip, prefix = parse_vip(v)
+            if host:
+                prefix = 128 if ":" in ip else 32
             _addr(ipr, cmd, found[0], ip, prefix)
 
 
@@ -149,6 +202,7 @@ class NetlinkVips:
         *,
         dynamic: Callable[[], Sequence[str]] | None = None,
         guard: bool = True,
+        silent: bool = True,
     ) -> None:
         self.interface = interface
         self.static = tuple(static)
@@ -160,6 +214,16 @@ class NetlinkVips:
         self._guard: subprocess.Popen[bytes] | None = None
         self._want_guard = guard
         self._announcer: asyncio.Task[None] | None = None
+        self._silent: tuple[str, ...] = ()  # on lo, ARP-silent (a switchover)
+        # IPv4 VIPs can be held silent only where the interface answers no ARP for lo's addresses
+        self.arp_silent_error = arp_silent(interface) if silent else "disabled"
+        if silent and self.arp_silent_error:
+            log.warning(
+                "vips.no_soft_handover",
+                interface=interface,
+                error=self.arp_silent_error,
+                detail="planned switchover removes IPv4 VIPs before the successor adds them",
+            )
 
     def wanted(self) -> tuple[str, ...]:
         out = list(self.static)
@@ -187,6 +251,8 @@ class NetlinkVips:
         except OSError as e:
             log.warning("vips.announce_failed", error=str(e))
         log.info("vips.added", interface=self.interface, vips=list(self.vips))
+        if self._silent:  # held and announced here now: the silent copy is not needed any more
+            await self._change_silent("del")
         # the repeats and the crash guard after the first announcement: they are not urgent
         if self._announcer is None or self._announcer.done():
             self._announcer = asyncio.create_task(self._repeat(ips))
@@ -203,17 +269,45 @@ class NetlinkVips:
                 log.warning("vips.announce_failed", error=str(e))
                 return
 
+    async def _change_silent(self, cmd: str, vips: Sequence[str] = ()) -> None:
+        target = tuple(vips) or self._silent
+        try:
+            await asyncio.to_thread(change, SILENT_INTERFACE, target, cmd, host=True)
+        except (OSError, DataplaneError) as e:
+            raise DataplaneError(f"{cmd} VIPs {list(target)} on {SILENT_INTERFACE}: {e}") from e
+        self._silent = target if cmd == "add" else ()
+
+    async def silence(self) -> None:
+        """Stop answering ARP / NDP for the VIPs and announcing them, keep accepting their traffic:
+        a copy on ``lo`` first, then off the interface (never a moment without either)."""
+        if self._announcer is not None:
+            self._announcer.cancel()
+        if not self.vips:
+            self.vips = self.wanted()
+        if not self.vips:
+            return
+        quiet = [v for v in self.vips if not self.arp_silent_error or ":" in parse_vip(v)[0]]
+        if quiet:
+            await self._change_silent("add", quiet)
+        try:
+            await asyncio.to_thread(change, self.interface, self.vips, "del")
+        except OSError as e:
+            raise DataplaneError(f"removing VIPs {list(self.vips)} from {self.interface}: {e}") from e
+        log.info("vips.silenced", interface=self.interface, vips=list(self.vips), on=SILENT_INTERFACE)
+
     async def remove(self) -> None:
         if self._announcer is not None:
             self._announcer.cancel()
         if not self.vips:
             self.vips = self.wanted()  # nothing added by us yet: the ones we would add
-        if not self.vips:
+        if not self.vips and not self._silent:
             return
         try:
             await asyncio.to_thread(change, self.interface, self.vips, "del")
         except OSError as e:
             raise DataplaneError(f"removing VIPs {list(self.vips)} from {self.interface}: {e}") from e
+        # a silent copy, or one a crashed predecessor left on lo during a switchover
+        await self._change_silent("del", tuple(dict.fromkeys(self._silent + self.vips)))
         log.info("vips.removed", interface=self.interface, vips=list(self.vips))
 
     def close(self) -> None:
@@ -243,6 +337,7 @@ def _guard_main(argv: Sequence[str]) -> int:
     sys.stdin.buffer.read()  # until EOF: the agent is gone
     try:
         change(args.guard, args.vips, "del")
+        change(SILENT_INTERFACE, args.vips, "del", host=True)  # a copy silenced for a switchover
     except (OSError, DataplaneError) as e:
         print(f"vip guard: {e}", file=sys.stderr)
         return 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
@@ -26,6 +27,7 @@ from agent.ha.machine import (
     Resign,
     Role,
     SendHandover,
+    SilenceVips,
     Stop,
     SwitchoverRequested,
     Takeover,
@@ -45,7 +47,7 @@ T = HaTiming(
 ).validate()
 
 
-def kinds(actions: list[object]) -> list[str]:
+def kinds(actions: Sequence[object]) -> list[str]:
     return [type(a).__name__ for a in actions]
 
 
@@ -53,9 +55,8 @@ def active(node: str = "a", term: int = 3, now: float = 10.0) -> HaState:
     s = HaState(node, leader=None, leader_term=2)
     s, acts = step(s, Tick(now), T)
     assert acts == [Campaign()]
-    s, _ = step(s, ElectionResult(now, "campaign", True, term, 99, node, term, sent_at=now), T)
-    s, acts = step(s, Tick(now), T)
-    assert kinds(acts) == ["AddVips", "Notify"]
+    s, acts = step(s, ElectionResult(now, "campaign", True, term, 99, node, term, sent_at=now), T)
+    assert kinds(acts) == ["AddVips", "Notify"]  # a campaign's VIPs at once, in the same step
     return s
 
 
@@ -120,9 +121,8 @@ def test_fault_resumes_when_etcd_confirms_the_term_again() -> None:
     assert acts == [KeepAlive(3, 99)]  # no new election: our term may still be ours
     s2, _ = step(s, PeerSeen(10.46, "b", "active", 3, reply=True), T)
     assert s2.acked_term == 0
-    s, _ = step(s, KeepAliveResult(10.5, 10.45, 3, held=True), T)
+    s, acts = step(s, KeepAliveResult(10.5, 10.45, 3, held=True), T)
     assert s.role is Role.ACTIVE
-    s, acts = step(s, Tick(10.51), T)
     assert kinds(acts) == ["AddVips", "Notify"]
     lost, _ = step(replace(s, role=Role.FAULT, vips=False), KeepAliveResult(10.6, 10.55, 3, False, "b", 4), T)
     assert lost.role is Role.STANDBY
@@ -180,16 +180,26 @@ def test_planned_switchover_both_sides() -> None:
     assert "not caught up" in can_switchover(a, "b", peer_ready=False)
     assert "not the peer" in can_switchover(a, "c", peer_ready=True)
     a, acts = step(a, SwitchoverRequested(10.02, "b"), T)
-    assert acts == [RemoveVips("switchover"), Notify("standby", 3, "switchover"), SendHandover("b", 3)]
+    # make-before-break: ARP-silent first (still accepting), never removed before the successor
+    assert acts == [SilenceVips("switchover"), Notify("standby", 3, "switchover"), SendHandover("b", 3)]
     assert a.role is Role.HANDING_OVER
+    assert not a.vips
+    assert a.silent
     b = HaState("b", leader="a", leader_term=3)
     b, acts = step(b, HandoverAsked(10.03, "a", 3), T)
     assert acts == [Takeover(3)]
-    b, _ = step(b, ElectionResult(10.04, "takeover", True, 4, 8, "b", 4, sent_at=10.03), T)
-    b, acts = step(b, Tick(10.04), T)
-    assert kinds(acts) == ["AddVips", "Notify"]  # handed over: no authority wait
-    a, _ = step(a, HandoverResult(10.05, ok=True), T)
+    b, acts = step(b, ElectionResult(10.04, "takeover", True, 4, 8, "b", 4, sent_at=10.03), T)
+    assert kinds(acts) == ["AddVips", "Notify"]  # handed over: no authority wait, not even a tick
+    a, acts = step(a, HandoverResult(10.05, ok=True), T)
     assert a.role is Role.STANDBY
+    assert acts == []
+    assert a.silent  # lingers: packets sent with a stale ARP entry are still accepted
+    a, _ = step(a, PeerSeen(10.05 + T.linger - 0.01, "b", "active", 4), T)
+    a, acts = step(a, Tick(10.05 + T.linger - 0.001), T)
+    assert acts == []
+    a, acts = step(a, Tick(10.05 + T.linger), T)
+    assert acts == [RemoveVips("switchover done")]
+    assert not a.silent
     assert not a.vips
 
 
@@ -201,9 +211,46 @@ def test_failed_handover_reacts_only_after_confirmation() -> None:
     a, acts = step(a, Tick(10.11), T)
     assert a.role is Role.ACTIVE
     assert acts == [KeepAlive(3, 99)]
+    assert a.silent
+    assert not a.vips
     a, _ = step(a, KeepAliveResult(10.12, 10.11, 3, held=True), T)
     a, acts = step(a, Tick(10.13), T)
     assert kinds(acts) == ["AddVips", "Notify"]
+    assert a.vips
+    assert not a.silent
+
+
+def test_switchover_superseded_by_the_successor_lingers_then_drops() -> None:
+    """etcd says the successor leads before the Handover reply came: silent, then removed."""
+    a = active(now=10.0)
+    a, _ = step(a, PeerSeen(10.01, "b", "standby", 0), T)
+    a, _ = step(a, SwitchoverRequested(10.02, "b"), T)
+    a, acts = step(a, Observed(10.03, "b", 4), T)
+    assert a.role is Role.STANDBY
+    assert "RemoveVips" not in kinds(acts)
+    assert a.silent
+    a, _ = step(a, PeerSeen(10.03 + T.linger - 0.01, "b", "active", 4), T)
+    a, acts = step(a, Tick(10.03 + T.linger), T)
+    assert acts == [RemoveVips("switchover done")]
+
+
+def test_a_fault_while_handing_over_drops_the_silent_copy() -> None:
+    a = active(now=10.0)
+    a, _ = step(a, PeerSeen(10.01, "b", "standby", 0), T)
+    a, _ = step(a, SwitchoverRequested(10.02, "b"), T)
+    a, acts = step(a, Tick(10.0 + T.authority), T)
+    assert a.role is Role.FAULT
+    assert RemoveVips("leadership not confirmed within the authority window") in acts
+    assert not a.silent
+
+
+def test_stop_while_silent_removes() -> None:
+    a = active(now=10.0)
+    a, _ = step(a, PeerSeen(10.01, "b", "standby", 0), T)
+    a, _ = step(a, SwitchoverRequested(10.02, "b"), T)
+    a, _ = step(a, HandoverResult(10.05, ok=True), T)
+    a, acts = step(a, Stop(10.06), T)
+    assert acts == [RemoveVips("stopping")]
 
 
 def test_stop_resigns_and_releases() -> None:
@@ -261,13 +308,18 @@ class FakeEtcd:
 
 @pytest.mark.parametrize("seed", range(40))
 def test_never_two_vip_holders(seed: int) -> None:  # noqa: PLR0912, PLR0915 -- one simulation loop
+    """Two machines, random faults and planned switchovers: the VIPs are never held
+    ARP-answering (AddVips) by both at once; a silent copy (SilenceVips) is not a holder."""
     rng = random.Random(seed)
     etcd = FakeEtcd()
     nodes = {"a": HaState("a"), "b": HaState("b")}
     holds = {"a": False, "b": False}
     reach_etcd = {"a": True, "b": True}
+    pending: dict[str, list[object]] = {"a": [], "b": []}  # inputs delivered at the next step
+    handing: dict[str, str] = {}  # successor -> the node waiting for its HandoverResult
     link_ok = True
     now = 0.0
+    switchovers = 0
     for _ in range(4000):
         now += 0.01
         etcd.expire(now)
@@ -279,7 +331,10 @@ def test_never_two_vip_holders(seed: int) -> None:  # noqa: PLR0912, PLR0915 -- 
                 reach_etcd[which] = not reach_etcd[which]
         for name, peer in (("a", "b"), ("b", "a")):
             s = nodes[name]
-            inputs: list[object] = [Tick(now)]
+            inputs: list[object] = [*pending[name], Tick(now)]
+            pending[name] = []
+            if s.role is Role.ACTIVE and s.peer is not None and rng.random() < 0.01:
+                inputs.append(SwitchoverRequested(now, peer))
             if link_ok and rng.random() < 0.2:  # our heartbeat to the peer, and its reply
                 ps, pacts = step(nodes[peer], PeerSeen(now, name, s.role.value, s.term, reply=True), T)
                 nodes[peer] = ps
@@ -291,11 +346,21 @@ def test_never_two_vip_holders(seed: int) -> None:  # noqa: PLR0912, PLR0915 -- 
             while inputs:
                 inp = inputs.pop(0)
                 s, acts = step(s, inp, T)  # type: ignore[arg-type]
+                if isinstance(inp, ElectionResult) and name in handing:
+                    waiting = handing.pop(name)
+                    pending[waiting].append(HandoverResult(now, ok=link_ok and s.role is Role.ACTIVE))
                 for a in acts:
                     if isinstance(a, AddVips):
                         holds[name] = True
-                    elif isinstance(a, RemoveVips):
+                    elif isinstance(a, RemoveVips | SilenceVips):
                         holds[name] = False
+                    elif isinstance(a, SendHandover):
+                        switchovers += 1
+                        if link_ok:
+                            handing[peer] = name
+                            pending[peer].append(HandoverAsked(now, name, a.term))
+                        else:
+                            pending[name].append(HandoverResult(now, ok=False, error="unreachable"))
                     elif isinstance(a, Campaign | Takeover):
                         if not reach_etcd[name]:
                             inputs.append(ElectionFailed(now + 0.01, "x", "down"))
@@ -332,4 +397,22 @@ def test_never_two_vip_holders(seed: int) -> None:  # noqa: PLR0912, PLR0915 -- 
                                 KeepAliveResult(now + 0.005, now, a.term, False, etcd.leader, etcd.term)
                             )
             nodes[name] = s
+            if name in handing and not s.inflight:  # the peer refused the handover (busy)
+                pending[handing.pop(name)].append(HandoverResult(now, ok=False, error="busy"))
             assert not (holds["a"] and holds["b"]), f"two VIP holders at t={now:.2f} (seed {seed})"
+    assert switchovers > 0
+
+
+def test_a_failed_handover_takeover_does_not_make_a_later_one_handed() -> None:
+    """Found by the randomized check: a handover whose takeover failed left its mark, and a later
+    takeover for silence added the VIPs at once (while the old active could still hold them)."""
+    b = HaState("b", leader="a", leader_term=3)
+    b, _ = step(b, PeerSeen(10.0, "a", "active", 3), T)
+    b, acts = step(b, HandoverAsked(10.01, "a", 3), T)
+    assert acts == [Takeover(3)]
+    b, _ = step(b, ElectionFailed(10.1, "takeover", "unavailable"), T)
+    b, acts = step(b, Tick(10.3), T)  # the active is silent now: an ordinary takeover
+    assert acts == [Takeover(3)]
+    b, acts = step(b, ElectionResult(10.31, "takeover", True, 4, 5, "b", 4, sent_at=10.3), T)
+    assert acts == []
+    assert b.vip_not_before >= 10.31 + T.authority
