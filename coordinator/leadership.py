@@ -4,7 +4,8 @@ Agents never talk to etcd; they ask the coordinator, which runs each request as 
 transaction (:class:`coordinator.store.EtcdLeaderStore`): the leader key bound to a lease, a term
 counter bumped in the same transaction, and the Leadership events appended to the log in it too.
 
-* ``Campaign``: create-if-absent. A fresh lease per campaign; revoked again if it lost.
+* ``Campaign``: create-if-absent. A fresh lease per campaign; revoked again if it lost (left to
+  expire if the call failed: it may have won).
 * ``Takeover``: replaces the leader only while the leader key still holds ``stale_term``; the old
   lease is revoked afterwards (its keys were already rebound to the new lease).
 * ``KeepAlive``: refreshes the lease and confirms, with a linearizable read, that the leader key
@@ -147,7 +148,6 @@ class LeaderElectionService(lpb_grpc.LeaderElectionServicer):
             )
             return out
 
-        lease_id = 0
         try:
             lease_id, _granted = await self.leaders.grant(ttl, within=deadline - loop.time())
             outcome = await self.leaders.acquire(
@@ -159,8 +159,10 @@ class LeaderElectionService(lpb_grpc.LeaderElectionServicer):
                 within=max(0.05, deadline - loop.time()),
             )
         except StoreError as e:
-            if lease_id:
-                await self._revoke_quietly(lease_id)
+            # Not revoked: a failed acquire is ambiguous (its transaction may have landed after
+            # our deadline), and revoking a lease the leader key is bound to would delete the key:
+            # no leader, then a campaign and one more term. The caller's retry finds the key
+            # holding its node and adopts it; otherwise the lease expires within `ttl`.
             await self._fail(context, what, e)
             raise  # not reached: abort raises
         if not outcome.acquired:

@@ -117,6 +117,7 @@ class HaState:
     handover_term: int = 0  # standby: the term the active handed over to us (VIPs already gone)
     handover_deadline: float = 0.0
     peer: PeerView | None = None
+    heard_term: int = 0  # the highest term we heard the peer claim as active
     acked_term: int = 0  # what we acknowledged in reply to the peer's last heartbeat
     acked_at: float = NEVER  # when we last acknowledged an active peer's term
     since: float = 0.0  # when this node started: a peer never heard from is silent from here
@@ -529,7 +530,11 @@ def _tick_role(s: HaState, now: float, t: HaTiming) -> tuple[HaState, list[Actio
         return replace(s, inflight="campaign"), [*out, Campaign()]
     if s.leader == s.node:  # a term of ours from before (restart, fault): replace it
         return replace(s, inflight="takeover", handover_term=0), [*out, Takeover(s.leader_term)]
-    if peer_silent(s, now, t):
+    if peer_silent(s, now, t) and s.heard_term >= s.leader_term:
+        # Only a leader we heard active and then stopped hearing. One we never heard (we learned
+        # it from etcd coming back from a partition, before the peer link reconnected) is alive
+        # as far as we know: taking over would flap the VIPs (the term rose by 2-3 after a heal).
+        # Should it die before we hear it, its lease expires and we campaign.
         return replace(s, inflight="takeover", handover_term=0), [*out, Takeover(s.leader_term)]
     return s, out
 
@@ -538,8 +543,11 @@ def _observed(s: HaState, inp: Observed, t: HaTiming) -> tuple[HaState, list[Act
     if inp.term < s.leader_term:
         return s, []
     s2 = _learn(s, inp.leader, inp.term)
-    if s.role is Role.FAULT:
-        s2 = replace(s2, role=Role.STANDBY, reason="etcd reachable again", changed_at=inp.now)
+    if s.role is Role.FAULT and not (s.lease_id and inp.leader == s.node and inp.term == s.term):
+        # someone else leads now (a fault whose term etcd still holds waits for its keepalive,
+        # which makes it active again: no takeover of its own term, no new term); the old lease
+        # is gone, and with it the reason not to acknowledge the new active
+        s2 = replace(s2, role=Role.STANDBY, lease_id=0, reason="etcd reachable again", changed_at=inp.now)
     if s.role in (Role.ACTIVE, Role.HANDING_OVER) and (inp.leader != s.node or inp.term != s.term):
         hook = "standby"
         return _demote(
@@ -635,6 +643,8 @@ def _kept_alive(s: HaState, inp: KeepAliveResult, t: HaTiming) -> tuple[HaState,
 
 def _peer_seen(s: HaState, inp: PeerSeen, t: HaTiming) -> tuple[HaState, list[Action]]:
     s = replace(s, peer=PeerView(inp.node, inp.role, inp.term, inp.revision, inp.digest, inp.now))
+    if inp.role == Role.ACTIVE.value and inp.term > s.heard_term:
+        s = replace(s, heard_term=inp.term)
     if inp.reply:
         ack = ack_for(s, inp.role, inp.term)
         s = replace(s, acked_term=ack, acked_at=inp.now if ack else s.acked_at)

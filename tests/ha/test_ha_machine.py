@@ -274,6 +274,7 @@ def test_election_failure_backs_off() -> None:
 
 def test_a_lost_answer_that_won_is_adopted() -> None:
     s = HaState("b", leader="a", leader_term=3)
+    s, _ = step(s, PeerSeen(0.7, "a", "active", 3), T)
     s, acts = step(s, Tick(1.0), T)
     assert acts == [Takeover(3)]
     s, _ = step(s, ElectionFailed(1.2, "takeover", "deadline"), T)  # it did land, though
@@ -416,3 +417,42 @@ def test_a_failed_handover_takeover_does_not_make_a_later_one_handed() -> None:
     b, acts = step(b, ElectionResult(10.31, "takeover", True, 4, 5, "b", 4, sent_at=10.3), T)
     assert acts == []
     assert b.vip_not_before >= 10.31 + T.authority
+
+
+def test_back_from_a_partition_no_takeover_of_a_leader_never_heard() -> None:
+    """The old active, cut off, let go (fault); the peer took over. Healed, it learns the new
+    leader from etcd before the peer link reconnects: its peer is "silent", but it never heard
+    this leader, so it does not take over (that flapped the VIPs: term +2 or +3 after a heal)."""
+    a = active(node="a", term=3, now=10.0)
+    a, _ = step(a, PeerSeen(10.01, "b", "standby", 0), T)
+    a, _ = step(a, Tick(10.0 + T.authority), T)
+    assert a.role is Role.FAULT
+    a, _ = step(a, Observed(15.0, "b", 4), T)  # healed: etcd answers again
+    assert a.role is Role.STANDBY
+    assert a.lease_id == 0  # the old lease is gone: it acknowledges the new active again
+    a, acts = step(a, Tick(15.01), T)
+    assert acts == []  # the peer was last heard 5 s ago, as a standby
+    a, _ = step(a, PeerSeen(15.3, "b", "active", 4), T)  # the link is back
+    a, acts = step(a, Tick(15.31 + T.silence), T)
+    assert acts == [Takeover(4)]  # heard active, then silent: a takeover as always
+
+
+def test_a_leader_never_heard_is_left_to_its_lease() -> None:
+    b = HaState("b", leader="a", leader_term=3)
+    b, acts = step(b, Tick(1.0), T)
+    assert acts == []
+    b, acts = step(b, Observed(3.0, None, 3), T)  # its lease expired: no leader
+    b, acts = step(b, Tick(3.01), T)
+    assert acts == [Campaign()]
+
+
+def test_a_fault_whose_term_etcd_still_holds_waits_for_its_keepalive() -> None:
+    """etcd answers again and still names us: no takeover of our own term (a new term for
+    nothing), the keepalive makes us active again."""
+    a = active(node="a", term=3, now=10.0)
+    a, _ = step(a, Tick(10.0 + T.authority), T)
+    assert a.role is Role.FAULT
+    a, _ = step(a, Observed(11.0, "a", 3), T)
+    assert a.role is Role.FAULT
+    a, acts = step(a, Tick(11.01), T)
+    assert acts == [KeepAlive(3, 99)]
