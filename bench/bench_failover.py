@@ -58,6 +58,8 @@ def summary(reports: list[DrillReport]) -> dict[str, Any]:
         },
         "changed_active": sum(1 for r in reports if r.new_active and r.new_active != r.old_active),
         "two_holders_runs": sum(1 for r in reports if r.two_holders),
+        "two_arp_answers_runs": sum(1 for r in reports if r.two_arp_answers),
+        "arp_requests": sum(r.arp_requests for r in reports),
         "fenced_refused_runs": sum(1 for r in reports if r.fenced_refused),
         "digests_equal_runs": sum(1 for r in reports if r.digests_equal),
     }

@@ -18,11 +18,16 @@ Times in a report are seconds from the fault (or from the switchover request): `
 the standby asked etcd to take over, ``elect`` when it became active, ``vip`` when the VIP
 appeared on it, ``first_connection`` the first client connection answered by it. Failed
 connections are counted from the fault until the end of the drill. ``two_holders`` is True if
-the VIP was ever seen on both nodes at once (``ip monitor address`` on both).
+the VIP was ever held *ARP-answering* by both nodes at once: on the announcing interface of both
+(``ip monitor address`` on both; the ARP-silent copy a switchover keeps on ``lo`` is not a
+holder). Where the pair can be watched on its link (the lab), ``two_arp_answers`` checks the
+same from outside: an observer asks "who has the VIP" every 10 ms for the whole drill, and it is
+True if one request was ever answered by two MAC addresses.
 
 Run with ``python -m agent.ha.drill <helper>`` inside a namespace, this module also provides the
 small programs the lab runs there: ``serve`` (the TCP service standing in for IPVS on the VIP),
-``probe`` (the client loop), ``leader``, ``publish`` and ``switchover``.
+``probe`` (the client loop), ``leader``, ``publish``, ``marker``, ``switchover`` and ``log`` (the
+Leadership and DrillMarker events from a revision on).
 """
 
 from __future__ import annotations
@@ -31,7 +36,9 @@ import argparse
 import asyncio
 import contextlib
 import json
+import select
 import socket
+import struct
 import sys
 import time
 import uuid
@@ -39,9 +46,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from lvs_events.client import CoordinatorClient, new_event
-from lvs_events.domain.events import DrillMarker, RealServerHealth
-from lvs_events.leadership import LeaderElectionClient, switchover
+from agent.ha.vips import ETH_P_ARP
+from lvs_events.client import CoordinatorClient, Filters, Snapshot, new_event
+from lvs_events.domain.events import DrillMarker, Leadership, RealServerHealth
+from lvs_events.leadership import LeaderElectionClient, ha_status, switchover
 
 __all__ = [
     "SCENARIOS",
@@ -71,6 +79,8 @@ class DrillReport:
     failed_connections: int = 0
     attempts: int = 0
     two_holders: bool = False
+    two_arp_answers: bool | None = None  # one ARP request answered by two MACs (None: not watched)
+    arp_requests: int = 0
     fenced_refused: bool | None = None  # an event with the old term was refused (None: not tried)
     digests_equal: bool | None = None
     digests: dict[str, str] = field(default_factory=dict)
@@ -89,6 +99,10 @@ class Pair(Protocol):
 
     async def vip_holders(self) -> set[str]: ...
 
+    async def linked(self) -> bool:
+        """The active hears its peer, a standby, now (both directions of the heartbeat work)."""
+        ...
+
     def holder_log(self) -> list[tuple[float, str, bool]]:
         """(wall time, node, holds) for every VIP change seen since the pair started."""
         ...
@@ -97,6 +111,11 @@ class Pair(Protocol):
 
     async def probe_results(self) -> list[tuple[float, bool, str]]:
         """(wall time, ok, answering node) per client attempt, once the probe ended."""
+        ...
+
+    async def arp_results(self) -> list[tuple[float, list[str]]]:
+        """(wall time, answering MACs) per ARP request for the VIP during the probe ([]: the
+        pair's link cannot be watched from here)."""
         ...
 
     async def kill_agent(self, node: str) -> None: ...
@@ -115,9 +134,16 @@ class Pair(Protocol):
         """Run ``python -m agent.ha.drill ARGS`` where the coordinators are reachable; its JSON."""
         ...
 
+    async def settle(self) -> None:
+        """Bring what :meth:`agent_events` says up to date (before a report is made)."""
+        ...
+
     def agent_events(self, node: str) -> list[dict[str, Any]]: ...
 
     def applied_digest(self, node: str) -> str: ...
+
+
+LINKED_WITHIN = 0.5  # the active heard its standby this recently: the pair is linked
 
 
 async def _wait_for(cond: Callable[[], Awaitable[bool]], within: float, step: float = 0.02) -> bool:
@@ -130,7 +156,8 @@ async def _wait_for(cond: Callable[[], Awaitable[bool]], within: float, step: fl
 
 
 async def _ready(pair: Pair, within: float = 30.0) -> tuple[str, int]:
-    """Wait for one active holding the VIP and a standby with the same table."""
+    """Wait for one active holding the VIP and a standby with the same table that it hears (a
+    drill right after the heal of another would otherwise test a double fault)."""
     state: dict[str, Any] = {}
 
     async def ok() -> bool:
@@ -140,7 +167,7 @@ async def _ready(pair: Pair, within: float = 30.0) -> tuple[str, int]:
             return False
         digests = {n: pair.applied_digest(n) for n in pair.nodes}
         state["leader"] = (node, term)
-        return len(set(digests.values())) == 1 and "" not in digests.values()
+        return len(set(digests.values())) == 1 and "" not in digests.values() and await pair.linked()
 
     if not await _wait_for(ok, within, 0.1):
         raise RuntimeError(f"the pair is not ready (one active with the VIP, same tables) in {within}s")
@@ -177,6 +204,10 @@ async def _finish(
     pair: Pair, report: DrillReport, t0: float, old: str, old_term: int, *, check_fencing: bool
 ) -> DrillReport:
     results = await pair.probe_results()
+    arp = await pair.arp_results()
+    if arp:
+        report.arp_requests = len(arp)
+        report.two_arp_answers = any(len(set(macs)) > 1 for _, macs in arp)
     new, new_term = await pair.leader()
     report.new_active, report.new_term = new, new_term
     report.attempts = sum(1 for t, _, _ in results if t >= t0)
@@ -184,6 +215,7 @@ async def _finish(
     firsts = [t for t, ok, who in results if t >= t0 and ok and who == new]
     report.first_connection = (min(firsts) - t0) if firsts else None
     if new and new != old:
+        await pair.settle()
         ev = pair.agent_events(new)
         d = _event_time(ev, "ha.election", t0, op="takeover")
         report.detect = None if d is None else d - t0
@@ -351,7 +383,42 @@ def _probe(address: str, port: int, seconds: float, every: float, timeout: float
         time.sleep(max(0.0, every - (time.monotonic() - t0)))
 
 
-async def _helper(args: argparse.Namespace) -> Any:
+def _arp_request(mac: bytes, source: str, target: str) -> bytes:
+    eth = b"\xff" * 6 + mac + struct.pack("!H", ETH_P_ARP)
+    arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac + socket.inet_aton(source)
+    return eth + arp + b"\x00" * 6 + socket.inet_aton(target)
+
+
+def _arpwatch(ifname: str, source: str, target: str, seconds: float, every: float) -> None:
+    """Ask "who has ``target``" every ``every`` s for ``seconds``; one JSON line per request:
+    [wall time, [MACs that answered within ``every``]]. Run from an observer on the link (not
+    the client: the answers would refresh the client's own ARP cache)."""
+    with open(f"/sys/class/net/{ifname}/address") as f:
+        mac = bytes.fromhex(f.read().strip().replace(":", ""))
+    want = socket.inet_aton(target)
+    end = time.monotonic() + seconds
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP)) as s:
+        s.bind((ifname, ETH_P_ARP))
+        s.setblocking(False)
+        request = _arp_request(mac, source, target)
+        while time.monotonic() < end:
+            sent = time.time()
+            s.send(request)
+            macs: set[str] = set()
+            window = time.monotonic() + every
+            while (left := window - time.monotonic()) > 0:
+                ready, _, _ = select.select([s], [], [], left)
+                if not ready:
+                    continue
+                frame = s.recv(128)
+                arp = frame[14:42]
+                if len(arp) == 28 and arp[6:8] == b"\x00\x02" and arp[14:18] == want:
+                    macs.add(arp[8:14].hex(":"))
+            sys.stdout.write(json.dumps([sent, sorted(macs)]) + "\n")
+            sys.stdout.flush()
+
+
+async def _helper(args: argparse.Namespace) -> Any:  # noqa: PLR0911 -- one return per helper
     coords = [c for c in args.coordinators.split(",") if c]
     if args.cmd == "leader":
         client = LeaderElectionClient(coords, timeout=2.0)
@@ -360,6 +427,11 @@ async def _helper(args: argparse.Namespace) -> Any:
         finally:
             await client.close()
         return {"node": info.node, "term": info.term, "address": info.address}
+    if args.cmd == "status":
+        st = await ha_status(coords, within=2.0)
+        peer = st.nodes[1] if len(st.nodes) == 2 else None
+        linked = peer is not None and peer.role == "standby" and peer.seen_ago < LINKED_WITHIN
+        return {"leader": st.leader.node, "term": st.leader.term, "linked": linked, "error": st.error}
     if args.cmd == "switchover":
         t0 = time.time()
         try:
@@ -368,6 +440,8 @@ async def _helper(args: argparse.Namespace) -> Any:
             return {"ok": False, "error": str(e), "t0": t0}
         return {"ok": True, "t0": t0, **asdict(rep)}
     async with CoordinatorClient(coords, timeout=6.0, attempt_timeout=1.0) as c:
+        if args.cmd == "log":
+            return await _log(c, int(args.rest[0]) if args.rest else 0)
         if args.cmd == "publish":
             node, term = args.rest[0], int(args.rest[1])
             payload = RealServerHealth("TCP 198.51.100.10:80", "192.0.2.11:80", up=True, observer=node)
@@ -388,9 +462,30 @@ async def _helper(args: argparse.Namespace) -> Any:
     raise SystemExit(f"unknown helper {args.cmd!r}")
 
 
+async def _log(c: CoordinatorClient, since: int) -> list[dict[str, Any]]:
+    """The Leadership and DrillMarker events from revision ``since`` to the head, as dicts."""
+    out: list[dict[str, Any]] = []
+    async with c.subscribe(since, filters=Filters(types=("Leadership", "DrillMarker"))) as sub:
+        async for item in sub:
+            if isinstance(item, Snapshot):
+                continue
+            row: dict[str, Any] = {"revision": item.revision, "wall_time": item.wall_time}
+            p = item.payload
+            if isinstance(p, Leadership):
+                row |= {"kind": "leadership", "node": p.node, "change": p.change.value, "term": p.term}
+                row["reason"] = item.reason
+            elif isinstance(p, DrillMarker):
+                row |= {"kind": "marker", "drill_id": p.drill_id, "scenario": p.scenario, "phase": p.phase}
+            out.append(row)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="agent.ha.drill", description="helpers run inside the drill lab")
-    p.add_argument("cmd", choices=("serve", "probe", "leader", "publish", "marker", "switchover"))
+    p.add_argument(
+        "cmd",
+        choices=("serve", "probe", "arpwatch", "leader", "status", "publish", "marker", "switchover", "log"),
+    )
     p.add_argument("rest", nargs="*")
     p.add_argument("--coordinators", default="")
     p.add_argument("--cluster", default="default")
@@ -405,6 +500,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.cmd == "probe":
         _probe(args.rest[0], args.port, args.seconds, args.every, args.timeout)
+        return 0
+    if args.cmd == "arpwatch":  # arpwatch IFNAME SOURCE TARGET
+        _arpwatch(args.rest[0], args.rest[1], args.rest[2], args.seconds, min(args.every, 0.01))
         return 0
     print(json.dumps(asyncio.run(_helper(args))))
     return 0

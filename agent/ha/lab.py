@@ -7,13 +7,17 @@ Topology (one bridge in its own namespace, a veth per namespace)::
                 ── <p>-d2 ── dir2    198.51.100.2   etcd m1, coordinator, agent, service :80
                 ── <p>-wi ── witness 198.51.100.3   etcd m2 (quorum with either director)
                 ── <p>-cl ── client  198.51.100.100 the probe: connects to VIP:80 every 20 ms
+                ── <p>-wa ── watch   198.51.100.101 asks "who has VIP" every 10 ms (ARP answers)
 
 VIP 198.51.100.10/32. The "service" behind the VIP is a tiny TCP responder in each director
 namespace that answers its node name: it stands in for IPVS, which this host's kernel lacks.
 Documentation addresses are only used inside the namespaces; the test process talks to them only
 through ``ip netns exec`` (helpers, curl) and netlink (``ip -n``), never over IP.
 
-Implements :class:`agent.ha.drill.Pair`.
+Implements :class:`agent.ha.drill.Pair`. For ``lvs-events drill`` against the lab as a running
+pair (not ``--lab``), :meth:`NetnsLab.control` serves the faults on a Unix socket (a path: it works
+across network namespaces) and :meth:`NetnsLab.operator_commands` gives the ``--*-command``
+templates that reach it: ``python -m agent.ha.lab ctl SOCKET ACTION NODE``.
 """
 
 from __future__ import annotations
@@ -24,11 +28,13 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +52,13 @@ from lvs_events.domain.config import (
 REPO = Path(__file__).resolve().parents[2]  # where the packages are (PYTHONPATH of the helpers)
 NET = "198.51.100"
 VIP = f"{NET}.10"
-ADDR = {"dir1": f"{NET}.1", "dir2": f"{NET}.2", "witness": f"{NET}.3", "client": f"{NET}.100"}
+ADDR = {
+    "dir1": f"{NET}.1",
+    "dir2": f"{NET}.2",
+    "witness": f"{NET}.3",
+    "client": f"{NET}.100",
+    "watch": f"{NET}.101",
+}
 CLUSTER = "drill"
 SHM = "/dev/shm" if os.path.isdir("/dev/shm") else None  # etcd data on tmpfs: no fsync latency
 FAST_TIMING = {  # the drill profile: ~0.2 s to detect, ~0.3 s authority wait
@@ -103,6 +115,7 @@ class NetnsLab:
             "dir2": f"{p}d2",
             "witness": f"{p}wi",
             "client": f"{p}cl",
+            "watch": f"{p}wa",
         }
         self.nodes: tuple[str, str] = ("dir1", "dir2")
         self.tmp = Path(tempfile.mkdtemp(prefix="lvs-drill-"))
@@ -119,11 +132,14 @@ class NetnsLab:
         self._probe: asyncio.subprocess.Process | None = None
         self._probe_out: bytes = b""
         self._probe_task: asyncio.Task[bytes] | None = None
+        self._arp: asyncio.subprocess.Process | None = None
+        self._arp_task: asyncio.Task[bytes] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def _link(self, name: str) -> str:
-        return f"{self.prefix}-" + {"dir1": "d1", "dir2": "d2", "witness": "wi", "client": "cl"}[name]
+        short = {"dir1": "d1", "dir2": "d2", "witness": "wi", "client": "cl", "watch": "wa"}
+        return f"{self.prefix}-{short[name]}"
 
     def _net_up(self) -> None:
         br = self.ns["br"]
@@ -258,9 +274,10 @@ class NetnsLab:
             if p.poll() is None:
                 p.kill()
                 await asyncio.to_thread(p.wait, 5)
-        if self._probe is not None and self._probe.returncode is None:
-            self._probe.kill()
-            await self._probe.wait()
+        for probe in (self._probe, self._arp):
+            if probe is not None and probe.returncode is None:
+                probe.kill()
+                await probe.wait()
         for m in self._monitors:
             if m.returncode is None:
                 m.kill()
@@ -319,6 +336,13 @@ class NetnsLab:
     def holder_log(self) -> list[tuple[float, str, bool]]:
         return list(self._holder_log)
 
+    async def linked(self) -> bool:
+        try:
+            r = await self.helper("status")
+        except RuntimeError:
+            return False
+        return bool(r.get("linked"))
+
     # -- the client ------------------------------------------------------------------------------
 
     async def start_probe(self, seconds: float) -> None:
@@ -338,13 +362,20 @@ class NetnsLab:
             stdout=asyncio.subprocess.PIPE,
             env={**os.environ, "PYTHONPATH": str(REPO)},
         )
-        proc = self._probe
+        self._arp = await asyncio.create_subprocess_exec(
+            *("ip", "netns", "exec", self.ns["watch"], sys.executable, "-m", "agent.ha.drill"),
+            *("arpwatch", "eth0", ADDR["watch"], VIP, "--seconds", str(seconds), "--every", "0.01"),
+            cwd=REPO,
+            stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
 
-        async def read() -> bytes:
+        async def read(proc: asyncio.subprocess.Process) -> bytes:
             out, _ = await proc.communicate()
             return out
 
-        self._probe_task = asyncio.create_task(read())
+        self._probe_task = asyncio.create_task(read(self._probe))
+        self._arp_task = asyncio.create_task(read(self._arp))
         await asyncio.sleep(0.3)  # interpreter start-up
 
     async def probe_results(self) -> list[tuple[float, bool, str]]:
@@ -358,6 +389,19 @@ class NetnsLab:
             with contextlib.suppress(ValueError):
                 t, ok, who = json.loads(line)
                 rows.append((float(t), bool(ok), str(who)))
+        return rows
+
+    async def arp_results(self) -> list[tuple[float, list[str]]]:
+        if self._arp_task is None:
+            return []
+        async with asyncio.timeout(30):
+            out = await self._arp_task
+        self._arp_task = None
+        rows = []
+        for line in out.decode().splitlines():
+            with contextlib.suppress(ValueError):
+                t, macs = json.loads(line)
+                rows.append((float(t), [str(m) for m in macs]))
         return rows
 
     # -- faults --------------------------------------------------------------------------------
@@ -424,6 +468,9 @@ class NetnsLab:
             return "", 0
         return str(r["node"]), int(r["term"])
 
+    async def settle(self) -> None:
+        return None  # the agents' own logs, read as they are
+
     def agent_events(self, node: str) -> list[dict[str, Any]]:
         out = []
         path = self.tmp / f"agent-{node}.log"
@@ -440,8 +487,81 @@ class NetnsLab:
         except (OSError, ValueError):
             return ""
 
+    # -- faults from outside (lvs-events drill against the lab as a running pair) -------------
+
+    CONTROL_ACTIONS = ("kill", "start", "isolate", "heal", "etcd-stop", "etcd-start")
+
+    async def _control_action(self, action: str, node: str) -> None:
+        if node not in self.nodes:
+            raise ValueError(f"unknown node {node!r}")
+        fn = {
+            "kill": self.kill_agent,
+            "start": self.start_agent,
+            "isolate": self.isolate,
+            "heal": self.heal,
+            "etcd-stop": self.stop_etcd,
+            "etcd-start": self.start_etcd,
+        }.get(action)
+        if fn is None:
+            raise ValueError(f"unknown action {action!r}")
+        await fn(node)
+
+    @contextlib.asynccontextmanager
+    async def control(self) -> AsyncIterator[Path]:
+        """Serve the faults on a Unix socket while the context is open; yields its path."""
+        path = self.tmp / "control.sock"
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                action, node = (await reader.readline()).decode().split()
+                await self._control_action(action, node)
+                writer.write(b"ok\n")
+            except Exception as e:  # reported to the command, which exits 1
+                writer.write(f"error {e}\n".encode())
+            with contextlib.suppress(OSError):
+                await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_unix_server(handle, path=str(path))
+        try:
+            yield path
+        finally:
+            server.close()
+            await server.wait_closed()
+            path.unlink(missing_ok=True)
+
+    def operator_commands(self, control: Path) -> dict[str, str]:
+        """``lvs-events drill --KEY-command`` templates acting on this lab through ``control``."""
+        base = f"{sys.executable} -m agent.ha.lab ctl {control}"
+        return {a: f"{base} {a} {{node}}" for a in self.CONTROL_ACTIONS}
+
     def log_tail(self, key: str, lines: int = 30) -> str:
         try:
             return "\n".join((self.tmp / f"{key}.log").read_text(errors="replace").splitlines()[-lines:])
         except OSError as e:
             return str(e)
+
+
+def _ctl(path: str, action: str, node: str) -> int:
+    """``python -m agent.ha.lab ctl SOCKET ACTION NODE``: ask the lab's control socket."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(120)
+        s.connect(path)
+        s.sendall(f"{action} {node}\n".encode())
+        reply = s.makefile().readline().strip()
+    if reply != "ok":
+        print(f"lab control {action} {node}: {reply or 'no answer'}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 4 or args[0] != "ctl":
+        print("usage: python -m agent.ha.lab ctl SOCKET ACTION NODE", file=sys.stderr)
+        return 2
+    return _ctl(args[1], args[2], args[3])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,6 +6,9 @@ Observed through the coordinators only:
   20 ms (the VIP holder log is built from the changes seen; the leader agent reports itself and
   what its peer last told it);
 * the applied table digests from ``GetState`` (each node's ``TableApplied``);
+* ``detect``: the wall time of the new term's Leadership ACQUIRED event (read from the log),
+  which the coordinator stamps as it builds the takeover transaction the standby asked for;
+  ``elect``: when the new leader was first seen in etcd by the poll;
 * a client probe from this host to ``--vip HOST:PORT`` (every 20 ms, 200 ms per attempt, for a
   bounded time). A service that does not answer with its node name is credited to the node that
   held the VIP when the connection succeeded;
@@ -26,8 +29,9 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from agent.ha.drill import _helper
+from agent.ha.drill import LINKED_WITHIN, _helper
 from lvs_events.client import CoordinatorClient
+from lvs_events.domain.events import LeadershipChange
 from lvs_events.leadership import HaStatus, ha_status
 
 __all__ = ["SCENARIO_COMMANDS", "RunningPair", "missing_commands", "probe"]
@@ -97,6 +101,9 @@ class RunningPair:
         self._tasks: list[asyncio.Task[None]] = []
         self._probe: asyncio.Task[list[tuple[float, bool, str]]] | None = None
         self._client: CoordinatorClient | None = None
+        self._head = 0
+        self._linked = False
+        self._elections: dict[str, list[dict[str, Any]]] = {}
 
     async def __aenter__(self) -> RunningPair:
         self._client = CoordinatorClient(self.endpoints, timeout=self.timeout)
@@ -131,6 +138,8 @@ class RunningPair:
         self.nodes = (names[0], names[1])
         self._observe(st)
         await self._refresh_digests()
+        assert self._client is not None
+        self._head = (await self._client.get_state(0, within=self.timeout)).head_revision
 
     # -- observation -----------------------------------------------------------------------------
 
@@ -144,10 +153,32 @@ class RunningPair:
                     {"event": "ha.role", "role": "active", "at": now, "term": leader[1]}
                 )
             self._leader = leader
+        peer = st.nodes[1] if len(st.nodes) == 2 else None
+        self._linked = peer is not None and peer.role == "standby" and peer.seen_ago < LINKED_WITHIN
         for n in st.nodes:  # only when the leader agent answered: otherwise unknown, kept as is
             if self._holders.get(n.node) != n.vips:
                 self._holders[n.node] = n.vips
                 self._holder_log.append((now, n.node, n.vips))
+
+    async def settle(self) -> None:
+        """Each election since the pair was first seen, as the agent's own ``ha.election`` record
+        would say it (the drill's ``detect``): the ACQUIRED event's wall time, stamped by the
+        coordinator. Read when the report is made, through a fresh client that gives up on a
+        partitioned coordinator within a second (a followed stream could hang on it)."""
+        rows = await self.helper("log", str(self._head + 1))
+        elections: dict[str, list[dict[str, Any]]] = {}
+        for e in rows:
+            if e.get("kind") == "leadership" and e.get("change") == LeadershipChange.ACQUIRED.value:
+                op = (str(e.get("reason", "")).split() or [""])[0]
+                elections.setdefault(str(e["node"]), []).append(
+                    {
+                        "event": "ha.election",
+                        "op": op if op in ("campaign", "takeover") else "takeover",
+                        "at": float(e["wall_time"]),
+                        "term": int(e["term"]),
+                    }
+                )
+        self._elections = elections
 
     async def _poll_ha(self) -> None:
         while True:
@@ -176,8 +207,11 @@ class RunningPair:
     def holder_log(self) -> list[tuple[float, str, bool]]:
         return list(self._holder_log)
 
+    async def linked(self) -> bool:
+        return self._linked
+
     def agent_events(self, node: str) -> list[dict[str, Any]]:
-        return list(self._events.get(node, []))
+        return self._events.get(node, []) + self._elections.get(node, [])
 
     def applied_digest(self, node: str) -> str:
         return self._digests.get(node, "")
@@ -196,6 +230,9 @@ class RunningPair:
             who = said if said in self.nodes else (self._holder_at(t) if ok else "")
             out.append((t, ok, who))
         return out
+
+    async def arp_results(self) -> list[tuple[float, list[str]]]:
+        return []  # the pair's link is not watched from here: two_arp_answers stays None
 
     def _holder_at(self, t: float) -> str:
         held: set[str] = set()

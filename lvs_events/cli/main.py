@@ -433,6 +433,8 @@ def _drill_text(r: DrillReport, i: int) -> str:
         f"  failed connections {r.failed_connections} of {r.attempts}  two holders {_yes(r.two_holders)}  "
         f"fenced refused {_yes(r.fenced_refused)}  digests equal {_yes(r.digests_equal)}",
     ]
+    if r.two_arp_answers is not None:
+        lines.append(f"  two ARP answers {_yes(r.two_arp_answers)} ({r.arp_requests} requests)")
     lines += [f"  note: {n}" for n in r.notes]
     return "\n".join(lines) + "\n"
 
@@ -492,7 +494,7 @@ async def _drill(client: CoordinatorClient, args: argparse.Namespace) -> int:
             raise LvsEventsError(str(e)) from e
 
     firsts = [r.first_connection for r in reports if r.first_connection is not None]
-    bad = [r for r in reports if r.two_holders or not r.digests_equal]
+    bad = [r for r in reports if r.two_holders or r.two_arp_answers or not r.digests_equal]
     summary = {
         "summary": args.scenario,
         "runs": args.runs,
@@ -501,6 +503,7 @@ async def _drill(client: CoordinatorClient, args: argparse.Namespace) -> int:
         "first_connection_p99": _pct(firsts, 0.99),
         "failed_connections": sum(r.failed_connections for r in reports),
         "two_holders_runs": sum(1 for r in reports if r.two_holders),
+        "two_arp_answers_runs": sum(1 for r in reports if r.two_arp_answers),
         "unequal_digests_runs": sum(1 for r in reports if not r.digests_equal),
     }
     if args.output == "json":

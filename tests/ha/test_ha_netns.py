@@ -37,6 +37,9 @@ async def lab() -> AsyncIterator[NetnsLab]:
 
 def common(r: DrillReport) -> None:
     assert not r.two_holders, r.to_json()
+    # the observer on the link asked for the VIP all along; no request had two answers
+    assert r.arp_requests > 0, r.to_json()
+    assert r.two_arp_answers is False, r.to_json()
     assert r.digests_equal, r.to_json()
     assert r.new_active, r.to_json()
 
