@@ -121,6 +121,8 @@ class HaState:
     acked_term: int = 0  # what we acknowledged in reply to the peer's last heartbeat
     acked_at: float = NEVER  # when we last acknowledged an active peer's term
     since: float = 0.0  # when this node started: a peer never heard from is silent from here
+    last_tick: float = NEVER
+    awake_since: float = NEVER  # the first tick after a stall of ours (see peer_silent)
     reason: str = ""  # why the last role change happened (status, logs)
     changed_at: float = 0.0
 
@@ -313,8 +315,10 @@ def authority_until(s: HaState, t: HaTiming) -> float:
 
 
 def peer_silent(s: HaState, now: float, t: HaTiming) -> bool:
+    """Silent for ``silence`` of our own running time: a stall of ours (no tick for a while, the
+    host starved of CPU) restarts the count, since what the peer sent meanwhile is still queued."""
     last = s.since if s.peer is None else s.peer.seen_at
-    return now - last >= t.silence
+    return now - max(last, s.awake_since) >= t.silence
 
 
 def ack_for(s: HaState, role: str, term: int) -> int:
@@ -493,6 +497,10 @@ def step(s: HaState, inp: Input, t: HaTiming) -> tuple[HaState, list[Action]]:  
 
 
 def _tick(s: HaState, now: float, t: HaTiming) -> tuple[HaState, list[Action]]:
+    # a gap this long lets the peer's last heartbeat before it look older than `silence` when we
+    # resume, before the heartbeats queued meanwhile are read
+    stalled = s.last_tick != NEVER and now - s.last_tick > t.silence - t.heartbeat_interval
+    s = replace(s, last_tick=now, awake_since=now if stalled else s.awake_since)
     if s.silent and now >= s.silent_until:  # the linger after a switchover is over
         s = replace(s, silent=False, silent_until=NEVER)
         s, out = _tick_role(s, now, t)

@@ -328,8 +328,14 @@ class HaRunner:
 
     async def _ticker(self) -> None:
         period = min(0.02, self.timing.heartbeat_interval / 2)
+        stall = self.timing.silence - self.timing.heartbeat_interval
+        last = time.monotonic()
         while True:
-            self.feed(m.Tick(time.monotonic()))
+            now = time.monotonic()
+            if now - last > stall:  # the machine restarts the peer's silence count (peer_silent)
+                self.log.warning("ha.stalled", seconds=round(now - last, 3))
+            last = now
+            self.feed(m.Tick(now))
             await asyncio.sleep(period)
 
     async def _vip_worker(self) -> None:

@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 
 from agent.ha.machine import (
+    Action,
     AddVips,
     Campaign,
     ElectionFailed,
@@ -51,6 +52,16 @@ def kinds(actions: Sequence[object]) -> list[str]:
     return [type(a).__name__ for a in actions]
 
 
+def ticks(s: HaState, start: float, end: float) -> tuple[HaState, list[Action]]:
+    """Tick every 20 ms from ``start`` to ``end`` (as the runner does), all actions."""
+    out: list[Action] = []
+    n = max(0, round((end - start) / 0.02))
+    for i in range(n + 1):
+        s, acts = step(s, Tick(start + (end - start) * i / max(1, n)), T)
+        out += acts
+    return s, out
+
+
 def active(node: str = "a", term: int = 3, now: float = 10.0) -> HaState:
     s = HaState(node, leader=None, leader_term=2)
     s, acts = step(s, Tick(now), T)
@@ -82,7 +93,7 @@ def test_standby_waits_while_peer_talks_then_takes_over_and_waits_authority() ->
     s, _ = step(s, PeerSeen(10.0, "a", "active", 3), T)
     s, acts = step(s, Tick(10.1), T)
     assert acts == []  # heard 0.1 s ago, silence is 0.2 s
-    s, acts = step(s, Tick(10.25), T)
+    s, acts = ticks(s, 10.12, 10.25)
     assert acts == [Takeover(3)]
     s2, _ = step(s, PeerSeen(10.26, "a", "active", 3, reply=True), T)
     assert s2.acked_term == 0  # no acknowledgement while the takeover is in flight
@@ -278,7 +289,7 @@ def test_a_lost_answer_that_won_is_adopted() -> None:
     s, acts = step(s, Tick(1.0), T)
     assert acts == [Takeover(3)]
     s, _ = step(s, ElectionFailed(1.2, "takeover", "deadline"), T)  # it did land, though
-    s, acts = step(s, Tick(1.3), T)
+    s, acts = ticks(s, 1.02, 1.3)
     assert acts == [Takeover(3)]
     s, _ = step(s, ElectionResult(1.31, "takeover", False, 4, 77, "b", 4, sent_at=1.3), T)
     assert s.role is Role.ACTIVE
@@ -433,7 +444,7 @@ def test_back_from_a_partition_no_takeover_of_a_leader_never_heard() -> None:
     a, acts = step(a, Tick(15.01), T)
     assert acts == []  # the peer was last heard 5 s ago, as a standby
     a, _ = step(a, PeerSeen(15.3, "b", "active", 4), T)  # the link is back
-    a, acts = step(a, Tick(15.31 + T.silence), T)
+    a, acts = ticks(a, 15.03, 15.31 + T.silence)
     assert acts == [Takeover(4)]  # heard active, then silent: a takeover as always
 
 
@@ -456,3 +467,16 @@ def test_a_fault_whose_term_etcd_still_holds_waits_for_its_keepalive() -> None:
     assert a.role is Role.FAULT
     a, acts = step(a, Tick(11.01), T)
     assert acts == [KeepAlive(3, 99)]
+
+
+def test_a_stall_of_our_own_is_not_the_peer_s_silence() -> None:
+    """No tick for 0.3 s (the host starved us of CPU): the peer's heartbeats sent meanwhile are
+    still queued, so its silence counts from our first tick after the stall."""
+    b = HaState("b", leader="a", leader_term=3)
+    b, _ = step(b, PeerSeen(10.0, "a", "active", 3), T)
+    b, acts = ticks(b, 10.0, 10.1)
+    assert acts == []
+    b, acts = step(b, Tick(10.4), T)  # 0.3 s later
+    assert acts == []
+    b, acts = ticks(b, 10.42, 10.41 + T.silence)
+    assert acts == [Takeover(3)]  # still nothing heard: silent for `silence` of our running time
