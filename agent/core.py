@@ -27,17 +27,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from lvs_events.client import Snapshot
-from lvs_events.domain.config import Config
 from lvs_events.domain.events import Event, TableApplied
-from lvs_events.domain.render import (
-    expiring_virtuals,
-    render,
-    render_changed,
-    touched_virtuals,
-    virtual_positions,
-)
-from lvs_events.domain.state import State, fold
-from lvs_events.domain.table import Service, Table, digest_of_parts, service_digest_part
+from lvs_events.domain.render import TableRenderer, expiring_reals, touched_reals, virtual_positions
+from lvs_events.domain.state import RealKey, State, fold
+from lvs_events.domain.table import DestChanges, Service, ServiceChanges, Table, digest_of_parts
 
 __all__ = ["ApplyCore", "Policy", "Ready"]
 
@@ -108,13 +101,13 @@ class ApplyCore:
         self._desired = Table()
         self._desired_digest: str | _LazyDigest = ""
         # the incremental render: valid while the config object stays the same
-        self._rendered_config: Config | None = None
+        self._renderer: TableRenderer | None = None
         self._rendered_clock = 0.0
         self._positions: dict[str, tuple[int, ...]] = {}
-        self._touched: set[str] | None = None  # virtuals touched since the last render; None: all
-        self._parts: dict[str, bytes] = {}  # per-service canonical JSON, for the digest
-        self._order: list[str] = []  # their keys, sorted (the digest's order)
+        self._touched: set[RealKey] | None = None  # (virtual, real) touched since the last render; None: all
         self._unapplied: set[str] | None = None  # services that may differ from _applied; None: all
+        # ... and in those, the destinations that may differ (by service key; absent: unknown)
+        self._unapplied_dests: dict[str, set[str]] = {}
         # applied
         self._applied: Table | None = None  # None: the dataplane's content is unknown
         self._applied_digest = ""
@@ -144,7 +137,7 @@ class ApplyCore:
         self.state = fold(self.state, item)
         if self.state.revision != before:
             self.events_folded += 1
-            touched = touched_virtuals(item)
+            touched = touched_reals(item)
             if touched is None:
                 self._touched = None
             elif self._touched is not None:
@@ -187,7 +180,7 @@ class ApplyCore:
         reconcile = (table_changed and self._retry_at is None) or retry_due or resync_due
         changed = None
         if reconcile and not (retry_due or resync_due) and self._unapplied:
-            changed = self._changed_services(self._unapplied) or None
+            changed = self._changed_services(self._unapplied)
         persist = s.revision > self._persisted_revision and (
             self._persisted_at is None or now - self._persisted_at >= self._persist_every()
         )
@@ -210,52 +203,55 @@ class ApplyCore:
         return None if ready.empty else ready
 
     def _render(self, s: State) -> None:
-        """Render the table at ``s``: only the virtual services touched since the last render
-        when the config object is the same (and no leader change or snapshot intervened)."""
-        incremental = (
-            self._touched is not None
-            and self._rendered_revision >= 0
-            and s.config is self._rendered_config
-            and len(self._parts) == len(self._desired.services)
-        )
-        if incremental:
-            assert self._touched is not None
-            keys = self._touched | expiring_virtuals(s, self._rendered_clock, s.clock)
-            if keys:
-                self._desired = render_changed(s, self._desired, keys, self._positions)
-                # a new dict (a C-level copy): an earlier Ready's lazy digest keeps its own parts
-                parts = self._parts = dict(self._parts)
-                for key in keys:
-                    for i in self._positions.get(key, ()):
-                        parts[key] = service_digest_part(self._desired.services[i])
-                order = self._order
-                self._desired_digest = _LazyDigest(lambda: digest_of_parts(parts[k] for k in order))
+        """Render the table at ``s``: only the real servers touched since the last render when the
+        config object is the same (and no leader change or snapshot intervened), else all."""
+        r = self._renderer
+        if self._touched is not None and r is not None and s.config is r.config:
+            reals = self._touched | expiring_reals(s, self._rendered_clock, s.clock)
+            changed = r.update(s, reals) if reals else {}
+            if changed:
+                self._desired = r.table
+                parts = r.digest_parts()  # hashed after the kernel's ack, if asked for
+                self._desired_digest = _LazyDigest(lambda: digest_of_parts(parts))
                 if self._unapplied is not None:
-                    self._unapplied.update(keys)
+                    for i, dest_keys in changed.items():
+                        key = r.table.services[i].key
+                        if key not in self._unapplied:
+                            self._unapplied.add(key)
+                            self._unapplied_dests[key] = set(dest_keys)
+                        elif key in self._unapplied_dests:
+                            self._unapplied_dests[key].update(dest_keys)
         else:
-            desired = render(s)
+            r = self._renderer = TableRenderer(s)
+            desired = r.table
             if desired != self._desired or not self._desired_digest:
                 self._desired = desired
-                self._parts = {sv.key: service_digest_part(sv) for sv in desired.services}
-                self._order = sorted(self._parts)
-                self._desired_digest = desired.digest()
+                self._desired_digest = r.digest()
                 self._unapplied = None  # which services differ from the applied table: unknown
+                self._unapplied_dests = {}
             self._positions = virtual_positions(s.config)
-        self._rendered_config = s.config
         self._rendered_clock = s.clock
         self._rendered_revision = s.revision
         self._touched = set()
 
-    def _changed_services(self, keys: set[str]) -> dict[str, Service | None] | None:
+    def _changed_services(self, keys: set[str]) -> ServiceChanges | None:
+        """The services to reconcile, each with its destinations that changed since the table
+        last applied (a delta on that table's service object, which the dataplane holds)."""
         out: dict[str, Service | None] = {}
+        deltas: dict[str, DestChanges] = {}
+        r, applied = self._renderer, self._applied
         for key in keys:
             at = self._positions.get(key, ())
             if not at:
                 continue  # not a virtual service of this config: nothing to apply
             if len(at) > 1:
                 return None  # a key the config has twice: the whole table
-            out[key] = self._desired.services[at[0]]
-        return out
+            i = at[0]
+            out[key] = self._desired.services[i]
+            dest_keys = self._unapplied_dests.get(key)
+            if dest_keys is not None and r is not None and applied is not None and i < len(applied.services):
+                deltas[key] = DestChanges(applied.services[i], {dk: r.dest(i, dk) for dk in dest_keys})
+        return ServiceChanges(out, deltas) if out else None
 
     def _publish_decision(self, now: float, *, caught_up: bool, reconciling: bool) -> TableApplied | None:
         # The digest the dataplane will hold after this Ready: the desired one if we reconcile now.
@@ -310,11 +306,13 @@ class ApplyCore:
                 self._retry_at = None
                 # from now on a change of a few services is applied as just those services
                 self._unapplied = set() if ready.desired is self._desired else None
+                self._unapplied_dests = {}
             else:  # the dataplane does not hold what we asked for: try again later
                 self._applied = None
                 self._applied_digest = actual_digest or ""
                 self._retry_at = now + self.policy.retry_after
                 self._unapplied = None
+                self._unapplied_dests = {}
             self._reconciled_at = now
         if ready.persist:
             self._persisted_revision = max(self._persisted_revision, ready.revision)
@@ -329,6 +327,7 @@ class ApplyCore:
         self._applied = None
         self._applied_digest = ""
         self._unapplied = None
+        self._unapplied_dests = {}
         self._reconciled_at = now
         self._retry_at = now + self.policy.retry_after
 

@@ -17,14 +17,17 @@ except for firewall-mark services), a persistence netmask equal to the default (
 ``128``) or without persistence is none, scheduler flags go by the names the kernel's bits read
 back as (``flag-1`` under ``sh`` is ``sh-fallback``).
 
-:func:`render_changed` re-renders only the virtual services an event touched
-(:func:`touched_virtuals`, :func:`expiring_virtuals`): the agent's per-event path.
+:class:`TableRenderer` keeps ``render(state)`` up to date per real server: it re-renders only
+the real servers an event touched (:func:`touched_reals`, :func:`expiring_reals`) and patches their
+services and the digest's canonical JSON, so one event costs O(1) in Python whatever the size of
+its service (the agent's per-event path; a virtual service may hold 10,000 real servers).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+import operator
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from lvs_events.domain.config import Config, Family, Forwarding, Protocol, RealServer, VirtualService
@@ -37,8 +40,15 @@ from lvs_events.domain.events import (
     RealServerHealth,
 )
 from lvs_events.domain.ipvsadm_save import SCHED_FLAG_BITS, sched_flag_bits, sched_flag_names
-from lvs_events.domain.state import State, effective_health
-from lvs_events.domain.table import Dest, Service, Table
+from lvs_events.domain.state import RealKey, State, effective_health
+from lvs_events.domain.table import (
+    Dest,
+    Service,
+    Table,
+    dest_digest_part,
+    digest_of_parts,
+    service_digest_frame,
+)
 
 
 def render(state: State) -> Table:
@@ -65,6 +75,10 @@ def render_virtual(state: State, cfg: Config, v: VirtualService) -> Service:
             fd = _dest(v, fb, fb.weight)
             if fd.key not in seen:
                 dests.append(fd)
+    return _service(v, tuple(dests))
+
+
+def _service(v: VirtualService, dests: tuple[Dest, ...]) -> Service:
     persistent = v.persistent
     return Service(
         protocol=v.protocol,
@@ -77,7 +91,7 @@ def render_virtual(state: State, cfg: Config, v: VirtualService) -> Service:
         netmask=None if persistent is None else normalized_netmask(v.family, v.netmask),
         ops=v.ops,
         schedflags=kernel_schedflags(v.scheduler, v.schedflags),
-        dests=tuple(dests),
+        dests=dests,
     )
 
 
@@ -92,53 +106,241 @@ def virtual_positions(cfg: Config | None) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def render_changed(
-    state: State,
-    prev: Table,
-    virtual_keys: Iterable[str],
-    positions: Mapping[str, tuple[int, ...]] | None = None,
-) -> Table:
-    """``render(state)``, re-rendering only the virtual services named in ``virtual_keys``.
-
-    ``prev`` must be the render of an earlier state with the *same* ``state.config`` object, and
-    ``virtual_keys`` must name every virtual service whose rendering may differ since then (see
-    :func:`touched_virtuals` and :func:`expiring_virtuals`); every other service of ``prev`` is
-    kept as it is (the same object). ``positions``: :func:`virtual_positions` of the config,
-    computed once per config by the caller, so the work is O(changed), not O(table).
-    """
-    cfg = state.config
-    if cfg is None:
-        return Table()
-    if positions is None:
-        positions = virtual_positions(cfg)
-    services = list(prev.services)
-    if len(services) != len(cfg.virtuals):
-        raise ValueError("render_changed: prev is not a render of this config")
-    for key in virtual_keys:
-        for i in positions.get(key, ()):
-            services[i] = render_virtual(state, cfg, cfg.virtuals[i])
-    return Table(tuple(services))
-
-
-def touched_virtuals(event: Event) -> frozenset[str] | None:
-    """The virtual services whose rendering ``event`` may change; None: any (config, leader).
+def touched_reals(event: Event) -> frozenset[RealKey] | None:
+    """The (virtual, real) pairs whose rendering ``event`` may change; None: any (config, leader).
 
     The clock an event advances can also end an operator's timed override elsewhere: see
-    :func:`expiring_virtuals`.
+    :func:`expiring_reals`.
     """
     p = event.payload
     if isinstance(p, (RealServerHealth, AdminOverride)):
-        return frozenset((p.virtual,))
+        return frozenset(((p.virtual, p.real),))
     if isinstance(p, (ConfigApplied, Leadership)):
         return None
     return frozenset()
 
 
-def expiring_virtuals(state: State, after: float, until: float) -> set[str]:
-    """Virtual services with an operator override that expires in ``(after, until]``."""
-    if until <= after:
+def expiring_reals(state: State, after: float, until: float) -> set[RealKey]:
+    """The (virtual, real) pairs with an operator override that expires in ``(after, until]``."""
+    if until <= after or not state.overrides:
         return set()
-    return {vk for (vk, _rk), ov in state.overrides.items() if after < ov.expires_at <= until}
+    return {key for key, ov in state.overrides.items() if after < ov.expires_at <= until}
+
+
+class TableRenderer:
+    """``render(state)``, kept up to date per real server (the agent's per-event path).
+
+    Built from a state (a full render, plus the canonical JSON of every destination); then
+    :meth:`update` re-renders only the real servers named, for a later state with the *same*
+    config object, and patches their services: ``table`` and :meth:`digest` always equal
+    ``render(state)`` and ``render(state).digest()`` (property-tested against the plain render).
+    The caller names every real server whose rendering may differ since the last update: each
+    event's :func:`touched_reals` and the :func:`expiring_reals` of the clock's advance; anything
+    else (a new config, a leader change, a snapshot) means a new renderer.
+
+    An update costs O(real servers named) in Python, plus copies at C speed of its services'
+    destination tuples and JSON. The destinations of the real servers that did not change stay
+    the same objects, so a diff against the table applied before (``table.changed_dests``) looks
+    only at those that did.
+    """
+
+    __slots__ = ("_order", "_parts", "_positions", "_virtuals", "config", "table")
+
+    def __init__(self, state: State) -> None:
+        cfg = self.config = state.config
+        self._virtuals = [_VirtualRenderer(state, cfg, v) for v in cfg.virtuals] if cfg is not None else []
+        self._positions = virtual_positions(cfg)
+        self.table = Table(tuple(vr.service for vr in self._virtuals))
+        self._parts = [vr.part for vr in self._virtuals]
+        # the digest's order: by key (a stable sort: a key the config has twice, by position)
+        self._order = sorted(range(len(self._virtuals)), key=lambda i: self._virtuals[i].key)
+
+    def update(self, state: State, reals: Iterable[RealKey]) -> dict[int, set[str]]:
+        """Re-render the real servers ``reals`` (virtual key, real key) at ``state``. Returns, for
+        each service that changed (by position: ``table.services[i]`` is then a new object), the
+        keys of the destinations that may differ from before (see :meth:`dest`); every other
+        destination is the very same object. Pairs naming no configured real server change nothing."""
+        if state.config is not self.config:
+            raise ValueError("TableRenderer.update: another config (build a new renderer)")
+        by_virtual: dict[str, list[str]] = {}
+        for vk, rk in reals:
+            by_virtual.setdefault(vk, []).append(rk)
+        changed: dict[int, set[str]] = {}
+        for vk, rks in by_virtual.items():
+            for i in self._positions.get(vk, ()):
+                keys = self._virtuals[i].update(state, rks)
+                if keys:
+                    changed[i] = keys
+        if changed:
+            services = list(self.table.services)
+            parts = list(self._parts)  # a new list: parts handed out earlier stay as they were
+            for i in changed:
+                services[i] = self._virtuals[i].service
+                parts[i] = self._virtuals[i].part
+            self.table = Table(tuple(services))
+            self._parts = parts
+        return changed
+
+    def dest(self, position: int, key: str) -> Dest | None:
+        """The destination with this key in the service at ``position`` (None: not there)."""
+        return self._virtuals[position].dest(key)
+
+    def digest_parts(self) -> list[bytes]:
+        """Each service's canonical JSON in the digest's order (``digest_of_parts`` of it is
+        :meth:`digest`); a new list of immutable parts, so hashing it later is safe."""
+        parts = self._parts
+        return [parts[i] for i in self._order]
+
+    def digest(self) -> str:
+        return digest_of_parts(self.digest_parts())
+
+
+def _counts(d: Dest | None) -> int:
+    """1 when ``d`` is in the table with a weight above 0 (it keeps the fallback out)."""
+    return 1 if d is not None and d.weight > 0 else 0
+
+
+class _VirtualRenderer:
+    """One virtual service of a :class:`TableRenderer`: :func:`render_virtual`, per real server.
+
+    Per real server (by position in ``v.reals``): its rendering (``raw``) and whether it is the one
+    that enters the table (``eff``): two real servers that make the same destination (same address,
+    and the port direct routing forces) enter once, the first present one wins, as in
+    ``render_virtual``. The service's destinations are the winners in config order, then the
+    fallback while no winner has a weight above 0 (``positive`` counts them) and no winner holds the
+    fallback's address. The digest's JSON is kept as one part per destination key, in key order
+    (empty: no destination there), between the service's fixed prefix and suffix.
+    """
+
+    __slots__ = (
+        "by_real",
+        "dest_keys",
+        "eff",
+        "fb",
+        "fb_on",
+        "fb_part",
+        "fb_slot",
+        "groups",
+        "key",
+        "part",
+        "parts",
+        "positive",
+        "prefix",
+        "quiescent",
+        "raw",
+        "service",
+        "slots",
+        "suffix",
+        "template",
+        "v",
+    )
+
+    def __init__(self, state: State, cfg: Config, v: VirtualService) -> None:
+        self.v = v
+        self.key = vkey = v.key
+        quiescent = self.quiescent = cfg.globals.quiescent if v.quiescent is None else v.quiescent
+        self.by_real: dict[str, list[int]] = {}
+        self.groups: dict[str, list[int]] = {}  # destination key -> the reals that make it
+        self.dest_keys: list[str] = []
+        self.raw: list[Dest | None] = []
+        self.eff: list[Dest | None] = []
+        for i, r in enumerate(v.reals):
+            self.by_real.setdefault(r.key, []).append(i)
+            d = _render_real(state, v, r, quiescent, vkey)
+            dk = _dest(v, r, 0).key
+            self.dest_keys.append(dk)
+            group = self.groups.setdefault(dk, [])
+            won = not any(self.raw[j] is not None for j in group)
+            group.append(i)
+            self.raw.append(d)
+            self.eff.append(d if won else None)
+        self.positive = sum(1 for d in self.eff if d is not None and d.weight > 0)
+        fb = fallback_for(cfg, v)
+        self.fb = None if fb is None else _dest(v, fb, fb.weight)
+        self.template = _service(v, ())
+        self.prefix, self.suffix = service_digest_frame(self.template)
+        keys = sorted({*self.groups, *(() if self.fb is None else (self.fb.key,))})
+        self.slots = {k: n for n, k in enumerate(keys)}
+        self.parts = [b""] * len(keys)
+        for d in self.eff:
+            if d is not None:
+                self.parts[self.slots[d.key]] = dest_digest_part(d)
+        self.fb_slot = -1 if self.fb is None else self.slots[self.fb.key]
+        self.fb_part = b"" if self.fb is None else dest_digest_part(self.fb)
+        self.fb_on = self._fallback_active()
+        self._fallback_part()
+        self.service = self.template
+        self.part = b""
+        self._build()
+
+    def update(self, state: State, reals: Iterable[str]) -> set[str]:
+        """Re-render the real servers with these keys; returns the keys of the destinations that
+        may have changed (empty: the service is the same object)."""
+        v, raw = self.v, self.raw
+        dirty: set[str] = set()
+        for rk in reals:
+            for i in self.by_real.get(rk, ()):
+                d = _render_real(state, v, v.reals[i], self.quiescent, self.key)
+                if d != raw[i]:  # an equal rendering keeps its object (and the table its service)
+                    raw[i] = d
+                    dirty.add(self.dest_keys[i])
+        if not dirty:
+            return dirty
+        eff, parts = self.eff, self.parts
+        for dk in dirty:
+            group = self.groups[dk]
+            winner = next((j for j in group if raw[j] is not None), -1)
+            for j in group:
+                new = raw[j] if j == winner else None
+                old = eff[j]
+                if new is not old:
+                    self.positive += _counts(new) - _counts(old)
+                    eff[j] = new
+            w = raw[winner] if winner >= 0 else None
+            parts[self.slots[dk]] = b"" if w is None else dest_digest_part(w)
+        fb_on = self._fallback_active()
+        if fb_on != self.fb_on:
+            self.fb_on = fb_on
+            assert self.fb is not None
+            dirty.add(self.fb.key)
+        self._fallback_part()
+        return dirty if self._build() else set()
+
+    def dest(self, key: str) -> Dest | None:
+        for j in self.groups.get(key, ()):
+            if self.eff[j] is not None:
+                return self.eff[j]
+        fb = self.fb
+        return fb if fb is not None and self.fb_on and fb.key == key else None
+
+    def _fallback_active(self) -> bool:
+        fb = self.fb
+        if fb is None or self.positive:
+            return False
+        return not any(self.eff[j] is not None for j in self.groups.get(fb.key, ()))
+
+    def _fallback_part(self) -> None:
+        """The fallback's digest part, when no real server holds its destination key."""
+        fb = self.fb
+        if fb is None or any(self.eff[j] is not None for j in self.groups.get(fb.key, ())):
+            return
+        self.parts[self.fb_slot] = self.fb_part if self.fb_on else b""
+
+    def _build(self) -> bool:
+        """The service and its digest part from the slots; False (and nothing replaced) when its
+        destinations are the same as before."""
+        # filter(None, ...): a Dest is always true (a dataclass without __bool__ or __len__), and
+        # an empty part stands for no destination; both scans run at C speed
+        dests = tuple(filter(None, self.eff))
+        if self.fb_on:
+            assert self.fb is not None
+            dests += (self.fb,)
+        old = self.service.dests
+        if self.part and len(dests) == len(old) and all(map(operator.is_, dests, old)):  # C speed
+            return False  # the very same destinations (an equal one from another real is a change)
+        self.service = replace(self.template, dests=dests)
+        self.part = b"".join((self.prefix, b",".join(filter(None, self.parts)), self.suffix))
+        return True
 
 
 # --- what the kernel gives back --------------------------------------------------------------------

@@ -91,18 +91,20 @@ def service_json(s: Service) -> dict[str, object]:
         "netmask": s.netmask,
         "ops": s.ops,
         "schedflags": list(s.schedflags),
-        "dests": [
-            {
-                "dest": d.key,
-                "address": d.address,
-                "port": d.port,
-                "forward": d.forwarding.value,
-                "weight": d.weight,
-                "l_threshold": d.lower_threshold,
-                "u_threshold": d.upper_threshold,
-            }
-            for d in sorted(s.dests, key=lambda d: d.key)
-        ],
+        "dests": [dest_json(d) for d in sorted(s.dests, key=lambda d: d.key)],
+    }
+
+
+def dest_json(d: Dest) -> dict[str, object]:
+    """One destination's element of :func:`service_json`."""
+    return {
+        "dest": d.key,
+        "address": d.address,
+        "port": d.port,
+        "forward": d.forwarding.value,
+        "weight": d.weight,
+        "l_threshold": d.lower_threshold,
+        "u_threshold": d.upper_threshold,
     }
 
 
@@ -111,10 +113,36 @@ def service_digest_part(s: Service) -> bytes:
     return json.dumps(service_json(s), sort_keys=True, separators=(",", ":")).encode()
 
 
+def dest_digest_part(d: Dest) -> bytes:
+    """One destination's canonical JSON, as it appears inside :func:`service_digest_part`."""
+    return json.dumps(dest_json(d), sort_keys=True, separators=(",", ":")).encode()
+
+
+_DESTS_KEY = b'"dests":['
+
+
+def service_digest_frame(s: Service) -> tuple[bytes, bytes]:
+    """The canonical JSON of ``s`` around its destinations: ``service_digest_part(s)`` is
+    ``prefix + b",".join(dest_digest_part(d) for d in dests by key) + suffix``, so a caller that
+    keeps one part per destination re-encodes only the destinations that changed."""
+    empty = service_digest_part(replace(s, dests=()))
+    # The first occurrence is the key: inside a JSON string every '"' is escaped, so '"dests":['
+    # cannot occur there (and "address", the only key before it, is a string or null).
+    at = empty.index(_DESTS_KEY + b"]") + len(_DESTS_KEY)
+    return empty[:at], empty[at:]
+
+
 def digest_of_parts(parts: Iterable[bytes]) -> str:
     """:meth:`Table.digest` from :func:`service_digest_part` of each service, in key order (a
-    caller that keeps the parts re-encodes only the services that changed)."""
-    return hashlib.sha256(b"[" + b",".join(parts) + b"]").hexdigest()
+    caller that keeps the parts re-encodes only the services that changed). The parts are hashed
+    as they are, not copied into one text (a service of 10,000 destinations is a megabyte)."""
+    h = hashlib.sha256(b"[")
+    for i, part in enumerate(parts):
+        if i:
+            h.update(b",")
+        h.update(part)
+    h.update(b"]")
+    return h.hexdigest()
 
 
 def table_from_json(data: Iterable[dict[str, object]]) -> Table:
@@ -188,6 +216,41 @@ class Op:
         return f"{self.kind} {self.service.key} -> {self.dest.key} w={self.dest.weight}"
 
 
+@dataclass(frozen=True, slots=True)
+class DestChanges:
+    """A service as a change of an earlier one, ``base`` (same attributes): the destinations with
+    these keys are now the ones given (None: not there), every other destination is the same."""
+
+    base: Service
+    dests: Mapping[str, Dest | None]
+
+
+class ServiceChanges(dict[str, Service | None]):
+    """Services to reconcile by key (``None``: the service must not exist), with, for some, how
+    each differs from the service the dataplane was last verified to hold (``deltas``, by key): a
+    dataplane that knows it still holds exactly that ``base`` object applies just those
+    destinations, O(changes) for a service of 10,000; any other dataplane reads a plain mapping."""
+
+    __slots__ = ("deltas",)
+
+    def __init__(
+        self, services: Mapping[str, Service | None], deltas: Mapping[str, DestChanges] | None = None
+    ) -> None:
+        super().__init__(services)
+        self.deltas: dict[str, DestChanges] = dict(deltas or {})
+
+
+# The order :func:`diff` gives operations in (a stable sort by it merges two diffs' operations).
+OP_RANK = {
+    "add-service": 0,
+    "add-dest": 0,
+    "edit-service": 1,
+    "edit-dest": 1,
+    "del-dest": 2,
+    "del-service": 3,
+}
+
+
 def diff(actual: Table, desired: Table) -> list[Op]:
     """The minimal operations that turn ``actual`` into ``desired``.
 
@@ -219,8 +282,11 @@ def diff_services(have: Mapping[str, Service], want: Mapping[str, Service | None
             continue
         if not ws.same_attributes(hs):
             edits.append(Op("edit-service", ws))
-        hd = {d.key: d for d in hs.dests}
-        wd = {d.key: d for d in ws.dests}
+        new, gone = changed_dests(hs.dests, ws.dests)
+        if not new and not gone:
+            continue
+        hd = {d.key: d for d in gone}
+        wd = {d.key: d for d in new}
         for dk, d in wd.items():
             cur = hd.get(dk)
             if cur is None:
@@ -231,18 +297,29 @@ def diff_services(have: Mapping[str, Service], want: Mapping[str, Service | None
     return adds + edits + dels + svc_dels
 
 
+def changed_dests(have: tuple[Dest, ...], want: tuple[Dest, ...]) -> tuple[list[Dest], list[Dest]]:
+    """The destinations of ``want`` that are not the very same objects in ``have`` and those of
+    ``have`` not in ``want``, each in its order: all a comparison by key has to look at when the
+    keys are unique within each (as in any table). The incremental render keeps the objects of
+    the real servers that did not change, so for a service of 10,000 destinations this is a
+    scan at C speed plus O(changes), instead of 20,000 keys formatted."""
+    if have is want or have == want:  # element by element, identity first
+        return [], []
+    have_ids = set(map(id, have))
+    want_ids = set(map(id, want))
+    return [d for d in want if id(d) not in have_ids], [d for d in have if id(d) not in want_ids]
+
+
 def same_service(a: Service | None, b: Service | None) -> bool:
     """Equal as the kernel sees them: attributes and destinations, whatever the order."""
     if a is None or b is None:
         return a is b
     if a is b:
         return True
-    return (
-        a.key == b.key
-        and a.same_attributes(b)
-        and len(a.dests) == len(b.dests)
-        and {d.key: d for d in a.dests} == {d.key: d for d in b.dests}
-    )
+    if a.key != b.key or not a.same_attributes(b) or len(a.dests) != len(b.dests):
+        return False
+    new, gone = changed_dests(a.dests, b.dests)
+    return {d.key: d for d in gone} == {d.key: d for d in new}
 
 
 def apply_ops(table: Table, ops: Iterable[Op]) -> Table:

@@ -1,4 +1,4 @@
-"""The render's kernel normalisations and the incremental render (``render_changed``)."""
+"""The render's kernel normalisations and the incremental render (``TableRenderer``)."""
 
 from __future__ import annotations
 
@@ -15,19 +15,27 @@ from lvs_events.domain.config import (
     RealServer,
     VirtualService,
 )
-from lvs_events.domain.events import AdminAction, AdminOverride, ConfigApplied, Event
+from lvs_events.domain.events import AdminAction, AdminOverride, ConfigApplied, Event, RealServerHealth
 from lvs_events.domain.render import (
-    expiring_virtuals,
+    TableRenderer,
+    expiring_reals,
     kernel_schedflags,
     normalized_netmask,
     render,
-    render_changed,
-    touched_virtuals,
-    virtual_positions,
+    touched_reals,
 )
-from lvs_events.domain.state import State, fold
-from lvs_events.domain.table import Service, Table, diff, diff_services, digest_of_parts, service_digest_part
-from tests.domain.strategies import event_logs
+from lvs_events.domain.state import RealKey, State, fold
+from lvs_events.domain.table import (
+    Dest,
+    Service,
+    Table,
+    diff,
+    diff_services,
+    digest_of_parts,
+    format_ipvsadm,
+    service_digest_part,
+)
+from tests.domain.strategies import event_logs, render_event_logs
 
 ON = CheckSettings(checktype="on")
 
@@ -103,38 +111,74 @@ def test_a_direct_routing_fallback_takes_the_service_port() -> None:
     assert [d.key for d in s.dests] == ["127.0.0.1:80"]
 
 
-def test_override_expiry_names_the_virtual() -> None:
+def test_override_expiry_names_the_real_server() -> None:
     state = State()
     cfg = Config(virtuals=(VirtualService(Protocol.TCP, "203.0.113.1", 80, check=ON),))
     state = fold(state, Event("e1", "c", "n", "t", "", 1.0, ConfigApplied(cfg)))
     ov = AdminOverride("TCP 203.0.113.1:80", "192.0.2.1:80", AdminAction.DRAIN, 0, 50.0)
     state = fold(state, Event("e2", "c", "n", "t", "", 2.0, ov))
-    assert expiring_virtuals(state, 2.0, 49.0) == set()
-    assert expiring_virtuals(state, 2.0, 50.0) == {"TCP 203.0.113.1:80"}
-    assert expiring_virtuals(state, 50.0, 60.0) == set()
+    assert expiring_reals(state, 2.0, 49.0) == set()
+    assert expiring_reals(state, 2.0, 50.0) == {("TCP 203.0.113.1:80", "192.0.2.1:80")}
+    assert expiring_reals(state, 50.0, 60.0) == set()
+
+
+def _check_renderer(r: TableRenderer, state: State, before: Table, changed: dict[int, set[str]]) -> None:
+    """The renderer's table, text and digest are the full render's; a changed service differs from
+    the one before only in the destinations named (the others are the very same objects)."""
+    full = render(state)
+    assert r.table == full
+    assert format_ipvsadm(r.table) == format_ipvsadm(full)  # byte for byte, order included
+    assert r.digest() == full.digest()
+    assert r.digest_parts() == [service_digest_part(s) for s in sorted(full.services, key=lambda s: s.key)]
+    for i, (old, new) in enumerate(zip(before.services, r.table.services, strict=True)):
+        if i not in changed:
+            assert new is old
+            continue
+        keys = changed[i]
+        assert keys
+        assert new.same_attributes(old)
+        patched: dict[str, Dest | None] = {d.key: d for d in old.dests}
+        patched.update((dk, r.dest(i, dk)) for dk in keys)
+        assert {k: d for k, d in patched.items() if d is not None} == {d.key: d for d in new.dests}
+        kept = {d.key: d for d in old.dests if d.key not in keys}
+        assert all(kept[d.key] is d for d in new.dests if d.key in kept)
 
 
 @settings(max_examples=200, deadline=None)
-@given(event_logs(), st.data())
+@given(render_event_logs(), st.data())
 def test_incremental_render_equals_full_render(events: list[Event], data: st.DataObject) -> None:
-    """Fold in batches as the agent does; after each batch re-render only what the batch touched
-    (plus expiring overrides), or everything after a new config or leader: always == render."""
+    """Fold in batches as the agent does; after each batch update only the real servers the batch
+    touched plus those whose override expired, or build anew after a new config or leader: the
+    table, its ipvsadm text and its digest are always the full render's."""
     state = State()
-    table = render(state)
-    rendered_config, rendered_clock = state.config, state.clock
-    dirty: set[str] | None = set()
+    r = TableRenderer(state)
+    rendered_clock = state.clock
+    touched: set[RealKey] | None = set()
     for e in events:
         state = fold(state, e)
-        t = touched_virtuals(e)
-        dirty = None if t is None or dirty is None else dirty | t
-        if data.draw(st.booleans(), label="render now"):
-            if dirty is None or state.config is not rendered_config:
-                table = render(state)
-            else:
-                keys = dirty | expiring_virtuals(state, rendered_clock, state.clock)
-                table = render_changed(state, table, keys, virtual_positions(state.config))
-            rendered_config, rendered_clock, dirty = state.config, state.clock, set()
-            assert table == render(state)
+        t = touched_reals(e)
+        touched = None if t is None or touched is None else touched | t
+        if not data.draw(st.booleans(), label="render now"):
+            continue
+        if touched is None or state.config is not r.config:
+            r = TableRenderer(state)
+            _check_renderer(r, state, r.table, {})
+        else:
+            before = r.table
+            changed = r.update(state, touched | expiring_reals(state, rendered_clock, state.clock))
+            _check_renderer(r, state, before, changed)
+        rendered_clock, touched = state.clock, set()
+
+
+@settings(max_examples=100, deadline=None)
+@given(event_logs())
+def test_a_renderer_built_from_any_state_is_the_render(events: list[Event]) -> None:
+    state = State()
+    for e in events:
+        state = fold(state, e)
+        r = TableRenderer(state)
+        assert r.table == render(state)
+        assert r.digest() == render(state).digest()
 
 
 @settings(max_examples=100, deadline=None)
@@ -161,20 +205,48 @@ def test_incremental_render_follows_an_expiring_drain() -> None:
         )
     )
     state = fold(State(), Event("e1", "c", "n", "t", "", 1.0, ConfigApplied(cfg)))
-    table = render(state)
+    r = TableRenderer(state)
     ov = AdminOverride("TCP 203.0.113.1:80", real.key, AdminAction.DRAIN, 0, 50.0)
     e2 = Event("e2", "c", "n", "t", "", 2.0, ov)
     before, state = state, fold(state, e2)
-    touched = touched_virtuals(e2)
-    assert touched == frozenset({"TCP 203.0.113.1:80"})
-    table = render_changed(state, table, touched)
-    assert table.services[0].dests[0].weight == 0
+    touched = touched_reals(e2)
+    assert touched == frozenset({("TCP 203.0.113.1:80", real.key)})
+    assert r.update(state, touched) == {0: {real.key}}
+    assert r.table.services[0].dests[0].weight == 0
     ping = Event(
         "e3", "c", "n", "t", "", 60.0, AdminOverride("TCP 203.0.113.2:80", real.key, AdminAction.ENABLE)
     )
     before, state = state, fold(state, ping)
-    keys = set(touched_virtuals(ping) or ()) | expiring_virtuals(state, before.clock, state.clock)
-    assert keys == {"TCP 203.0.113.1:80", "TCP 203.0.113.2:80"}
-    table = render_changed(state, table, keys)
-    assert table == render(state)
-    assert table.services[0].dests[0].weight == 5
+    reals = set(touched_reals(ping) or ()) | expiring_reals(state, before.clock, state.clock)
+    assert reals == {("TCP 203.0.113.1:80", real.key), ("TCP 203.0.113.2:80", real.key)}
+    assert r.update(state, reals) == {0: {real.key}}  # the second service did not change
+    assert r.table == render(state)
+    assert r.table.services[0].dests[0].weight == 5
+
+
+def test_the_fallback_enters_and_leaves_as_a_change_of_its_destination() -> None:
+    fb = RealServer("127.0.0.1", 80, Forwarding.MASQ, 1)
+    real = RealServer("192.0.2.1", 80, Forwarding.MASQ, 5)
+    v = VirtualService(Protocol.TCP, "203.0.113.1", 80, reals=(real,), fallback=fb)
+    state = fold(State(), Event("e1", "c", "n", "t", "", 1.0, ConfigApplied(Config(virtuals=(v,)))))
+    r = TableRenderer(state)
+    assert [d.key for d in r.table.services[0].dests] == ["127.0.0.1:80"]  # nobody up yet
+    up = Event("e2", "c", "n", "t", "", 2.0, RealServerHealth(v.key, real.key, True, "lb1"))
+    state = fold(state, up)
+    assert r.update(state, touched_reals(up) or ()) == {0: {real.key, "127.0.0.1:80"}}
+    assert [d.key for d in r.table.services[0].dests] == [real.key]
+    assert r.dest(0, "127.0.0.1:80") is None
+    assert r.table == render(state)
+
+
+def test_an_unchanged_verdict_changes_nothing() -> None:
+    real = RealServer("192.0.2.1", 80)
+    v = VirtualService(Protocol.TCP, "203.0.113.1", 80, reals=(real,))
+    state = fold(State(), Event("e1", "c", "n", "t", "", 1.0, ConfigApplied(Config(virtuals=(v,)))))
+    up = RealServerHealth(v.key, real.key, True, "lb1")
+    state = fold(state, Event("e2", "c", "n", "t", "", 2.0, up))
+    r = TableRenderer(state)
+    table = r.table
+    state = fold(state, Event("e3", "c", "n", "t", "", 3.0, up))  # the same verdict again
+    assert r.update(state, touched_reals(Event("e3", "c", "n", "t", "", 3.0, up)) or ()) == {}
+    assert r.table is table
