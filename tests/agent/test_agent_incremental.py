@@ -1,24 +1,46 @@
 """The per-event path: the core renders and reconciles only the services an event touched
-(``Ready.changed``), the dataplanes apply just those, and the digest waits until after the ack."""
+(``Ready.changed``), within them only the real servers it touched (``ServiceChanges.deltas``), the
+dataplanes apply just those, and the digest waits until after the ack."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.core import ApplyCore, Policy, Ready
-from agent.dataplane import reconcile_changed
+from agent.dataplane import reconcile, reconcile_changed
 from agent.dataplane.memory import MemoryDataplane
 from lvs_events.domain.config import CheckSettings, Config, Protocol, RealServer, VirtualService
-from lvs_events.domain.events import AdminAction, AdminOverride, Event, Leadership, LeadershipChange
+from lvs_events.domain.events import (
+    AdminAction,
+    AdminOverride,
+    Event,
+    Leadership,
+    LeadershipChange,
+    RealServerHealth,
+)
 from lvs_events.domain.render import render
-from lvs_events.domain.table import Dest, Service, Table, apply_ops, diff, diff_services
+from lvs_events.domain.table import (
+    Dest,
+    Op,
+    Service,
+    ServiceChanges,
+    Table,
+    apply_ops,
+    diff,
+    diff_services,
+    same_service,
+)
+from lvs_events.errors import DataplaneError
 from tests.agent.helpers import applied, cfg_event, ev
-from tests.domain.strategies import event_logs
+from tests.domain.strategies import event_logs, render_event_logs
 
 POLICY = Policy(persist_interval=1.0, publish_delay=1.0, republish_after=10.0, resync_interval=60.0)
 
@@ -233,3 +255,181 @@ def test_the_dataplane_always_ends_at_the_render(events: list[Event], data: st.D
         assert table.digest() == r.desired_digest
         core.advance(r, float(i), actual_digest=table.digest(), published=True)
         assert table.digest() == render(core.state).digest()
+
+
+# --- the per-real path: deltas from the renderer to the memory dataplane ---------------------------
+
+
+async def _carry_out(core: ApplyCore, dp: MemoryDataplane, now: float) -> Ready | None:
+    """One Ready, carried out as the shell does it (the per-event path, else the whole table)."""
+    r = core.ready(now, caught_up=True)
+    if r is None or r.desired is None:
+        return r
+    if r.changed is not None:
+        _ops, ok = await reconcile_changed(dp, r.changed)
+        if not ok:
+            await reconcile(dp, r.desired)
+    else:
+        await reconcile(dp, r.desired)
+    core.advance(r, now, actual_digest=(await dp.dump()).digest(), published=True)
+    return r
+
+
+@settings(max_examples=150, deadline=None)
+@given(render_event_logs(unique=True), st.data())
+def test_the_memory_dataplane_follows_the_render_by_deltas(events: list[Event], data: st.DataObject) -> None:
+    """Any log (shared destinations, fallbacks, expiring overrides, leader and config changes),
+    folded in any batches, carried out through the memory dataplane's reconcile_services: it
+    always holds exactly the render, and nothing is left to retry."""
+
+    async def go() -> None:
+        core = ApplyCore("lb1", policy=POLICY)
+        dp = MemoryDataplane()
+        for i, e in enumerate(events):
+            core.step(e)
+            if i + 1 < len(events) and not data.draw(st.booleans(), label="ready now"):
+                continue
+            await _carry_out(core, dp, float(i))
+            assert core.applied_table is not None
+            assert (await dp.dump()).digest() == render(core.state).digest()
+            assert same_table(dp.table, render(core.state))
+
+    asyncio.run(go())
+
+
+def same_table(a: Table, b: Table) -> bool:
+    """Equal as the kernel sees them: the same services by key, each the same (in any order)."""
+    have = {s.key: s for s in a.services}
+    return len(have) == len(a.services) == len(b.services) and all(
+        same_service(have.get(s.key), s) for s in b.services
+    )
+
+
+def _one_big_service(n: int) -> Config:
+    reals = tuple(RealServer(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}", 80) for i in range(n))
+    return Config(virtuals=(VirtualService(Protocol.TCP, "203.0.113.1", 80, reals=reals),))
+
+
+def test_one_verdict_in_a_big_service_is_one_operation_by_delta() -> None:
+    async def go() -> None:
+        cfg = _one_big_service(2_000)
+        v = cfg.virtuals[0]
+        core = ApplyCore("lb1", policy=POLICY)
+        dp = MemoryDataplane()
+        core.step(cfg_event(1, cfg))
+        rev = 1
+        for r in v.reals:  # every server up, one event each
+            rev += 1
+            core.step(ev(RealServerHealth(v.key, r.key, True, "lb1"), rev))
+        await _carry_out(core, dp, 0.0)  # the first reconcile: the whole table
+        assert len(dp.table.services[0].dests) == 2_000
+        for n, r in enumerate(v.reals[:3]):
+            rev += 1
+            core.step(ev(RealServerHealth(v.key, r.key, False, "lb1"), rev))  # quiescent=no: removed
+            ready = core.ready(1.0 + n, caught_up=True)
+            assert ready is not None
+            assert isinstance(ready.changed, ServiceChanges)
+            delta = ready.changed.deltas[v.key]
+            assert delta.base is core.applied_table.services[0]  # type: ignore[union-attr]
+            assert dict(delta.dests) == {r.key: None}
+            ops, ok = await reconcile_changed(dp, ready.changed)
+            assert ok
+            assert [str(o) for o in ops] == [f"del-dest {v.key} -> {r.key} w=1"]
+            # after the whole-table reconcile the dataplane cannot know the base yet: the first
+            # change is diffed whole (and makes the base known), the next ones go by delta
+            assert dp.delta_services == n
+            core.advance(ready, 1.0 + n, actual_digest=ready.desired_digest, published=True)
+        assert (await dp.dump()).digest() == render(core.state).digest()
+
+    asyncio.run(go())
+
+
+def test_a_delta_on_another_base_is_diffed_whole() -> None:
+    """A service changed behind the per-event path (here: replaced) is not patched by a delta."""
+
+    async def go() -> None:
+        cfg = _one_big_service(10)
+        v = cfg.virtuals[0]
+        core = ApplyCore("lb1", policy=POLICY)
+        dp = MemoryDataplane()
+        core.step(cfg_event(1, cfg))
+        await _carry_out(core, dp, 0.0)
+        for n in range(3):
+            core.step(ev(RealServerHealth(v.key, v.reals[n].key, True, "lb1"), 2 + n))
+            await _carry_out(core, dp, 1.0 + n)
+        assert dp.delta_services == 2  # the first after the whole table is diffed whole
+        dp.table = Table((replace(dp.table.services[0], dests=()),))  # somebody emptied it
+        core.step(ev(RealServerHealth(v.key, v.reals[3].key, True, "lb1"), 5))
+        await _carry_out(core, dp, 4.0)
+        assert dp.delta_services == 2  # diffed whole: all four servers are back
+        assert [d.key for d in dp.table.services[0].dests] == [r.key for r in v.reals[:4]]
+
+    asyncio.run(go())
+
+
+# --- the memory dataplane: apply_ops semantics, all or nothing; the files ------------------------
+
+_SVC = [Service(Protocol.TCP, "203.0.113.1", 80), Service(Protocol.TCP, "203.0.113.2", 80, scheduler="rr")]
+_DESTS = [Dest("192.0.2.1", 80), Dest("192.0.2.1", 80, weight=5), Dest("192.0.2.2", 80)]
+
+
+@st.composite
+def _ops(draw: st.DrawFn) -> Op:
+    kind = draw(
+        st.sampled_from(["add-service", "edit-service", "del-service", "add-dest", "edit-dest", "del-dest"])
+    )
+    svc = draw(st.sampled_from(_SVC))
+    if kind.endswith("-service"):
+        return Op(kind, replace(svc, scheduler=draw(st.sampled_from(["wrr", "rr"]))))
+    return Op(kind, svc, draw(st.sampled_from(_DESTS)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(_ops(), max_size=8), max_size=6))
+def test_the_memory_dataplane_applies_as_apply_ops(batches: list[list[Op]]) -> None:
+    async def go() -> None:
+        dp = MemoryDataplane()
+        table = Table()
+        for ops in batches:
+            error = ""
+            try:
+                want = apply_ops(table, ops)
+            except ValueError as e:
+                error = str(e)
+            if error:
+                with pytest.raises(DataplaneError, match="refused") as raised:
+                    await dp.apply(ops)
+                assert error in str(raised.value)  # the same first refusal
+                assert dp.table == table  # all or nothing
+                continue
+            await dp.apply(ops)
+            table = want
+            assert dp.table == table
+            assert await dp.dump() == table
+
+    asyncio.run(go())
+
+
+def test_the_files_follow_a_burst_in_one_write_and_are_paced(tmp_path: Path) -> None:
+    async def go() -> None:
+        dp = MemoryDataplane(tmp_path, write_cost_factor=1e6)  # after a write, the next waits
+        table = render(_applied_core().state)
+        for op in diff(Table(), table):  # a burst: no yield between the applies
+            await dp.apply([op])
+        await asyncio.sleep(0.05)
+        assert dp.files_written == 1
+        assert json.loads((tmp_path / "table.json").read_bytes()) == dp.table.to_json()
+        svc = table.services[0]
+        await dp.apply([Op("edit-dest", svc, replace(svc.dests[0], weight=42))])
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert dp.files_written == 1  # paced: not yet
+        await dp.flush()
+        assert dp.files_written == 2
+        assert json.loads((tmp_path / "table.json").read_bytes()) == dp.table.to_json()
+        assert (tmp_path / "table.txt").read_text() == dp.format()
+        await dp.close()
+        reloaded = MemoryDataplane(tmp_path)
+        assert reloaded.table.digest() == dp.table.digest()  # the file is in canonical order
+
+    asyncio.run(go())
