@@ -30,7 +30,9 @@ Why there is never a second VIP holder (see ``docs/failover.md``):
    moves them to ``lo`` with ``arp_ignore``/``arp_announce`` set), then hands over; the successor
    adds and announces them at once; the old node drops the silent copy ``timing.linger`` after
    the handover completed (in-flight packets sent with a stale ARP entry are still accepted). The
-   VIPs are held ARP-answering (``vips``) by at most one node; ``silent`` is not a holder.
+   VIPs are held ARP-answering (``vips``) by at most one node; ``silent`` is not a holder. A node
+   never acts again on a term it offered: if the handover fails or times out, it takes the term
+   over itself (``_reclaim``); etcd lets only one of the two takeovers of that term succeed.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ __all__ = [
 ]
 
 NEVER = -math.inf
+HANDOVER_RPC_DEADLINES = 4  # Peer.Handover may take this many retry deadlines (takeover, VIPs)
 
 
 class Role(enum.StrEnum):
@@ -396,6 +399,26 @@ def _add_if_due(s: HaState, now: float) -> tuple[HaState, list[Action]]:
     return s, []
 
 
+def _reclaim(s: HaState, now: float, why: str) -> tuple[HaState, list[Action]]:
+    """A handover that failed or timed out: we never act on the offered term again. Whether the
+    successor's takeover of it landed (or still will) is unknown, and it adds the VIPs at once
+    when it does. So we take the term over ourselves: etcd lets exactly one of the two takeovers
+    of it succeed; if ours does, the successor's fails, and we may add at once (``handover_term``
+    marks the takeover as handed). The silent copy keeps serving meanwhile."""
+    return replace(
+        s,
+        role=Role.STANDBY,
+        lease_id=0,
+        keepalive_inflight=False,
+        confirmed_etcd=NEVER,
+        confirmed_peer=NEVER,
+        inflight="takeover",
+        handover_term=s.term,
+        reason=f"reclaiming term {s.term}: {why}",
+        changed_at=now,
+    ), [Takeover(s.term)]
+
+
 def _linger(s: HaState, now: float, t: HaTiming) -> HaState:
     """The handover is over (or someone else leads): the silent copy goes ``linger`` from now."""
     return replace(s, silent_until=min(s.silent_until, now + t.linger)) if s.silent else s
@@ -441,7 +464,7 @@ def step(s: HaState, inp: Input, t: HaTiming) -> tuple[HaState, list[Action]]:  
     if isinstance(inp, SwitchoverRequested):
         if s.role is not Role.ACTIVE or s.peer is None:
             return s, []
-        deadline = inp.now + 2 * t.retry_deadline + t.silence
+        deadline = inp.now + HANDOVER_RPC_DEADLINES * t.retry_deadline + t.silence
         s2 = replace(
             s,
             role=Role.HANDING_OVER,
@@ -476,15 +499,7 @@ def step(s: HaState, inp: Input, t: HaTiming) -> tuple[HaState, list[Action]]:  
                 confirmed_etcd=NEVER,
                 confirmed_peer=NEVER,
             ), []
-        # Unknown whether the successor took over: act again only once etcd confirms our term.
-        return replace(
-            s,
-            role=Role.ACTIVE,
-            vip_after_confirm=inp.now,
-            keepalive_due=inp.now,
-            reason=f"handover failed: {inp.error}",
-            changed_at=inp.now,
-        ), []
+        return _reclaim(s, inp.now, f"handover failed: {inp.error}")
     if isinstance(inp, Stop):
         out = []
         if s.vips or s.silent:
@@ -509,6 +524,8 @@ def _tick(s: HaState, now: float, t: HaTiming) -> tuple[HaState, list[Action]]:
 
 
 def _tick_role(s: HaState, now: float, t: HaTiming) -> tuple[HaState, list[Action]]:  # noqa: PLR0911
+    if s.role is Role.HANDING_OVER and now >= min(s.handover_deadline, authority_until(s, t)):
+        return _reclaim(s, now, "the successor did not take over in time")
     if s.role in (Role.ACTIVE, Role.HANDING_OVER):
         if now >= authority_until(s, t):
             return _demote(
@@ -518,8 +535,6 @@ def _tick_role(s: HaState, now: float, t: HaTiming) -> tuple[HaState, list[Actio
         if not s.keepalive_inflight and now >= s.keepalive_due:
             s = replace(s, keepalive_inflight=True, keepalive_due=now + t.keepalive_interval)
             out.append(KeepAlive(s.term, s.lease_id))
-        if s.role is Role.HANDING_OVER and now >= s.handover_deadline:
-            s = replace(s, role=Role.ACTIVE, vip_after_confirm=now, reason="successor did not take over")
         s, added = _add_if_due(s, now)
         return s, out + added
     if s.role is Role.FAULT and s.lease_id:
@@ -584,6 +599,8 @@ def _elected(s: HaState, inp: ElectionResult, t: HaTiming) -> tuple[HaState, lis
     # `authority` of the last one (we give none once an election call is in flight).
     wait = t.authority + t.margin
     not_before = inp.now if inp.op == "campaign" or handed else inp.now + wait
+    if handed:  # a reclaim keeps the wait its term still owed (it was offered before the VIPs)
+        not_before = max(not_before, s.vip_not_before)
     if not handed:
         not_before = max(not_before, s.acked_at + wait)
     # a handover or a campaign: the VIPs at once, in this step (no wait for the next tick)

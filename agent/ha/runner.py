@@ -252,7 +252,8 @@ class HaRunner:
         return reply
 
     async def _send_handover(self, term: int) -> None:
-        within = 2 * self.timing.retry_deadline
+        # the successor's takeover (up to two retry deadlines), then its VIPs added and announced
+        within = m.HANDOVER_RPC_DEADLINES * self.timing.retry_deadline
         # the peer adds the VIPs without waiting once told: ours must be ARP-silent first
         await self._vip_ops.join()
         try:
