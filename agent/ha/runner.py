@@ -79,6 +79,7 @@ class HaRunner:
         self._peer_channel: grpc.aio.Channel | None = None
         self._server: grpc.aio.Server | None = None
         self.port = 0
+        self._heartbeat_seen = 0.0  # send time of the newest heartbeat whose reply was fed
         self.vips_held = False
         self.role_changes: list[tuple[float, str, int, str]] = []
 
@@ -212,18 +213,24 @@ class HaRunner:
         return lpb_grpc.PeerStub(self._peer_channel)
 
     async def _heartbeats(self) -> None:
+        """One heartbeat every interval, each call on its own (not waiting for the one before):
+        on a loaded host a reply may come late, and a late reply still proves the peer alive."""
         interval = self.timing.heartbeat_interval
         while True:
             sent = time.monotonic()
-            try:
-                r = await self._peer_stub().Heartbeat(self._heartbeat(), timeout=interval * 2)
-            except grpc.aio.AioRpcError:
-                pass  # silence is the signal: the machine counts it
-            else:
-                now = time.monotonic()
-                self.feed(m.PeerSeen(now, r.node, r.role, r.term, r.revision, r.digest))
-                self.feed(m.PeerAck(now, sent, r.ack_term))
+            self._spawn(self._heartbeat_once(sent))
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - sent)))
+
+    async def _heartbeat_once(self, sent: float) -> None:
+        try:
+            r = await self._peer_stub().Heartbeat(self._heartbeat(), timeout=self.timing.silence)
+        except grpc.aio.AioRpcError:
+            return  # silence is the signal: the machine counts it
+        now = time.monotonic()
+        if sent >= self._heartbeat_seen:  # an older reply overtaken by a newer one says less
+            self._heartbeat_seen = sent
+            self.feed(m.PeerSeen(now, r.node, r.role, r.term, r.revision, r.digest))
+        self.feed(m.PeerAck(now, sent, r.ack_term))
 
     def peer_ready(self) -> bool:
         p = self.state.peer
@@ -397,6 +404,7 @@ class HaRunner:
                     started.set()
                 await stop.wait()
                 tasks[-1].cancel()  # no more ticks: the machine decides nothing more
+                tasks[-2].cancel()  # nor heartbeats (each is a task the wait below would wait for)
                 self.feed(m.Stop(time.monotonic()))
                 try:
                     async with asyncio.timeout(2 * self.timing.retry_deadline + 1.0):
