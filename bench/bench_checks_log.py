@@ -231,6 +231,15 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int | 
     return proc.returncode
 
 
+def log_count(path: Path, text: str) -> int:
+    """Lines of a log file that contain ``text``."""
+    try:
+        with path.open(errors="replace") as f:
+            return sum(1 for line in f if text in line)
+    except FileNotFoundError:
+        return 0
+
+
 def tail(path: Path, n: int = 20) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
@@ -324,7 +333,8 @@ async def scenario(  # noqa: PLR0915 -- one measured run
     t_begin = time.monotonic()
     interval, timeout = args.interval, args.timeout
     with contextlib.ExitStack() as stack:
-        etcd = stack.enter_context(EtcdCluster(1, tmp_root=args.etcd_dir))
+        extra = [f"--max-request-bytes={args.etcd_max_request_bytes}"] if args.etcd_max_request_bytes else []
+        etcd = stack.enter_context(EtcdCluster(1, tmp_root=args.etcd_dir, extra_args=extra))
         etcd_pid = etcd[0].pid
         port = free_port()
         coord = spawn(
@@ -495,6 +505,7 @@ async def scenario(  # noqa: PLR0915 -- one measured run
         "report_to_log_max_s": round(max(to_log), 4) if to_log else None,
         "listeners_alive": listeners_alive,
         "agent_exit_code": agent_rc,
+        "coordinator_snapshot_failures": log_count(work / f"coordinator-{n}.log", "snapshot failed"),
         "scenario_s": round(time.monotonic() - t_begin, 1),
     }
 
@@ -512,6 +523,13 @@ async def main() -> None:
     ap.add_argument("--quiet", type=float, default=2.0, help="seconds without events that count as settled")
     ap.add_argument("--detect-grace", type=float, default=5.0, help="seconds past interval+timeout")
     ap.add_argument("--etcd-dir", default=None, help="etcd data parent dir (default: system temp dir)")
+    ap.add_argument(
+        "--etcd-max-request-bytes",
+        type=int,
+        default=0,
+        help="etcd's --max-request-bytes (default: etcd's, 1.5 MiB; the coordinator's snapshot of a "
+        "10,000-server state is about 3 MB)",
+    )
     args = ap.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     nofile = raise_nofile()  # inherited by the agent: its checker holds up to 1,000 sockets
@@ -528,6 +546,7 @@ async def main() -> None:
                 "cpus": os.cpu_count(),
                 "rlimit_nofile": nofile,
                 "etcd_data": args.etcd_dir or tempfile.gettempdir(),
+                "etcd_max_request_bytes": args.etcd_max_request_bytes or "default (1.5 MiB)",
                 "loadavg_1m_5m_before_after": [
                     [round(x, 2) for x in load0[:2]],
                     [round(x, 2) for x in os.getloadavg()[:2]],
