@@ -37,7 +37,7 @@ def vm_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[vm.VmRun]:
         tail = "\n".join((prep.stdout + prep.stderr).splitlines()[-15:])
         _unavailable(f"'ipvs-vm prepare' failed (qemu/debootstrap could not be installed?):\n{tail}")
     work = Path(tmp_path_factory.mktemp("ipvs-vm"))
-    result = vm.run(work, "all", timeout=float(os.environ.get("LVS_VM_TIMEOUT", "480")))
+    result = vm.run(work, "all", timeout=float(os.environ.get("LVS_VM_TIMEOUT", "900")))
     (work / "console.log").write_text(result.console)
     if not result.results:
         pytest.fail(

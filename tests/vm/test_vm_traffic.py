@@ -1,6 +1,6 @@
 """Real traffic through the kernel dataplane (``suite/traffic.py`` in the VM): a client opens
 connection after connection to the VIP while a real server is drained, restored, stopped
-gracefully, restarted, and killed abruptly. Killing the active director is the HA issue's drill."""
+gracefully, restarted, and killed abruptly. Killing the active director: ``test_vm_failover.py``."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 #!/bin/bash
-# PID 1's job inside the IPVS VM: load IPVS, run the kernel suite, then the traffic drill.
+# PID 1's job inside the IPVS VM: load IPVS, run the kernel suite, the traffic drill, then the
+# failover drill (the whole stack: etcd, coordinator, two HA agents).
 # Results: /job/out/*.json (copied back to the host's OUT_DIR).
 set -u
 export PYTHONPATH=/job/src:/job/site PYTHONDONTWRITEBYTECODE=1 JOB=/job
@@ -14,6 +15,9 @@ if [ "$what" = all ] || [ "$what" = kernel ]; then
 fi
 if [ "$what" = all ] || [ "$what" = traffic ]; then
     python3 /job/suite/traffic.py || rc=1
+fi
+if [ "$what" = all ] || [ "$what" = failover ]; then
+    python3 /job/suite/failover.py || rc=1
 fi
 if [ "$what" = bench ]; then
     python3 /job/bench/bench_kernel.py "${@:2}" > /job/out/bench.json || rc=1

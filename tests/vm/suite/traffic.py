@@ -6,7 +6,7 @@ running ``python3 -m http.server``. The client opens a new TCP connection (HTTP 
 VIP in a loop while the director's table changes; every attempt is recorded with its time, the
 server that answered, or the error. Writes ``/job/out/traffic.json``.
 
-Killing the active director (failover) is the HA issue's drill and is not done here.
+Killing the active director under traffic is ``failover.py`` (the whole stack, two directors).
 """
 
 from __future__ import annotations
