@@ -7,7 +7,7 @@ the services the agent names (``reconcile_services``, the per-event path) in O(c
 It shows itself in two files in ``<dir>``, written atomically: ``table.txt`` (the ``ipvsadm -L -n``
 layout) and ``table.json`` (canonical JSON), so tests, the CLI and the demo can show each agent's
 table. They are written in the background after a change, at once when the last write is long
-past, else paced: at least ``write_cost_factor`` times the last write's duration apart (a table of
+past, else paced: at least ``write_cost_factor`` times the last write's CPU time apart (a table of
 10,000 destinations is megabytes of text; writing it after every event would cost more than the
 events). :meth:`flush` (and :meth:`close`) writes what is pending now. At start it loads
 ``table.json`` if present, the way a kernel table outlives a restart of the agent.
@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -79,7 +80,6 @@ class MemoryDataplane:
         self._table: Table | None = Table()
         # the files
         self._dirty = False
-        self._writing = False
         self._hurry = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._write_after = 0.0  # loop time before which the next write waits
@@ -245,19 +245,15 @@ class MemoryDataplane:
                         async with asyncio.timeout(delay):
                             await self._hurry.wait()
                 self._dirty = False
-                table, began = self.table, loop.time()
                 assert self.dump_dir is not None
-                self._writing = True
+                cost = 0.0
                 try:
-                    await asyncio.to_thread(self.write_files, table, self.dump_dir)
+                    cost = await asyncio.to_thread(self._write_timed, self.table, self.dump_dir)
                 except OSError as e:
                     log.warning("memory_dataplane.write_failed", error=str(e), dir=str(self.dump_dir))
                 else:
                     self.files_written += 1
-                finally:
-                    self._writing = False
-                ended = loop.time()
-                self._write_after = ended + self.write_cost_factor * (ended - began)
+                self._write_after = loop.time() + self.write_cost_factor * cost
         finally:
             self._hurry.clear()
 
@@ -270,6 +266,14 @@ class MemoryDataplane:
 
     async def close(self) -> None:
         await self.flush()
+
+    @classmethod
+    def _write_timed(cls, table: Table, directory: Path) -> float:
+        """:meth:`write_files`; returns the CPU time it took (on a busy host its wall time is
+        mostly waiting, which must not slow the next write of a small table)."""
+        began = time.thread_time()
+        cls.write_files(table, directory)
+        return time.thread_time() - began
 
     @staticmethod
     def write_files(table: Table, directory: Path) -> None:
