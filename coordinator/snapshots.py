@@ -155,24 +155,23 @@ class StateService:
 
     async def snapshot_once(self) -> SnapshotRecord | None:
         """Write a snapshot at the head (if it moved since the last one), then apply retention."""
-        current = await self.store.get_snapshot()
+        current = await self.store.snapshot_revision()
         bounds = await self.store.bounds()
-        if current is not None:
-            self._snapshot_revision = max(self._snapshot_revision, current.revision)
+        self._snapshot_revision = max(self._snapshot_revision, current)
         written: SnapshotRecord | None = None
-        if bounds.head > (current.revision if current else 0):
+        if bounds.head > current:
             folded = await self.state_at(bounds.head)
             record = SnapshotRecord(folded.revision, folded.state_json(), folded.table.digest())
             if await self.store.put_snapshot(record):
                 written = record
-                current = record
+                current = record.revision
                 self._snapshot_revision = record.revision
                 log.info("snapshot written", revision=record.revision, table_digest=record.table_digest)
-        if current is not None:
-            keep_from = current.revision - self.retention + 1
+        if current:
+            keep_from = current - self.retention + 1
             if keep_from > bounds.first:
                 deleted = await self.store.trim(keep_from)
-                log.info("log trimmed", first=keep_from, deleted=deleted, snapshot_revision=current.revision)
+                log.info("log trimmed", first=keep_from, deleted=deleted, snapshot_revision=current)
         return written
 
     async def run(self) -> None:

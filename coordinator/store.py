@@ -12,7 +12,15 @@ Key layout under ``/lvs-events/<cluster>/``:
 ``first``
     oldest revision still in the log (decimal; absent means 1).
 ``snapshot``
-    JSON ``{"revision": N, "state": <canonical JSON of the folded State>, "table_digest": ...}``.
+    the manifest of the newest snapshot, JSON ``{"format": 2, "revision": N, "table_digest": ...,
+    "encoding": "zlib", "writer": <token>, "chunks": k, "bytes": ..., "state_bytes": ...,
+    "sha256": ...}`` (format 1, still read: the state inline under ``"state"``).
+``snapshots/<revision, 20 digits>/<writer>/<chunk, 6 digits>``
+    the snapshot's state (canonical JSON of the folded State), zlib-compressed and cut into
+    chunks of at most 512 KiB: a 10,000-server state is a few MB, over etcd's default request
+    limit (1.5 MiB). Chunks are written first, then the manifest swaps in one compare-and-swap;
+    a reader reads the manifest and its chunks at one etcd revision, so a concurrent writer never
+    shows it half a snapshot; older chunk sets are deleted after the swap.
 ``leader``
     fencing seam for the leadership issue: an append may require its value to equal a term.
 
@@ -38,8 +46,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import random
+import uuid
+import zlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -108,6 +119,76 @@ class SnapshotRecord:
         return cls(int(data["revision"]), state, str(data["table_digest"]))
 
 
+SNAPSHOT_CHUNK = 512 * 1024  # bytes per chunk key: well under etcd's default 1.5 MiB request
+MAX_SNAPSHOT_STATE = 1 << 30  # refuse to inflate a manifest that claims more (corruption)
+
+
+@dataclass(frozen=True, slots=True)
+class _Manifest:
+    """What the ``snapshot`` key holds (see the module docstring)."""
+
+    revision: int
+    table_digest: str
+    writer: str = ""
+    chunks: int = 0
+    nbytes: int = 0
+    state_bytes: int = 0
+    sha256: str = ""
+    inline: SnapshotRecord | None = None  # format 1: the whole snapshot in the key
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "format": 2,
+                "revision": self.revision,
+                "table_digest": self.table_digest,
+                "encoding": "zlib",
+                "writer": self.writer,
+                "chunks": self.chunks,
+                "bytes": self.nbytes,
+                "state_bytes": self.state_bytes,
+                "sha256": self.sha256,
+            },
+            sort_keys=True,
+        ).encode()
+
+    @classmethod
+    def from_json(cls, blob: bytes) -> _Manifest:
+        data = json.loads(blob)
+        if "state" in data:  # format 1
+            record = SnapshotRecord.from_json(blob)
+            return cls(record.revision, record.table_digest, inline=record)
+        if data.get("format") != 2 or data.get("encoding") != "zlib":
+            raise ValueError(f"unknown snapshot format {data.get('format')!r}/{data.get('encoding')!r}")
+        return cls(
+            revision=int(data["revision"]),
+            table_digest=str(data["table_digest"]),
+            writer=str(data["writer"]),
+            chunks=int(data["chunks"]),
+            nbytes=int(data["bytes"]),
+            state_bytes=int(data["state_bytes"]),
+            sha256=str(data["sha256"]),
+        )
+
+
+def _pack_snapshot(state: bytes) -> tuple[bytes, str]:
+    """Compress (CPU-bound: run it in a thread); the compressed bytes and their sha256."""
+    packed = zlib.compress(state, 6)
+    return packed, hashlib.sha256(packed).hexdigest()
+
+
+def _unpack_snapshot(packed: bytes, manifest: _Manifest) -> bytes:
+    if hashlib.sha256(packed).hexdigest() != manifest.sha256:
+        raise ValueError("chunks do not match the manifest's sha256")
+    if not 0 <= manifest.state_bytes <= MAX_SNAPSHOT_STATE:
+        raise ValueError(f"state_bytes {manifest.state_bytes} out of range")
+    inflate = zlib.decompressobj()
+    state = inflate.decompress(packed, manifest.state_bytes + 1)
+    if len(state) != manifest.state_bytes or not inflate.eof:
+        raise ValueError(f"state is not {manifest.state_bytes} bytes once inflated")
+    return state
+
+
 @dataclass(frozen=True, slots=True)
 class LogItem:
     """One event read from the log, with the newest head the reader knows of."""
@@ -134,6 +215,10 @@ class EventStore(Protocol):
         ...
 
     async def get_snapshot(self) -> SnapshotRecord | None: ...
+
+    async def snapshot_revision(self) -> int:
+        """The newest snapshot's revision (0: none), without reading the snapshot itself."""
+        ...
 
     async def put_snapshot(self, snapshot: SnapshotRecord) -> bool:
         """Store ``snapshot`` unless a newer (or equal) one is there; True when written."""
@@ -198,6 +283,8 @@ class EtcdEventStore:
         self.k_head = self.prefix + b"head"
         self.k_first = self.prefix + b"first"
         self.k_snapshot = self.prefix + b"snapshot"
+        self.k_snapshots = self.prefix + b"snapshots/"
+        self._snapshot_cache: SnapshotRecord | None = None  # the last one read or written
         self.k_leader = self.prefix + b"leader"
         self._client = Etcd3Client(self.endpoints, rpc_max_attempts=2)
         self._connected = False
@@ -266,21 +353,79 @@ class EtcdEventStore:
         return Bounds(head, first), int(resp.header.revision)
 
     async def get_snapshot(self) -> SnapshotRecord | None:
-        snap, _ = await self._get_snapshot()
-        return snap
+        """The newest snapshot. Its chunks are read only when it is not the one last seen."""
+        for attempt in range(3):
+            manifest, _, at = await self._get_manifest()
+            if manifest is None:
+                return None
+            if manifest.inline is not None:
+                return manifest.inline
+            cached = self._snapshot_cache
+            if cached is not None and cached.revision == manifest.revision:
+                return cached
+            try:
+                packed = await self._read_chunks(manifest, at)
+            except _EtcdCompacted:
+                if attempt == 2:
+                    raise StoreUnavailable("snapshot: etcd compacted it away under three reads") from None
+                continue
+            try:
+                state = await asyncio.to_thread(_unpack_snapshot, packed, manifest)
+            except (ValueError, zlib.error) as e:
+                raise StoreError(f"snapshot at revision {manifest.revision} is not readable: {e}") from e
+            record = SnapshotRecord(manifest.revision, state, manifest.table_digest)
+            self._snapshot_cache = record
+            return record
+        raise AssertionError("unreachable")
 
-    async def _get_snapshot(self) -> tuple[SnapshotRecord | None, int]:
+    async def snapshot_revision(self) -> int:
+        manifest, _, _ = await self._get_manifest()
+        return manifest.revision if manifest is not None else 0
+
+    async def _get_manifest(self) -> tuple[_Manifest | None, int, int]:
+        """The manifest, its key's mod_revision (0: absent) and the etcd revision read at."""
         try:
             resp = await self._kv.get(self.k_snapshot, timeout=self.timeout)
         except (EtcdError, grpc.aio.AioRpcError, TimeoutError) as e:
             raise _translate(e, "read snapshot") from e
+        at = int(resp.header.revision)
         if not resp.kvs:
-            return None, 0
+            return None, 0, at
         kv = resp.kvs[0]
         try:
-            return SnapshotRecord.from_json(kv.value), int(kv.mod_revision)
+            return _Manifest.from_json(kv.value), int(kv.mod_revision), at
         except (ValueError, KeyError, TypeError) as e:
-            raise StoreError(f"snapshot in etcd is not readable: {e}") from e
+            raise StoreError(f"snapshot manifest in etcd is not readable: {e}") from e
+
+    def _chunk_prefix(self, revision: int, writer: str) -> bytes:
+        return self.k_snapshots + f"{rev_key(revision)}/{writer}/".encode()
+
+    async def _read_chunks(self, manifest: _Manifest, at: int) -> bytes:
+        """The manifest's chunks as they were at etcd revision ``at`` (a few per read: the
+        client receives at most 4 MiB per message)."""
+        prefix = self._chunk_prefix(manifest.revision, manifest.writer)
+        end = prefix_range_end(prefix)
+        start = prefix
+        parts: list[bytes] = []
+        while True:
+            try:
+                resp = await self._kv.get(start, range_end=end, revision=at, limit=4, timeout=self.timeout)
+            except grpc.aio.AioRpcError as e:
+                if _is_etcd_compacted(e):
+                    raise _EtcdCompacted from e
+                raise _translate(e, "read snapshot chunks") from e
+            except (EtcdError, TimeoutError) as e:
+                raise _translate(e, "read snapshot chunks") from e
+            parts.extend(bytes(kv.value) for kv in resp.kvs)
+            if not resp.more or not resp.kvs:
+                break
+            start = bytes(resp.kvs[-1].key) + b"\0"
+        if len(parts) != manifest.chunks:
+            raise StoreError(
+                f"snapshot at revision {manifest.revision}: expected {manifest.chunks} chunks,"
+                f" found {len(parts)}"
+            )
+        return b"".join(parts)
 
     async def _range_page(self, start: int, stop: int, at: int) -> tuple[list[tuple[int, bytes]], bool, int]:
         """Log entries with start <= revision < stop (stop 0: no bound), read at etcd revision ``at``.
@@ -587,22 +732,58 @@ class EtcdEventStore:
     # --- snapshots and retention ----------------------------------------------------------
 
     async def put_snapshot(self, snapshot: SnapshotRecord) -> bool:
+        """Chunks first, then the manifest by compare-and-swap, then older chunk sets go.
+
+        A writer that loses the swap (another coordinator wrote a newer snapshot meanwhile)
+        deletes its own chunks; a crash between the steps leaves chunks that the next
+        successful snapshot deletes (everything below its own revision)."""
+        manifest, mod, _ = await self._get_manifest()
+        if manifest is not None and manifest.revision >= snapshot.revision:
+            return False
+        packed, digest = await asyncio.to_thread(_pack_snapshot, snapshot.state)
+        writer = uuid.uuid4().hex[:12]
+        prefix = self._chunk_prefix(snapshot.revision, writer)
+        chunks = [packed[i : i + SNAPSHOT_CHUNK] for i in range(0, len(packed), SNAPSHOT_CHUNK)]
+        new = _Manifest(
+            revision=snapshot.revision,
+            table_digest=snapshot.table_digest,
+            writer=writer,
+            chunks=len(chunks),
+            nbytes=len(packed),
+            state_bytes=len(snapshot.state),
+            sha256=digest,
+        )
         kv = self._kv
-        for _ in range(3):
-            current, mod = await self._get_snapshot()
-            if current is not None and current.revision >= snapshot.revision:
-                return False
-            try:
+        swapped = False
+        try:
+            for i, chunk in enumerate(chunks):
+                await kv.put(prefix + f"{i:06d}".encode(), chunk, timeout=self.timeout)
+            for _ in range(3):
                 resp = await kv.txn(
                     [_compare_mod(self.k_snapshot, mod)],
-                    [kv.txn_op_put(self.k_snapshot, snapshot.to_json())],
+                    [kv.txn_op_put(self.k_snapshot, new.to_json())],
                     timeout=self.timeout,
                 )
-            except (EtcdError, grpc.aio.AioRpcError, TimeoutError) as e:
-                raise _translate(e, "write snapshot") from e
-            if resp.succeeded:
-                return True
-        return False
+                if resp.succeeded:
+                    swapped = True
+                    break
+                manifest, mod, _ = await self._get_manifest()
+                if manifest is not None and manifest.revision >= snapshot.revision:
+                    break
+        except (EtcdError, grpc.aio.AioRpcError, TimeoutError) as e:
+            raise _translate(e, "write snapshot") from e
+        finally:
+            if not swapped:
+                with contextlib.suppress(EtcdError, grpc.aio.AioRpcError, TimeoutError, StoreUnavailable):
+                    await kv.delete(prefix, range_end=prefix_range_end(prefix), timeout=self.timeout)
+        if not swapped:
+            return False
+        self._snapshot_cache = snapshot
+        try:  # everything older than this snapshot's chunks (a failure here only leaves garbage)
+            await kv.delete(self.k_snapshots, range_end=prefix, timeout=self.timeout)
+        except (EtcdError, grpc.aio.AioRpcError, TimeoutError) as e:
+            log.warning("old snapshot chunks not deleted; the next snapshot retries", error=str(e))
+        return True
 
     async def trim(self, keep_from: int) -> int:
         """Advance ``first`` to ``keep_from`` (never backwards), then delete what lies below it.

@@ -49,7 +49,8 @@ async def _snapshot_plus_tail(endpoints: list[str], events: list[Event], cut: in
         at_cut = await writer.state_at(cut)
         assert await store.put_snapshot(SnapshotRecord(cut, at_cut.state_json(), at_cut.table.digest()))
         await store.trim(cut + 1)
-        reader = StateService(store)  # a fresh coordinator: no cache
+    async with EtcdEventStore(endpoints, cluster) as fresh:
+        reader = StateService(fresh)  # a fresh coordinator: no cache, the snapshot read from etcd
         folded = await reader.state_at(0)
     full = fold_all(State(), [replace(e, cluster=cluster) for e in events])
     assert folded.state == full
