@@ -527,8 +527,7 @@ async def main() -> None:
         "--etcd-max-request-bytes",
         type=int,
         default=0,
-        help="etcd's --max-request-bytes (default: etcd's, 1.5 MiB; the coordinator's snapshot of a "
-        "10,000-server state is about 3 MB)",
+        help="etcd's --max-request-bytes (default: etcd's, 1.5 MiB)",
     )
     args = ap.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
