@@ -378,7 +378,8 @@ class CoordinatorClient:
                 _raise_unless_retryable(e)
                 await attempt.failed(endpoint, _describe(e))
                 continue
-            return _state_view(resp)
+            # decoding a big state is CPU-bound (0.35 s at 10,000 servers): not on the event loop
+            return await asyncio.to_thread(_state_view, resp)
 
     # -- Publish -------------------------------------------------------------------------------
 
@@ -613,7 +614,10 @@ class Subscription:
                         self._ended()
                     attempt = _Attempt(client, "Subscribe", client.timeout)  # it answers: reset
                     self.head_revision = max(self.head_revision, resp.head_revision)
-                    item = self._convert(resp)
+                    if resp.WhichOneof("item") == "snapshot":  # a big decode: in a thread
+                        item = await asyncio.to_thread(self._convert, resp)
+                    else:
+                        item = self._convert(resp)
                     if item is not None:
                         yield item
             except (grpc.aio.AioRpcError, _StreamEnded, TimeoutError) as e:
