@@ -80,6 +80,8 @@ class HaRunner:
         self._server: grpc.aio.Server | None = None
         self.port = 0
         self._heartbeat_seen = 0.0  # send time of the newest heartbeat whose reply was fed
+        self._heartbeat_ok = time.monotonic()  # when a heartbeat of ours was last answered
+        self._peer_channel_at = 0.0  # when the peer channel was last replaced
         self.vips_held = False
         self.role_changes: list[tuple[float, str, int, str]] = []
 
@@ -216,10 +218,24 @@ class HaRunner:
         """One heartbeat every interval, each call on its own (not waiting for the one before):
         on a loaded host a reply may come late, and a late reply still proves the peer alive."""
         interval = self.timing.heartbeat_interval
+        stuck = 2 * self.timing.silence
         while True:
             sent = time.monotonic()
+            if sent - max(self._heartbeat_ok, self._peer_channel_at) > stuck:
+                await self._reconnect_peer()
             self._spawn(self._heartbeat_once(sent))
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - sent)))
+
+    async def _reconnect_peer(self) -> None:
+        """A new connection to the peer when no heartbeat of ours got an answer for a while.
+        After a partition heals, the old connection's unacknowledged data waits for TCP's next
+        retransmission, backed off to seconds while the link was down (seen in the lab: the
+        healed node heard nothing from its peer for 10 s, took that for silence, and took over)."""
+        channel, self._peer_channel = self._peer_channel, None
+        self._peer_channel_at = time.monotonic()
+        if channel is not None:
+            self.log.info("ha.peer_reconnect", silent=round(self._peer_channel_at - self._heartbeat_ok, 3))
+            await channel.close(grace=None)
 
     async def _heartbeat_once(self, sent: float) -> None:
         try:
@@ -227,6 +243,7 @@ class HaRunner:
         except grpc.aio.AioRpcError:
             return  # silence is the signal: the machine counts it
         now = time.monotonic()
+        self._heartbeat_ok = now
         if sent >= self._heartbeat_seen:  # an older reply overtaken by a newer one says less
             self._heartbeat_seen = sent
             self.feed(m.PeerSeen(now, r.node, r.role, r.term, r.revision, r.digest))
