@@ -403,11 +403,15 @@ class Agent:
         drift = getattr(self.dataplane, "drift", None)
         if drift is None:
             return None
+        # A dataplane that can read the kernel without holding up applies (ipvs: dump_unlocked)
+        # does so outside the lock; drift(since=) then reads again what applies touched meanwhile.
+        dump = getattr(self.dataplane, "dump_unlocked", None)
+        since = await dump() if dump is not None and self.core.applied_table is not None else None
         async with self._dataplane_lock:
             desired = self.core.applied_table
             if desired is None:  # nothing verified applied yet (or a retry is due): the apply loop's job
                 return None
-            d = await drift(desired)
+            d = await drift(desired) if since is None else await drift(desired, since=since)
             if d.clean:
                 return None
             lines = d.lines()

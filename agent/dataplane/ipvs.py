@@ -18,6 +18,9 @@
   kernel for real, reports what differs from the desired table and resets the shadow to the
   kernel's truth; the agent's periodic check (``Agent.check_drift``) records the difference as a
   ``DataplaneDrift`` event, then applies the repair. Any refusal by the kernel drops the shadow.
+  The check's dump does not hold up applies: :meth:`dump_unlocked` reads the kernel a few
+  services per lock, recording the services applies touch meanwhile, and ``drift(desired,
+  since=dump)`` reads those again before comparing (under the lock, at the table applied then).
 * **Idempotent against races.** An add of something that already exists becomes a set (the
   service is then adopted: it is in the desired table); a delete of something already gone is
   success; a set of a destination that vanished becomes an add. Anything else the kernel refuses
@@ -46,12 +49,23 @@ from lvs_events.errors import DataplaneError
 
 from ._netlink import IpvsSocket, NetlinkFailure, Request, dest_request, service_request
 
-__all__ = ["Drift", "IpvsDataplane", "sort_ipvsadm"]
+__all__ = ["Drift", "IpvsDataplane", "KernelDump", "sort_ipvsadm"]
 
 T = TypeVar("T")
 
 _INLINE_MAX_OPS = 8  # destination edits sent from the event loop (see IpvsDataplane._inline_ok)
 _DEST_KINDS = frozenset(("add-dest", "edit-dest", "del-dest"))
+_DUMP_CHUNK = 8  # services read per lock by dump_unlocked: an apply waits for one chunk at most
+
+
+@dataclass(frozen=True, slots=True)
+class KernelDump:
+    """The whole kernel table read without holding up applies (:meth:`IpvsDataplane.dump_unlocked`):
+    every service (owned or not) with its destinations, by key; ``unread``: listed, but its
+    destinations could not be read (gone meanwhile)."""
+
+    services: Mapping[str, Service]
+    unread: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +118,9 @@ class IpvsDataplane:
         self._lock = asyncio.Lock()
         self._closed = False
         self._owned_dirty = True  # the owned set is written at the first apply, then when it changed
+        # While a dump_unlocked is under way (until the drift(since=) that follows it): the keys of
+        # the services every apply touched, to be read again.
+        self._touched: set[str] | None = None
         self.stats = _Stats()
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -207,13 +224,53 @@ class IpvsDataplane:
                 assert after is not None
             return ops, all(same_service(after.get(k), s) for k, s in desired.items())
 
-    async def drift(self, desired: Table) -> Drift:
-        """Dump the kernel (for real), diff it against ``desired``: the repair, not yet applied."""
+    async def drift(self, desired: Table, *, since: KernelDump | None = None) -> Drift:
+        """Dump the kernel (for real), diff it against ``desired``: the repair, not yet applied.
+
+        With ``since`` (a :meth:`dump_unlocked` taken before): that dump, with the services an
+        apply touched since it began read again now, stands for the kernel; the lock is held only
+        for that re-read. The caller makes sure ``desired`` is what was applied last (the agent
+        holds its apply lock around this call, not around the dump).
+        """
         self.claim(desired)
         async with self._lock:
-            actual, foreign = await self._run(self._dump_split_sync)
+            if since is None:
+                actual, foreign = await self._run(self._dump_split_sync)
+            else:
+                touched, self._touched = self._touched or set(), None
+                again = touched | since.unread
+                services = {k: s for k, s in since.services.items() if k not in again}
+                if again:
+                    services.update(await self._run(lambda: self._read_again_sync(again)))
+                actual, foreign = self._split(services.values())
             self._set_shadow({s.key: s for s in actual.services}, actual)
         return Drift(tuple(diff(actual, desired)), actual, tuple(s.key for s in foreign.services))
+
+    async def dump_unlocked(self, chunk: int = _DUMP_CHUNK) -> KernelDump:
+        """The whole kernel table, read ``chunk`` services per netlink job, each job under the
+        lock: an apply meanwhile waits for one job, not for the dump (a full dump of 1,000
+        services takes seconds in an emulated VM). From the start the services each apply
+        touches are recorded; :meth:`drift` with ``since=`` reads them again."""
+        async with self._lock:
+            self._touched = set()
+            listed = await self._run(self._sock.dump_services)
+            self.stats.dumps += 1
+        services: dict[str, Service] = {}
+        unread: set[str] = set()
+        try:
+            for i in range(0, len(listed), chunk):
+                part = listed[i : i + chunk]
+                async with self._lock:
+                    got = await self._run(lambda part=part: self._read_dests_sync(part))  # type: ignore[misc]
+                for svc, full in got:
+                    if full is None:
+                        unread.add(svc.key)
+                    else:
+                        services[svc.key] = full
+        except BaseException:
+            self._touched = None
+            raise
+        return KernelDump(services, frozenset(unread))
 
     async def check_and_repair(self, desired: Table) -> Drift:
         """The periodic check: :meth:`drift`, then apply its repair. Returns what was repaired."""
@@ -241,6 +298,31 @@ class IpvsDataplane:
             (mine if s.key in self._owned else theirs).append(full)
         return Table(tuple(sort_ipvsadm(mine))), Table(tuple(sort_ipvsadm(theirs)))
 
+    def _split(self, services: Iterable[Service]) -> tuple[Table, Table]:
+        mine: list[Service] = []
+        theirs: list[Service] = []
+        for s in services:
+            (mine if s.key in self._owned else theirs).append(s)
+        return Table(tuple(sort_ipvsadm(mine))), Table(tuple(sort_ipvsadm(theirs)))
+
+    def _read_dests_sync(self, services: list[Service]) -> list[tuple[Service, Service | None]]:
+        out: list[tuple[Service, Service | None]] = []
+        for s in services:
+            try:
+                out.append((s, replace(s, dests=tuple(self._sock.dump_dests(s)))))
+            except OSError:  # gone since it was listed (or unreadable): read again at the end
+                out.append((s, None))
+        return out
+
+    def _read_again_sync(self, keys: set[str]) -> dict[str, Service]:
+        """The services named that exist now, with their destinations (one list dump, then one
+        destination dump per service named)."""
+        return {
+            s.key: replace(s, dests=tuple(self._sock.dump_dests(s)))
+            for s in self._sock.dump_services()
+            if s.key in keys
+        }
+
     def _dump_sync(self, *, owned: bool) -> Table:
         services = self._sock.dump_services()
         self.stats.dumps += 1
@@ -252,6 +334,8 @@ class IpvsDataplane:
         return Table(tuple(sort_ipvsadm(out)))
 
     def _apply_sync(self, ops: list[Op]) -> None:
+        if self._touched is not None:  # a dump_unlocked is under way: these are read again
+            self._touched.update(op.service.key for op in ops)
         try:
             requests = [_request(op) for op in ops]
         except (ValueError, KeyError) as e:

@@ -39,6 +39,11 @@ def test_vm_drift_is_reported_and_repaired(vm_run: VmRun) -> None:
     assert r["detail"]["drift"]  # type: ignore[index]
 
 
+def test_vm_drift_dump_does_not_block_applies(vm_run: VmRun) -> None:
+    r = assert_case(vm_run, "kernel:drift_dump_does_not_block_applies")
+    assert r["detail"]["applies_during_dump"] > 0  # type: ignore[index]
+
+
 def test_vm_foreign_services_untouched(vm_run: VmRun) -> None:
     assert_case(vm_run, "kernel:foreign_untouched")
 

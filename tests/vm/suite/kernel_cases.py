@@ -363,6 +363,53 @@ async def case_refusal_is_typed() -> object:
 
 
 @case
+async def case_drift_dump_does_not_block_applies() -> object:
+    """The periodic check's dump (``dump_unlocked``) lets applies through between its chunks; a
+    change applied meanwhile is read again (not taken for drift), a change behind our back is."""
+    await fresh_kernel()
+    table = Table(tuple(
+        Service(Protocol.TCP, f"10.{i // 250}.{i % 250}.1", 80,
+                dests=tuple(Dest(f"10.200.{i % 250}.{j}", 80, Forwarding.MASQ, 1) for j in range(1, 5)))
+        for i in range(300)
+    ))  # fmt: skip
+    svc = table.services[150]
+    other = table.services[10]
+
+    def with_weight(w: int) -> Table:
+        changed = replace(svc, dests=(replace(svc.dests[0], weight=w), *svc.dests[1:]))
+        return Table(tuple(changed if s.key == svc.key else s for s in table.services))
+
+    async with dataplane() as dp:
+        await dp.reconcile(table)
+        dump_task = asyncio.create_task(dp.dump_unlocked())
+        during, w = 0, 1
+        while not dump_task.done():
+            w = w % 50 + 2
+            await dp.reconcile_services({svc.key: with_weight(w).service(svc.key)})
+            during += 0 if dump_task.done() else 1
+            await asyncio.sleep(0)  # as the agent's loop does between events
+        dump = dump_task.result()
+        w += 1  # after the dump, before the comparison: still read again
+        await dp.reconcile_services({svc.key: with_weight(w).service(svc.key)})
+        drift = await dp.drift(with_weight(w), since=dump)
+        check(during > 0, "no apply completed while the dump ran")
+        check(drift.clean, f"changes applied during the dump were taken for drift: {drift.lines()}")
+        check((await dp.dump()).digest() == with_weight(w).digest(), "the shadow after drift(since=)")
+        # something behind our back is still found (and the services applied meanwhile are not)
+        ipvsadm("-e", "-t", f"{other.address}:80", "-r", f"{other.dests[0].address}:80", "-m", "-w", "77")
+        dump = await dp.dump_unlocked()
+        w += 1
+        await dp.reconcile_services({svc.key: with_weight(w).service(svc.key)})
+        drift = await dp.drift(with_weight(w), since=dump)
+        lines = drift.lines()
+        want = f"edit-dest {other.key} -> {other.dests[0].key} w=1"
+        check(lines == [want], f"expected only {want!r}: {lines}")
+        kernel = await dp.dump_kernel()
+    check(kernel.service(svc.key) == with_weight(w).service(svc.key), "the kernel lost the applied weight")
+    return {"applies_during_dump": during, "drift": lines}
+
+
+@case
 async def case_event_loop_not_blocked() -> object:
     """A 300-service load while a 1 ms ticker runs: the loop's longest stall stays small."""
     await fresh_kernel()
