@@ -16,7 +16,17 @@ Measured in the same run:
   next, off that path (the table digest, ``advance``, the TableApplied decision).
   ``full_path_ms``: a few changes the old way (render, diff and reconcile of the whole table).
   ``apply_ms``: the ``apply`` of the single edit-dest op alone (executor hop + netlink round trip).
-  The log subscription itself (coordinator -> agent) is not in the VM.
+* ``from_log``: the whole stack in the VM (``tests/vm/suite/stack.py``): etcd (Debian's
+  ``etcd-server``), a coordinator and an ``lvs-agent --dataplane ipvs`` process, each its own
+  process. ``bulk_from_log_s``: the N x M configuration published as one ``ConfigApplied`` event,
+  until the kernel holds every rule. Then K weight changes (``AdminOverride`` WEIGHT events,
+  alternating two weights on one real server) published through the coordinator into etcd; a
+  poller process, from the ack on, dumps that service's destinations over netlink (1 ms apart)
+  until it shows the new weight. ``publish_to_kernel_ms``: from the publish call to the kernel
+  showing the weight (it includes the append into etcd: an upper bound of "from the log");
+  ``ack_to_kernel_ms``: from the publisher's ack (the event is committed in etcd) to the kernel
+  (0 when the kernel had it by the ack); ``publish_to_ack_ms``: the append. Clocks:
+  CLOCK_MONOTONIC, system-wide. ``slowest``: (seconds into the run, ms) of the ten slowest.
 """
 
 from __future__ import annotations
@@ -28,8 +38,11 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from pathlib import Path
 
 from agent.core import ApplyCore, Policy
 from agent.dataplane import reconcile_changed
@@ -114,7 +127,144 @@ async def bench(n: int, m: int, changes: int) -> dict[str, object]:
     }
 
     out["weight_change"] = await weight_change(cfg, cfg_event, n, changes)
+    out["from_log"] = await from_log(cfg, n, m, changes)
     return out
+
+
+POLLER = r"""
+import sys, time
+from agent.dataplane._netlink import IpvsSocket
+from lvs_events.domain.config import Protocol
+from lvs_events.domain.table import Service
+address, port, real, every = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+sock = IpvsSocket()
+sock.open()
+svc = Service(Protocol.TCP, address, port)
+print("ready", flush=True)
+for line in sys.stdin:
+    weight, polls = int(line), 0
+    while True:
+        polls += 1
+        if any(d.address == real and d.weight == weight for d in sock.dump_dests(svc)):
+            break
+        time.sleep(every)
+    print(time.monotonic(), polls, flush=True)
+"""
+
+
+def _stats(xs: list[float]) -> dict[str, float]:
+    return {"p50": pct(xs, 50), "p99": pct(xs, 99), "max": round(max(xs), 3), "min": round(min(xs), 3)}
+
+
+SUITE = Path(__file__).resolve().parents[1] / "suite"  # the VM job's layout: /job/bench, /job/suite
+
+
+async def from_log(cfg: Config, n: int, m: int, changes: int) -> dict[str, object]:
+    """The weight change from the log: etcd, coordinator and agent processes (see the docstring)."""
+    sys.path.insert(0, str(SUITE))
+    from stack import Stack, environment_ok  # noqa: PLC0415 -- the VM job's layout
+
+    from lvs_events.client import CoordinatorClient, new_event  # noqa: PLC0415
+
+    why = environment_ok()
+    if why:
+        return {"skipped": why}
+    ipvsadm("-C")
+    stack = Stack(Path(tempfile.mkdtemp(prefix="bench-stack-")), cluster="bench")
+    out: dict[str, object] = {}
+    try:
+        await asyncio.to_thread(stack.etcd, "127.0.0.1")
+        stack.coordinator("127.0.0.1")
+        stack.agent("lb1")
+        deadline = time.monotonic() + 120
+        while not any(e.get("event") == "agent.start" for e in stack.events("agent-lb1")):
+            if time.monotonic() > deadline or stack.procs["agent-lb1"].poll() is not None:
+                raise RuntimeError(f"the agent did not start:\n{stack.tail('agent-lb1')}")
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(1.0)  # its subscription
+        async with CoordinatorClient([stack.coordinator_endpoint], timeout=60.0) as c:
+            t0 = time.monotonic()
+            ev = new_event(ConfigApplied(cfg), cluster="bench", origin="bench", actor="bench")
+            (ack,) = await c.publish([ev])
+            if not ack.ok:
+                raise RuntimeError(f"ConfigApplied refused: {ack.error}")
+            while len(ipvsadm("-S", "-n").splitlines()) != n * (m + 1):
+                if time.monotonic() - t0 > 300:
+                    raise RuntimeError(f"the agent did not load the table:\n{stack.tail('agent-lb1')}")
+                await asyncio.sleep(0.1)
+            out["bulk_from_log_s"] = round(time.monotonic() - t0, 3)
+            await asyncio.sleep(2.0)  # the agent's work after the load (TableApplied, persist)
+
+            async def publish(payload: AdminOverride) -> float:
+                (ack,) = await c.publish([new_event(payload, cluster="bench", origin="bench", actor="bench")])
+                if not ack.ok:
+                    raise RuntimeError(f"weight change refused: {ack.error}")
+                return time.monotonic()
+
+            out.update(await weight_changes_from_log(cfg.virtuals[n // 2], changes, publish))
+        names = [str(e.get("event")) for e in stack.events("agent-lb1")]
+        out["agent_log_events"] = {k: names.count(k) for k in sorted(set(names))}
+    finally:
+        await asyncio.to_thread(stack.close)
+        ipvsadm("-C")
+    return out
+
+
+async def weight_changes_from_log(
+    v: VirtualService, changes: int, publish: Callable[[AdminOverride], Awaitable[float]]
+) -> dict[str, object]:
+    """K weight changes of ``v``'s first real server, one at a time, each timed to the kernel."""
+    r = v.reals[0]
+    poller = subprocess.Popen(  # noqa: ASYNC220 -- talked to line by line below
+        [sys.executable, "-c", POLLER, str(v.address), str(v.port), r.address, "0.001"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    to_kernel: list[float] = []
+    from_ack: list[float] = []
+    to_ack: list[float] = []
+    polls: list[int] = []
+    series: list[tuple[float, float]] = []  # (seconds from the first change, publish -> kernel ms)
+    try:
+        stdin, stdout = poller.stdin, poller.stdout
+        assert stdin is not None
+        assert stdout is not None
+        if (await asyncio.to_thread(stdout.readline)).strip() != "ready":
+            raise RuntimeError("the poller did not start")
+        start = time.monotonic()
+        for k in range(changes):
+            weight = 7 if k % 2 == 0 else 9
+            t0 = time.monotonic()
+            t_ack = await publish(AdminOverride(v.key, r.key, AdminAction.WEIGHT, weight=weight))
+            # The poller starts at the ack (it would only steal the emulated CPUs from etcd, the
+            # coordinator and the agent during the append): a change already in the kernel then
+            # counts as reaching it at the ack, so ack_to_kernel >= 0 and publish_to_kernel is
+            # still an upper bound.
+            stdin.write(f"{weight}\n")
+            stdin.flush()
+            line = await asyncio.wait_for(asyncio.to_thread(stdout.readline), 60)
+            t_kernel, n_polls = line.split()
+            to_kernel.append((float(t_kernel) - t0) * 1000)
+            from_ack.append((float(t_kernel) - t_ack) * 1000)
+            to_ack.append((t_ack - t0) * 1000)
+            polls.append(int(n_polls))
+            series.append((round(t0 - start, 3), round(to_kernel[-1], 1)))
+            await asyncio.sleep(0.05)  # one change at a time: the agent's after-ack work done
+    finally:
+        poller.kill()
+        poller.wait()
+    return {
+        "changes": changes,
+        "publish_to_kernel_ms": _stats(to_kernel),
+        "ack_to_kernel_ms": _stats(from_ack),
+        "publish_to_ack_ms": _stats(to_ack),
+        "polls_p50": sorted(polls)[len(polls) // 2],
+        "slowest": sorted(series, key=lambda x: -x[1])[:10],
+        "target_p99_ms": 20,
+        "measured": "publish through the coordinator into etcd -> the agent's subscription -> fold, "
+        "render, diff, netlink -> a poller sees the weight in the kernel",
+    }
 
 
 async def weight_change(cfg: Config, cfg_event: Event, n: int, changes: int) -> dict[str, object]:
