@@ -72,7 +72,9 @@ class Ready:
     persist: bool  # write ``state`` as the applied revision
     publish: TableApplied | None  # publish this after a successful, verified reconcile
     # The per-event path: the dataplane already holds ``desired`` except for these services (the
-    # desired service by key); reconcile just them. None: reconcile the whole table.
+    # desired service by key); reconcile just them. None: reconcile the whole table. Built by the
+    # core as a ``ServiceChanges``: with, per service, the destinations that changed since the
+    # applied table (a dataplane holding that very service applies just those).
     changed: Mapping[str, Service | None] | None = None
 
     @property
