@@ -81,7 +81,7 @@ def pct(xs: list[float], p: float) -> float:
     return round(s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))], 3)
 
 
-async def bench(n: int, m: int, changes: int) -> dict[str, object]:
+async def bench(n: int, m: int, changes: int, drift_interval: str = "") -> dict[str, object]:
     cfg = config(n, m)
     cfg_event = Event("cfg", "bench", "vm", "bench", "", 1.0, ConfigApplied(cfg))
     state = fold(State(), cfg_event)
@@ -127,7 +127,7 @@ async def bench(n: int, m: int, changes: int) -> dict[str, object]:
     }
 
     out["weight_change"] = await weight_change(cfg, cfg_event, n, changes)
-    out["from_log"] = await from_log(cfg, n, m, changes)
+    out["from_log"] = await from_log(cfg, n, m, changes, drift_interval)
     return out
 
 
@@ -159,13 +159,15 @@ def _stats(xs: list[float]) -> dict[str, float]:
 SUITE = Path(__file__).resolve().parents[1] / "suite"  # the VM job's layout: /job/bench, /job/suite
 
 
-async def from_log(cfg: Config, n: int, m: int, changes: int) -> dict[str, object]:
+async def from_log(cfg: Config, n: int, m: int, changes: int, drift_interval: str = "") -> dict[str, object]:
     """The weight change from the log: etcd, coordinator and agent processes (see the docstring)."""
     sys.path.insert(0, str(SUITE))
     from stack import Stack, environment_ok  # noqa: PLC0415 -- the VM job's layout
 
+    from lvs_events import logs  # noqa: PLC0415
     from lvs_events.client import CoordinatorClient, new_event  # noqa: PLC0415
 
+    logs.configure("json", "WARNING", stream=sys.stderr)  # stdout is the report
     why = environment_ok()
     if why:
         return {"skipped": why}
@@ -175,7 +177,8 @@ async def from_log(cfg: Config, n: int, m: int, changes: int) -> dict[str, objec
     try:
         await asyncio.to_thread(stack.etcd, "127.0.0.1")
         stack.coordinator("127.0.0.1")
-        stack.agent("lb1")
+        stack.agent("lb1", *(["--drift-interval", drift_interval] if drift_interval else []))
+        out["agent_drift_interval"] = drift_interval or "default"
         deadline = time.monotonic() + 120
         while not any(e.get("event") == "agent.start" for e in stack.events("agent-lb1")):
             if time.monotonic() > deadline or stack.procs["agent-lb1"].poll() is not None:
@@ -348,7 +351,8 @@ def main() -> int:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
     m = int(sys.argv[2]) if len(sys.argv) > 2 else 4
     changes = int(sys.argv[3]) if len(sys.argv) > 3 else 200
-    print(json.dumps(asyncio.run(bench(n, m, changes)), indent=1))
+    drift_interval = sys.argv[4] if len(sys.argv) > 4 else ""  # the agent's --drift-interval (from_log)
+    print(json.dumps(asyncio.run(bench(n, m, changes, drift_interval)), indent=1))
     return 0
 
 

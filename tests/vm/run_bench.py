@@ -1,6 +1,6 @@
 """Run ``bench/bench_kernel.py`` in the IPVS VM and print its JSON (root; boots the VM once).
 
-sudo .venv/bin/python tests/vm/run_bench.py [services reals changes]
+sudo .venv/bin/python tests/vm/run_bench.py [services reals changes [agent-drift-interval]]
 """
 
 from __future__ import annotations
