@@ -20,16 +20,17 @@ from coordinator.store import Bounds, EventStore, SnapshotRecord
 from lvs_events import wire
 from lvs_events.domain import codec
 from lvs_events.domain.render import render
-from lvs_events.domain.state import State, fold
+from lvs_events.domain.state import State, fold_all
 from lvs_events.domain.table import Table
 from lvs_events.errors import Compacted, LvsEventsError, StoreError
+from lvs_events.pb.v1 import events_pb2 as pb
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_SNAPSHOT_EVERY = 1000
 DEFAULT_SNAPSHOT_INTERVAL = 60.0
 DEFAULT_RETENTION = 100_000
-_YIELD_EVERY = 512  # events folded between yields to the event loop
+_FOLD_PAGE = 512  # events folded per hand-off to the folding thread
 
 
 class RevisionAhead(LvsEventsError):
@@ -51,6 +52,11 @@ class Folded:
 
     def table_json(self) -> bytes:
         return json.dumps(self.table.to_json(), sort_keys=True, separators=(",", ":")).encode()
+
+
+def _fold_page(state: State, page: list[pb.Event]) -> State:
+    """Convert and fold a page of log entries (pure: run in a thread)."""
+    return fold_all(state, [wire.event_from_pb(msg) for msg in page])
 
 
 class StateService:
@@ -137,12 +143,17 @@ class StateService:
         state = base
         if state.revision >= target:
             return state
-        n = 0
+        # folded in a thread, a page at a time: one ConfigApplied of thousands of servers takes
+        # tens of milliseconds (seconds on a slow host), which on the loop would hold up every
+        # Publish ack and Subscribe stream of this coordinator
+        page: list[pb.Event] = []
         async for item in self.store.read(state.revision + 1, follow=False, to_revision=target):
-            state = fold(state, wire.event_from_pb(item.event))
-            n += 1
-            if n % _YIELD_EVERY == 0:
-                await asyncio.sleep(0)
+            page.append(item.event)
+            if len(page) >= _FOLD_PAGE:
+                state = await asyncio.to_thread(_fold_page, state, page)
+                page = []
+        if page:
+            state = await asyncio.to_thread(_fold_page, state, page)
         if state.revision != target:
             raise StoreError(f"log ended at revision {state.revision}, before {target}")
         return state
