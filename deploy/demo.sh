@@ -138,9 +138,9 @@ serving() {  # serving yes|no DEST: wait until DEST takes (or no longer takes) n
 }
 observed_up() {  # observed_up NODE REAL: until NODE's own checks have reported REAL up in the log
     for _ in $(seq 100); do  # (each agent spreads its first checks over checkinterval)
-        if cli tail --type RealServerHealth --node "$1" --real "$2" | grep -q " UP seen by $1 "; then
-            return 0
-        fi
+        local seen  # (not `| grep -q`: under pipefail the writer's broken pipe fails the test)
+        seen=$(cli tail --type RealServerHealth --node "$1" --real "$2")
+        [[ $seen == *" UP seen by $1 "* ]] && return 0
         sleep 0.3
     done
     echo "demo: $1 never reported $2 up" >&2
