@@ -136,17 +136,17 @@ serving() {  # serving yes|no DEST: wait until DEST takes (or no longer takes) n
     echo "demo: the table never got to '$1 $2'" >&2
     return 1
 }
-observed_up() {  # observed_up NODE REAL: until NODE's own checks have reported REAL up in the log
+observed_up() {  # observed_up NODE VIRTUAL REAL: until NODE's own checks reported REAL up
     for _ in $(seq 100); do  # (each agent spreads its first checks over checkinterval)
         local seen  # (not `| grep -q`: under pipefail the writer's broken pipe fails the test)
-        seen=$(cli tail --type RealServerHealth --node "$1" --real "$2")
-        [[ $seen == *" UP seen by $1 "* ]] && return 0
+        seen=$(cli tail --type RealServerHealth --node "$1" --vip "${2%:*}" --real "$3")
+        [[ $seen == *" $2 -> $3 UP seen by $1 "* ]] && return 0
         sleep 0.3
     done
-    echo "demo: $1 never reported $2 up" >&2
+    echo "demo: $1 never reported $3 up in $2" >&2
     return 1
 }
-for node in master slave; do observed_up "$node" 192.0.2.12; done
+for node in master slave; do observed_up "$node" "203.0.113.10:80" "192.0.2.12:80"; done
 say "real server web2 stops answering: the checks take it out (checkinterval=5 in the seed)"
 kill "$PID_web2"
 serving no 192.0.2.12:80
