@@ -9,6 +9,12 @@ Commands (one event each, folded in order; ``table`` prints the rendered table a
     time T                      wall time of the following events (unix seconds)
     table                       the table, as ``ipvsadm -L -n``, and its digest
 
+Every event goes through the log's wire encoding, and two replicas fold the encoded log, as the
+two directors' agents do: "master" folds each event as it comes; "slave" restarts from a snapshot
+of its state (the snapshot codec) at every ``table``, as an agent recovering from the coordinator's
+snapshot does, and folds the tail. ``table`` prints one table when both replicas render the same
+(``digest ... (master = slave)``), and both tables when they differ (a failure).
+
 Rewrite the expectations with ``UPDATE_GOLDEN=1 pytest tests/golden``.
 """
 
@@ -29,11 +35,13 @@ from lvs_events.domain.events import (
     Payload,
     RealServerHealth,
 )
+from lvs_events.domain import codec
 from lvs_events.domain.render import render
 from lvs_events.domain.state import State, fold
 from lvs_events.domain.table import format_ipvsadm
 from lvs_events.ldirectord import parse_text
 from lvs_events.ldirectord.resolve import StaticResolver
+from lvs_events.wire import event_from_bytes, event_to_bytes
 from tests.golden.datadriven import run_file
 
 HERE = Path(__file__).parent / "testdata"
@@ -42,13 +50,23 @@ SHARED = Path(os.environ.get("LVS_SHARED_DIR", Path(__file__).resolve().parents[
 
 class Script:
     def __init__(self) -> None:
-        self.state = State()
+        self.log: list[bytes] = []  # the events as the log stores them
+        self.master = State()
+        self.slave = State()
         self.now = 1_700_000_000.0
 
     def emit(self, payload: Payload, origin: str = "master") -> None:
-        rev = self.state.revision + 1
+        rev = len(self.log) + 1
         event = Event(f"g{rev}", "golden", origin, "golden", "", self.now, payload, revision=rev)
-        self.state = fold(self.state, event)
+        self.log.append(event_to_bytes(event))
+        self.master = fold(self.master, event_from_bytes(self.log[-1]))
+
+    def _slave_catch_up(self) -> None:
+        """Restart the slave from a snapshot of its own state, then fold the log's tail."""
+        state = codec.loads(State, codec.dumps(self.slave))
+        for blob in self.log[state.revision :]:
+            state = fold(state, event_from_bytes(blob))
+        self.slave = state
 
     def __call__(self, cmd: str, args: list[str]) -> str:  # noqa: PLR0911 -- one branch per command
         if cmd == "config":
@@ -78,8 +96,14 @@ class Script:
             self.now = float(args[0])
             return "ok"
         if cmd == "table":
-            table = render(self.state)
-            return format_ipvsadm(table, header=False) + f"digest {table.digest()}"
+            self._slave_catch_up()
+            ours, theirs = render(self.master), render(self.slave)
+            if ours.digest() == theirs.digest():
+                return format_ipvsadm(ours, header=False) + f"digest {ours.digest()} (master = slave)"
+            return (
+                "master:\n" + format_ipvsadm(ours, header=False) + f"digest {ours.digest()}\n"
+                "slave:\n" + format_ipvsadm(theirs, header=False) + f"digest {theirs.digest()}"
+            )
         raise ValueError(f"unknown command {cmd}")
 
 
