@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from lvs_events.domain import codec
 from lvs_events.domain.events import (
     AdminAction,
     AdminOverride,
@@ -35,7 +36,6 @@ from lvs_events.domain.events import (
     Payload,
     RealServerHealth,
 )
-from lvs_events.domain import codec
 from lvs_events.domain.render import render
 from lvs_events.domain.state import State, fold
 from lvs_events.domain.table import format_ipvsadm
