@@ -14,7 +14,9 @@ Decisions:
   since the last write, and at least ``persist_cost_factor`` times as long as that write took (a
   big state costs a write of megabytes: it may take at most about 1/factor of the agent's time).
   A restart then replays at most that much of the log, which is harmless: the fold is idempotent
-  and the reconcile compares the dataplane with the table, not with what was persisted;
+  and the reconcile compares the dataplane with the table, not with what was persisted. The shell
+  may write in the background (:meth:`ApplyCore.persist_started`, then :meth:`ApplyCore.persisted`
+  or :meth:`ApplyCore.persist_failed`): no other write is asked for while one is under way;
 * **publish** ``TableApplied`` when the applied digest differs from the one the log last recorded
   for this node, once caught up with the log head (or after ``publish_delay`` seconds when the log
   keeps moving), at most once per ``min_publish_interval``, and not again while the same digest is
@@ -120,6 +122,7 @@ class ApplyCore:
         self._persisted_revision = self.state.revision
         self._persisted_at: float | None = None
         self._persist_cost = 0.0
+        self._persisting = False  # a background write is under way (persist_started)
         # published
         self._inflight_digest = ""
         self._inflight_at = 0.0
@@ -183,8 +186,10 @@ class ApplyCore:
         changed = None
         if reconcile and not (retry_due or resync_due) and self._unapplied:
             changed = self._changed_services(self._unapplied)
-        persist = s.revision > self._persisted_revision and (
-            self._persisted_at is None or now - self._persisted_at >= self._persist_every()
+        persist = (
+            s.revision > self._persisted_revision
+            and not self._persisting
+            and (self._persisted_at is None or now - self._persisted_at >= self._persist_every())
         )
         # On the per-event path the digest waits until after the kernel's ack; so does the
         # TableApplied decision (the next ``ready`` makes it, from the applied digest).
@@ -280,7 +285,11 @@ class ApplyCore:
             times.append(self._retry_at)
         if self._reconciled_at is not None:
             times.append(self._reconciled_at + self.policy.resync_interval)
-        if self.state.revision > self._persisted_revision and self._persisted_at is not None:
+        if (
+            self.state.revision > self._persisted_revision
+            and self._persisted_at is not None
+            and not self._persisting  # its end is news by itself (persisted / persist_failed)
+        ):
             times.append(self._persisted_at + self._persist_every())
         if self._publish_pending_since is not None:
             times.append(
@@ -340,10 +349,23 @@ class ApplyCore:
         """How long the last write of the state took (it paces the next one)."""
         self._persist_cost = seconds
 
+    def persist_started(self) -> None:
+        """The shell took a ``Ready.persist`` to write in the background (it passes that Ready to
+        :meth:`advance` with ``persist`` False): no other write is asked for until it reports back
+        with :meth:`persisted` or :meth:`persist_failed`."""
+        self._persisting = True
+
+    @property
+    def persisting(self) -> bool:
+        return self._persisting
+
     def persisted(self, revision: int, now: float) -> None:
-        """The shell wrote the state at ``revision`` outside :meth:`ready` (the final write on drain)."""
+        """The shell wrote the state at ``revision``: a background write done, or one outside
+        :meth:`ready` (the final write on drain)."""
+        self._persisting = False
         self._persisted_revision = max(self._persisted_revision, revision)
         self._persisted_at = now
 
     def persist_failed(self, now: float) -> None:
+        self._persisting = False
         self._persisted_at = now  # try again after persist_interval
