@@ -13,9 +13,11 @@ In one run, on one freshly started etcd (``tests/support/etcd.py``):
 * replay: folding the whole log (``StateService.state_at``) in events/s.
 
 Targets (issue 2): coordinator throughput (the best run) >= 0.5 x raw batched-transaction
-throughput; p50 ack latency (1 unary publisher) <= 2 x raw single-put p50. The latency pair is
-measured in interleaved rounds (raw puts, then coordinator events, repeated; ``latency_rounds``)
-so that a change in the machine's background load hits both alike. etcd runs with its
+throughput, each windowed run paired with raw transactions measured just before it (etcd slows
+as its keyspace grows over the run, and the first raw figure is taken on an empty one); p50 ack
+latency (1 unary publisher) <= 2 x raw single-put p50. The latency pair is measured in
+interleaved rounds (raw puts, then coordinator events, repeated; ``latency_rounds``) so that a
+change in the machine's background load hits both alike. etcd runs with its
 default settings (``--max-txn-ops`` 128) for both the raw and the coordinator figures.
 
 Run from the repository root: ``python bench/bench_coordinator.py [--quick]``.
@@ -156,6 +158,22 @@ async def raw_etcd(endpoints: list[str], singles: int, txns: int) -> dict[str, A
             "txn_p50_ms": ms(pct(txn_lat, 0.5)),
         },
     }
+
+
+async def raw_txn_throughput(endpoints: list[str], txns: int, tag: str) -> float:
+    """Raw batched-transaction throughput (puts/s, transactions of 64 puts, one in flight) now,
+    on the etcd as it is: measured right before each windowed coordinator run, so that the pair
+    sees the same database size (etcd slows as its keyspace grows: both fell by half to three
+    quarters in the later rounds of a long run here) and the same background load."""
+    value = event(0, 0).SerializeToString()
+    async with Etcd3Client(endpoints) as client:
+        kv = client.kv
+        assert kv is not None
+        t0 = time.perf_counter()
+        for j in range(txns):
+            ops = [kv.txn_op_put(f"/raw/{tag}/{j:06d}/{k:02d}", value) for k in range(64)]
+            await kv.txn([], ops, timeout=5)
+        return round(txns * 64 / (time.perf_counter() - t0), 1)
 
 
 async def wait_serving(address: str, proc: subprocess.Popen[bytes]) -> None:
@@ -351,10 +369,13 @@ async def main_async(quick: bool, batch: int, window: int, max_txn_ops: int) -> 
                 await publishers(address, 64, int(200 * scale), pids=pids),
             ]
             rounds = await latency_rounds(endpoints, address, 5 if quick else 10, 200)
-            windowed = [
-                await publishers(address, n, int(per * scale), batch=batch, window=window, pids=pids)
-                for n, per in ((1, 20000), (16, 2000), (64, 500))
-            ]
+            windowed = []
+            for n, per in ((1, 20000), (16, 2000), (64, 500)):
+                raw_before = await raw_txn_throughput(endpoints, int(200 * scale), f"pair{n}")
+                run = await publishers(address, n, int(per * scale), batch=batch, window=window, pids=pids)
+                run["raw_txn_puts_per_s_just_before"] = raw_before
+                run["ratio_vs_raw_txn_just_before"] = round(run["throughput_per_s"] / raw_before, 3)
+                windowed.append(run)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(15)
@@ -362,6 +383,7 @@ async def main_async(quick: bool, batch: int, window: int, max_txn_ops: int) -> 
     runs = unary + windowed
     best = max(r["throughput_per_s"] for r in runs)
     raw_txn = raw["txn_64_puts"]["throughput_puts_per_s"]
+    best_pair = max(windowed, key=lambda r: r["ratio_vs_raw_txn_just_before"])
     raw_p50 = rounds["raw_single_put_p50_ms"]
     p50_one = rounds["coordinator_ack_p50_ms"]
     return {
@@ -378,9 +400,13 @@ async def main_async(quick: bool, batch: int, window: int, max_txn_ops: int) -> 
         "latency_rounds": rounds,
         "replay": rep,
         "targets": {
-            "throughput_ratio_vs_raw_txn": round(best / raw_txn, 3),
-            "throughput_target_met": best >= 0.5 * raw_txn,
-            "throughput_measured_on": "the best coordinator run (windowed publishers)",
+            "throughput_ratio_vs_raw_txn": best_pair["ratio_vs_raw_txn_just_before"],
+            "throughput_target_met": best_pair["ratio_vs_raw_txn_just_before"] >= 0.5,
+            "throughput_measured_on": (
+                "the best windowed coordinator run against raw batched transactions measured just"
+                f" before it on the same etcd ({best_pair['publishers']} publishers)"
+            ),
+            "throughput_ratio_best_run_vs_first_raw_txn": round(best / raw_txn, 3),
             "p50_ratio_vs_raw_single_put": round(p50_one / raw_p50, 3) if raw_p50 else None,
             "p50_measured_on": (
                 "latency_rounds: 1 unary publisher (one event in flight) against raw single puts,"
