@@ -53,7 +53,7 @@ import uuid
 import zlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import grpc
 import grpc.aio
@@ -498,19 +498,33 @@ class EtcdEventStore:
             yield item
 
     async def _catch_up(self, nxt: int, stop: int, at: int, head: int) -> AsyncIterator[LogItem]:
-        while not (stop and nxt >= stop):
-            entries, more, _ = await self._range_page(nxt, stop, at)
+        """The log from ``nxt`` up to ``stop`` (0: the head as of ``at``), read at etcd revision
+        ``at``, a page at a time.
+
+        Each page is the exact key range of its revisions (the log is dense), not "from here to
+        the end, limit N": etcd counts every key of a range to answer it, even with a limit, so
+        open-ended pages made a full read quadratic in the length of the log (11 ms a page of
+        256 at 100,000 events, 27,000 events/s; bounded pages are read at the speed of the
+        events themselves).
+        """
+        end = min(stop, head + 1) if stop else head + 1
+        while nxt < end:
+            page_stop = min(nxt + self.page_size, end)
+            entries, _, _ = await self._range_page(nxt, page_stop, at)
             for rev, blob in entries:
                 if rev != nxt:
                     # trimmed while we read (then Compacted), or a hole (a broken log)
-                    bounds, _ = await self._bounds_at()
-                    if nxt < bounds.first:
-                        raise Compacted(nxt, bounds.first)
-                    raise StoreError(f"log is not dense: expected revision {nxt}, found {rev}")
+                    await self._not_dense(nxt, rev)
                 yield LogItem(_parse(blob, rev), max(head, rev))
                 nxt = rev + 1
-            if not more:
-                return
+            if nxt < page_stop:  # the page ended early: trimmed before `at`, or a hole
+                await self._not_dense(nxt, None)
+
+    async def _not_dense(self, nxt: int, found: int | None) -> NoReturn:
+        bounds, _ = await self._bounds_at()
+        if nxt < bounds.first:
+            raise Compacted(nxt, bounds.first)
+        raise StoreError(f"log is not dense: expected revision {nxt}, found {found or 'nothing'}")
 
     async def _follow(self, nxt: int, stop: int, start_revision: int, head: int) -> AsyncIterator[LogItem]:
         watch = self._client.watch
@@ -810,15 +824,30 @@ class EtcdEventStore:
         first = bounds.first
         deleted = 0
         page = MAX_BATCH_EVENTS
+        n = len(self.k_log)
+        lo: int | None = None
         while True:
+            # Pages are exact key ranges [lo, lo + page): etcd counts every key of a range to
+            # answer it, so "everything below first, limit N" made a big trim quadratic.
             try:
-                resp = await kv.get(
-                    self.k_log, range_end=self.log_key(first), limit=page, timeout=self.timeout
-                )
+                if lo is None:  # the oldest entry left (once, and once more at the end)
+                    resp = await kv.get(
+                        self.k_log,
+                        range_end=self.log_key(first),
+                        limit=1,
+                        keys_only=True,
+                        timeout=self.timeout,
+                    )
+                    if not resp.kvs:
+                        return deleted
+                    lo = int(resp.kvs[0].key[n:])
+                hi = min(lo + page, first)
+                resp = await kv.get(self.log_key(lo), range_end=self.log_key(hi), timeout=self.timeout)
             except (EtcdError, grpc.aio.AioRpcError, TimeoutError) as e:
                 raise _translate(e, "read old log") from e
+            lo = hi if hi < first else None
             if not resp.kvs:
-                return deleted
+                continue
             ops = []
             for item in resp.kvs:
                 msg = pb.Event()
