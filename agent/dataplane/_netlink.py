@@ -553,6 +553,26 @@ class IpvsSocket:
     def dump_services(self) -> list[Service]:
         return [decode_service(p) for p in self._dump(IPVS_CMD_GET_SERVICE, b"", CMD_ATTR_SERVICE)]
 
+    def get_service(self, svc: Service) -> Service | None:
+        """The service ``svc`` names (by its key) as the kernel holds it, destinations empty;
+        None when there is none. One request: not a dump of every service."""
+        fd = self._socket()
+        seq = self._next_seq()
+        fd.send(Request(IPVS_CMD_GET_SERVICE, NLM_F_REQUEST, service_key_attr(svc)).encode(seq, self._family))
+        deadline = time.monotonic() + self.timeout
+        for kind, _flags, mseq, buf, off in self._messages(fd, deadline):
+            if mseq != seq:
+                continue
+            if kind == NLMSG_ERROR:
+                code = -_ERR.unpack_from(buf, off)[0]
+                if code in (0, errno.ESRCH, errno.ENOENT):
+                    return None
+                raise OSError(code, f"IPVS get service refused: {_strerror(code)}")
+            body = _attrs(buf, off + _GENL.size)
+            if CMD_ATTR_SERVICE in body:
+                return decode_service(body[CMD_ATTR_SERVICE])
+        return None  # not reached: _messages ends by a timeout
+
     def dump_dests(self, svc: Service) -> list[Dest]:
         payloads = self._dump(IPVS_CMD_GET_DEST, service_key_attr(svc), CMD_ATTR_DEST)
         af = int(svc.family)

@@ -21,6 +21,10 @@
   The check's dump does not hold up applies: :meth:`dump_unlocked` reads the kernel a few
   services per lock, recording the services applies touch meanwhile, and ``drift(desired,
   since=dump)`` reads those again before comparing (under the lock, at the table applied then).
+  Nor does its comparison: :meth:`observe` is that re-read alone (the lock held for a few
+  services), :func:`compare` (sorting and diffing the whole table: a quarter of a second of
+  Python for 1,000 services in an emulated VM) is pure and runs in a thread, and
+  :meth:`recheck` reads again, under the lock, only the services found different.
 * **Idempotent against races.** An add of something that already exists becomes a set (the
   service is then adopted: it is in the desired table); a delete of something already gone is
   success; a set of a destination that vanished becomes an add. Anything else the kernel refuses
@@ -49,7 +53,7 @@ from lvs_events.errors import DataplaneError
 
 from ._netlink import IpvsSocket, NetlinkFailure, Request, dest_request, service_request
 
-__all__ = ["Drift", "IpvsDataplane", "KernelDump", "sort_ipvsadm"]
+__all__ = ["Drift", "IpvsDataplane", "KernelDump", "compare", "sort_ipvsadm"]
 
 T = TypeVar("T")
 
@@ -66,6 +70,7 @@ class KernelDump:
 
     services: Mapping[str, Service]
     unread: frozenset[str] = frozenset()
+    listed: Mapping[str, Service] = field(default_factory=dict)  # the unread ones as listed
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +111,10 @@ class IpvsDataplane:
     ) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ipvs-netlink")
         self._sock = IpvsSocket(batch_size=batch_size)
+        # The drift check's reads: a socket and a thread of their own, so its dump of the whole
+        # table takes no lock (applies go on meanwhile on the socket above). Opened on first use.
+        self._dump_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ipvs-dump")
+        self._dump_sock = IpvsSocket()
         self._owned: set[str] = set(owned)
         self._owned_path = owned_path
         if owned_path is not None and owned_path.exists():
@@ -120,7 +129,7 @@ class IpvsDataplane:
         self._owned_dirty = True  # the owned set is written at the first apply, then when it changed
         # While a dump_unlocked is under way (until the drift(since=) that follows it): the keys of
         # the services every apply touched, to be read again.
-        self._touched: set[str] | None = None
+        self._touched: dict[str, Service] | None = None
         self.stats = _Stats()
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -134,10 +143,13 @@ class IpvsDataplane:
         if self._closed:
             return
         self._closed = True
+        loop = asyncio.get_running_loop()
         try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._sock.close)
+            await loop.run_in_executor(self._executor, self._sock.close)
+            await loop.run_in_executor(self._dump_executor, self._dump_sock.close)
         finally:
             self._executor.shutdown(wait=False)
+            self._dump_executor.shutdown(wait=False)
 
     async def __aenter__(self) -> IpvsDataplane:
         return await self.open()
@@ -237,40 +249,85 @@ class IpvsDataplane:
             if since is None:
                 actual, foreign = await self._run(self._dump_split_sync)
             else:
-                touched, self._touched = self._touched or set(), None
-                again = touched | since.unread
-                services = {k: s for k, s in since.services.items() if k not in again}
-                if again:
-                    services.update(await self._run(lambda: self._read_again_sync(again)))
-                actual, foreign = self._split(services.values())
+                seen = await self._observe_locked(since)
+                actual, foreign = self._split(seen.services.values())
             self._set_shadow({s.key: s for s in actual.services}, actual)
         return Drift(tuple(diff(actual, desired)), actual, tuple(s.key for s in foreign.services))
 
-    async def dump_unlocked(self, chunk: int = _DUMP_CHUNK) -> KernelDump:
-        """The whole kernel table, read ``chunk`` services per netlink job, each job under the
-        lock: an apply meanwhile waits for one job, not for the dump (a full dump of 1,000
-        services takes seconds in an emulated VM). From the start the services each apply
-        touches are recorded; :meth:`drift` with ``since=`` reads them again."""
+    async def observe(self, desired: Table, since: KernelDump) -> KernelDump:
+        """The kernel as it is now, for a drift check that compares off the lock: ``since`` (a
+        :meth:`dump_unlocked`) with the services applies touched since it began read again (the
+        lock is held for those only), owned or not. The shadow becomes what it says of the owned
+        services. Compare it with :func:`compare` (in a thread), confirm a difference with
+        :meth:`recheck`. The caller holds its own apply lock around this call (``desired`` is
+        the table it applied last), not around the comparison."""
+        self.claim(desired)
         async with self._lock:
-            self._touched = set()
-            listed = await self._run(self._sock.dump_services)
-            self.stats.dumps += 1
-        services: dict[str, Service] = {}
-        unread: set[str] = set()
+            seen = await self._observe_locked(since)
+            owned = self._owned
+            self._set_shadow({k: s for k, s in seen.services.items() if k in owned})
+        return seen
+
+    async def _observe_locked(self, since: KernelDump) -> KernelDump:
+        touched, self._touched = self._touched or {}, None
+        again = dict(touched)
+        again.update((k, since.listed[k]) for k in since.unread if k in since.listed and k not in again)
+        services = {k: s for k, s in since.services.items() if k not in again}
+        if again:
+            services.update(await self._run(lambda: self._read_services_sync(again.values())))
+        return KernelDump(services)
+
+    async def compare(self, seen: KernelDump, desired: Table) -> Drift:
+        """:func:`compare` of an :meth:`observe` with ``desired``, in a thread (not the netlink
+        one): no lock is held, applies go on meanwhile."""
+        return await asyncio.to_thread(compare, seen, desired, frozenset(self._owned))
+
+    async def recheck(self, desired: Table, services: Iterable[Service]) -> Drift:
+        """The drift of these services alone (by key), read from the kernel now (under the lock):
+        :func:`compare` found them different in an observation that applies may have overtaken
+        since. The shadow takes what the kernel holds for them. ``foreign`` is left empty."""
+        named = {s.key: s for s in services}
+        self.claim(desired)
+        want: dict[str, Service | None] = {k: None for k in named if k in self._owned}
+        want.update((s.key, s) for s in desired.services if s.key in named)
+        async with self._lock:
+            have = await self._run(lambda: self._read_services_sync(named[k] for k in want))
+            shadow = self._shadow
+            if shadow is not None:
+                for k in want:
+                    if k in have:
+                        shadow[k] = have[k]
+                    else:
+                        shadow.pop(k, None)
+                self._shadow_table = None
+        actual = Table(tuple(sort_ipvsadm(have.values())))
+        return Drift(tuple(diff_services(have, want)), actual)
+
+    async def dump_unlocked(self, chunk: int = _DUMP_CHUNK) -> KernelDump:
+        """The whole kernel table, read on the check's own socket and thread, ``chunk`` services
+        per job, holding no lock: applies go on meanwhile (a full dump of 1,000 services is
+        seconds of netlink decoding in an emulated VM; under the lock, even its first listing of
+        the services held up a weight change for 0.1 s). From the start the services each apply
+        touches are recorded; :meth:`observe` and :meth:`drift` with ``since=`` read them again."""
+        async with self._lock:  # every apply from now on is recorded
+            self._touched = {}
         try:
+            listed = await self._run_dump(self._dump_sock.dump_services)
+            self.stats.dumps += 1
+            services: dict[str, Service] = {}
+            unread: dict[str, Service] = {}
             for i in range(0, len(listed), chunk):
                 part = listed[i : i + chunk]
-                async with self._lock:
-                    got = await self._run(lambda part=part: self._read_dests_sync(part))  # type: ignore[misc]
+                got = await self._run_dump(lambda part=part: self._read_dests_sync(part, self._dump_sock))  # type: ignore[misc]
                 for svc, full in got:
                     if full is None:
-                        unread.add(svc.key)
+                        unread[svc.key] = svc
                     else:
                         services[svc.key] = full
         except BaseException:
             self._touched = None
             raise
-        return KernelDump(services, frozenset(unread))
+        return KernelDump(services, frozenset(unread), unread)
 
     async def check_and_repair(self, desired: Table) -> Drift:
         """The periodic check: :meth:`drift`, then apply its repair. Returns what was repaired."""
@@ -305,23 +362,32 @@ class IpvsDataplane:
             (mine if s.key in self._owned else theirs).append(s)
         return Table(tuple(sort_ipvsadm(mine))), Table(tuple(sort_ipvsadm(theirs)))
 
-    def _read_dests_sync(self, services: list[Service]) -> list[tuple[Service, Service | None]]:
+    def _read_dests_sync(
+        self, services: list[Service], sock: IpvsSocket | None = None
+    ) -> list[tuple[Service, Service | None]]:
+        sock = sock or self._sock
         out: list[tuple[Service, Service | None]] = []
         for s in services:
             try:
-                out.append((s, replace(s, dests=tuple(self._sock.dump_dests(s)))))
+                out.append((s, replace(s, dests=tuple(sock.dump_dests(s)))))
             except OSError:  # gone since it was listed (or unreadable): read again at the end
                 out.append((s, None))
         return out
 
-    def _read_again_sync(self, keys: set[str]) -> dict[str, Service]:
-        """The services named that exist now, with their destinations (one list dump, then one
-        destination dump per service named)."""
-        return {
-            s.key: replace(s, dests=tuple(self._sock.dump_dests(s)))
-            for s in self._sock.dump_services()
-            if s.key in keys
-        }
+    def _read_services_sync(self, services: Iterable[Service]) -> dict[str, Service]:
+        """These services (by key) as the kernel holds them now, with their destinations; absent
+        ones are left out. Two requests per service, however big the table."""
+        out: dict[str, Service] = {}
+        for s in services:
+            got = self._sock.get_service(s)
+            if got is None:
+                continue
+            try:
+                out[got.key] = replace(got, dests=tuple(self._sock.dump_dests(got)))
+            except OSError as e:
+                if e.errno not in (errno.ESRCH, errno.ENOENT):
+                    raise  # else: deleted between the two requests
+        return out
 
     def _dump_sync(self, *, owned: bool) -> Table:
         services = self._sock.dump_services()
@@ -335,7 +401,7 @@ class IpvsDataplane:
 
     def _apply_sync(self, ops: list[Op]) -> None:
         if self._touched is not None:  # a dump_unlocked is under way: these are read again
-            self._touched.update(op.service.key for op in ops)
+            self._touched.update((op.service.key, op.service) for op in ops)
         try:
             requests = [_request(op) for op in ops]
         except (ValueError, KeyError) as e:
@@ -397,6 +463,17 @@ class IpvsDataplane:
                 raise DataplaneError(f"IPVS netlink request failed: {e}") from e
             raise
 
+    async def _run_dump(self, fn: Callable[[], T]) -> T:
+        """``fn`` on the drift check's own thread (its socket: ``_dump_sock``), no lock."""
+        if self._closed:
+            raise DataplaneError("the IPVS dataplane is closed")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._dump_executor, _guard, fn)
+        except DataplaneError:
+            raise
+        except OSError as e:
+            raise DataplaneError(f"IPVS netlink: {e}") from e
+
     async def _run(self, fn: Callable[[], T]) -> T:
         if self._closed:
             raise DataplaneError("the IPVS dataplane is closed")
@@ -443,6 +520,22 @@ class IpvsDataplane:
     async def _locked_run(self, fn: Callable[[], T]) -> T:
         async with self._lock:
             return await self._run(fn)
+
+
+def compare(seen: KernelDump, desired: Table, owned: Iterable[str]) -> Drift:
+    """What an observation of the kernel (:meth:`IpvsDataplane.observe`) holds that ``desired``
+    does not, for the ``owned`` services (the others are listed as foreign). Pure, O(table):
+    for a thread."""
+    owned = owned if isinstance(owned, (set, frozenset)) else set(owned)
+    mine = {k: s for k, s in seen.services.items() if k in owned}
+    theirs = [s for k, s in seen.services.items() if k not in owned]
+    foreign = tuple(s.key for s in sort_ipvsadm(theirs)) if theirs else ()
+    want = {s.key: s for s in desired.services}
+    # The common case, nothing changed: one comparison per service, no sort, no diff.
+    if len(want) == len(mine) and all(same_service(mine.get(k), s) for k, s in want.items()):
+        return Drift((), Table(tuple(mine.values())), foreign)
+    actual = Table(tuple(sort_ipvsadm(mine.values())))
+    return Drift(tuple(diff(actual, desired)), actual, foreign)
 
 
 def _guard(fn: Callable[[], T]) -> T:

@@ -44,6 +44,11 @@ def test_vm_drift_dump_does_not_block_applies(vm_run: VmRun) -> None:
     assert r["detail"]["applies_during_dump"] > 0  # type: ignore[index]
 
 
+def test_vm_drift_comparison_holds_no_lock(vm_run: VmRun) -> None:
+    r = assert_case(vm_run, "kernel:drift_compare_off_the_lock")
+    assert r["detail"]["applies_during_compare"] > 0  # type: ignore[index]
+
+
 def test_vm_foreign_services_untouched(vm_run: VmRun) -> None:
     assert_case(vm_run, "kernel:foreign_untouched")
 

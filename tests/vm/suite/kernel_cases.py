@@ -410,6 +410,55 @@ async def case_drift_dump_does_not_block_applies() -> object:
 
 
 @case
+async def case_drift_compare_off_the_lock() -> object:
+    """The agent's check: ``observe`` under the lock, ``compare`` (the whole table) in a thread
+    while applies go on, ``recheck`` of only the services found different: a change behind our
+    back is found and its repair is read again from the kernel; one the agent's own apply put
+    right meanwhile is not repaired twice."""
+    await fresh_kernel()
+    table = Table(tuple(
+        Service(Protocol.TCP, f"10.{i // 250}.{i % 250}.1", 80,
+                dests=tuple(Dest(f"10.200.{i % 250}.{j}", 80, Forwarding.MASQ, 1) for j in range(1, 5)))
+        for i in range(300)
+    ))  # fmt: skip
+    svc, other = table.services[150], table.services[10]
+
+    def with_weight(w: int) -> Table:
+        changed = replace(svc, dests=(replace(svc.dests[0], weight=w), *svc.dests[1:]))
+        return Table(tuple(changed if s.key == svc.key else s for s in table.services))
+
+    async with dataplane() as dp:
+        await dp.reconcile(table)
+        ipvsadm("-e", "-t", f"{other.address}:80", "-r", f"{other.dests[0].address}:80", "-m", "-w", "77")
+        w = 2
+        seen = await dp.observe(table, await dp.dump_unlocked())
+        compare_task = asyncio.create_task(dp.compare(seen, table))
+        during = 0
+        while not compare_task.done():
+            w = w % 50 + 2
+            await dp.reconcile_services({svc.key: with_weight(w).service(svc.key)})
+            during += 0 if compare_task.done() else 1
+            await asyncio.sleep(0)
+        found = compare_task.result()
+        check(during > 0, "no apply completed while the comparison ran")
+        want = f"edit-dest {other.key} -> {other.dests[0].key} w=1"
+        check(found.lines() == [want], f"compare: expected only {want!r}: {found.lines()}")
+        again = await dp.recheck(with_weight(w), [op.service for op in found.ops])
+        check(again.lines() == [want], f"recheck: expected only {want!r}: {again.lines()}")
+        await dp.apply(list(again.ops))
+        # found different, then put right by the agent before the recheck: nothing to repair
+        ipvsadm("-e", "-t", f"{other.address}:80", "-r", f"{other.dests[0].address}:80", "-m", "-w", "55")
+        found = await dp.compare(await dp.observe(with_weight(w), await dp.dump_unlocked()), with_weight(w))
+        check(len(found.ops) == 1, f"the second change behind our back: {found.lines()}")
+        await dp.reconcile_services({other.key: other})  # the shadow is the kernel: 55 -> 1
+        overtaken = await dp.recheck(with_weight(w), [op.service for op in found.ops])
+        check(overtaken.clean, f"repaired twice: {overtaken.lines()}")
+        kernel = await dp.dump_kernel()
+    check(kernel.digest() == with_weight(w).digest(), "the kernel after the check")
+    return {"applies_during_compare": during, "drift": found.lines()}
+
+
+@case
 async def case_event_loop_not_blocked() -> object:
     """A 300-service load while a 1 ms ticker runs: the loop's longest stall stays small."""
     await fresh_kernel()
