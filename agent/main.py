@@ -29,6 +29,14 @@ from lvs_events.leadership import LeaderElectionClient
 
 log = structlog.get_logger("agent")
 
+# How long a thread may hold the interpreter while another waits for it (Python's default: 5 ms).
+# The agent's event loop carries every event from the log to the kernel; its helper threads
+# (the drift check's netlink dump and whole-table comparison, the state file's encoding) run
+# Python for seconds. Each time the loop gives the interpreter up (every socket call, every
+# wait) it waited up to a whole interval to get it back: 30 - 100 ms per weight change in the
+# emulated VM while a check ran. 1 ms bounds that wait at a small cost in switches.
+SWITCH_INTERVAL = 0.001
+
 DATAPLANES = ("memory", "ipvs")  # ipvs: the kernel's table over netlink (needs pyroute2 and root)
 
 
@@ -201,6 +209,7 @@ def make_ha(args: argparse.Namespace, settings: AgentSettings, election: LeaderE
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logs.configure(args.log_format, args.log_level)
+    sys.setswitchinterval(SWITCH_INTERVAL)
     try:
         settings = settings_from(args)
         asyncio.run(run(settings, args.dataplane, args))
