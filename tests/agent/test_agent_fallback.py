@@ -64,3 +64,39 @@ async def test_runner_runs_the_script_with_ldirectords_arguments(tmp_path: Path)
         task.cancel()
     assert out.read_text().splitlines() == ["start 203.0.113.10:80 tcp", "stop 203.0.113.10:80 tcp"]
     assert os.access(script, os.X_OK)
+
+
+async def test_the_per_event_path_looks_at_the_changed_services_only(tmp_path: Path) -> None:
+    from agent.dataplane.memory import MemoryDataplane
+    from agent.runtime import Agent, AgentSettings
+    from lvs_events.domain.table import Table
+
+    reals = (RealServer("192.0.2.11", 80, weight=5),)
+    virtuals = tuple(
+        VirtualService(Protocol.TCP, f"203.0.113.{10 + i}", 80, reals=reals, fallbackcommand="/bin/true")
+        for i in range(3)
+    )
+    cfg = Config(GlobalSettings(fallback=RealServer("127.0.0.1", 0)), virtuals)
+    settings = AgentSettings("lb1", "test", ("127.0.0.1:1",), tmp_path, health_checks=False)
+    agent = Agent(settings, MemoryDataplane())
+    seen: list[list[str]] = []
+    observe = agent.fallbacks.observe
+
+    def spy(state: State, table: Table) -> None:
+        seen.append([s.key for s in table.services])
+        observe(state, table)
+
+    agent.fallbacks.observe = spy  # type: ignore[method-assign]
+    agent.core.step(Event("e1", "c", "n", "a", "", 1.0, ConfigApplied(cfg), revision=1))
+    for rev in (1, 2):
+        if rev == 2:  # the second virtual's real server comes up: its fallback stops
+            up = RealServerHealth(virtuals[1].key, "192.0.2.11:80", True, "lb1", "connect")
+            agent.core.step(Event("e2", "c", "lb1", "a", "", 2.0, up, revision=2))
+        ready = agent.core.ready(float(rev), caught_up=True)
+        assert ready is not None
+        await agent._execute(ready, float(rev))
+    assert sorted(seen[0]) == sorted(v.key for v in virtuals)  # the whole table first
+    assert seen[1] == [virtuals[1].key]  # then just the service that changed
+    queued = [(fc.virtual, fc.args[0]) for fc in agent.fallbacks.queue._queue]  # type: ignore[attr-defined]
+    assert queued == [*((v.key, "start") for v in virtuals), (virtuals[1].key, "stop")]
+    await agent.client.close()
