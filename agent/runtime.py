@@ -432,8 +432,10 @@ class Agent:
         it (130 ms on this loop in the emulated VM, in the middle of a weight change); they are
         immutable, acyclic values, freed by reference counting when replaced, so nothing is lost
         but the walk. Called once the table of a new configuration or snapshot is applied (and
-        after loading the stored state)."""
+        after loading the stored state), after one full collection (its cost, once per
+        configuration, on top of applying the whole table)."""
         self._freeze_due = False
+        gc.collect()  # what is garbage now is not frozen with the rest (it would never be freed)
         gc.freeze()
         self.log.debug("agent.heap_frozen", objects=gc.get_freeze_count())
 
