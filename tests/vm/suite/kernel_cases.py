@@ -453,6 +453,13 @@ async def case_drift_compare_off_the_lock() -> object:
         await dp.reconcile_services({other.key: other})  # the shadow is the kernel: 55 -> 1
         overtaken = await dp.recheck(with_weight(w), [op.service for op in found.ops])
         check(overtaken.clean, f"repaired twice: {overtaken.lines()}")
+        # a service deleted behind our back: found missing, read again (absent), put back
+        ipvsadm("-D", "-t", f"{other.address}:80")
+        found = await dp.compare(await dp.observe(with_weight(w), await dp.dump_unlocked()), with_weight(w))
+        gone = await dp.recheck(with_weight(w), [op.service for op in found.ops])
+        kinds = sorted({op.kind for op in gone.ops})
+        check(kinds == ["add-dest", "add-service"], f"the deleted service's repair: {gone.lines()}")
+        await dp.apply(list(gone.ops))
         kernel = await dp.dump_kernel()
     check(kernel.digest() == with_weight(w).digest(), "the kernel after the check")
     return {"applies_during_compare": during, "drift": found.lines()}
