@@ -18,12 +18,13 @@
   kernel for real, reports what differs from the desired table and resets the shadow to the
   kernel's truth; the agent's periodic check (``Agent.check_drift``) records the difference as a
   ``DataplaneDrift`` event, then applies the repair. Any refusal by the kernel drops the shadow.
-  The check's dump does not hold up applies: :meth:`dump_unlocked` reads the kernel a few
-  services per lock, recording the services applies touch meanwhile, and ``drift(desired,
-  since=dump)`` reads those again before comparing (under the lock, at the table applied then).
-  Nor does its comparison: :meth:`observe` is that re-read alone (the lock held for a few
-  services), :func:`compare` (sorting and diffing the whole table: a quarter of a second of
-  Python for 1,000 services in an emulated VM) is pure and runs in a thread, and
+  The check's dump does not hold up applies: :meth:`dump_unlocked` reads the kernel on a netlink
+  socket and a thread of its own, with no lock, recording the services applies touch meanwhile,
+  and ``drift(desired, since=dump)`` reads those again before comparing (under the lock, at the
+  table applied then). Nor does its comparison: :meth:`observe` is that re-read alone (the lock
+  held for a few services), :func:`compare` (the whole table: a sort and a diff of 1,000
+  services took a quarter of a second of Python in an emulated VM; now one comparison per
+  service, the sort and the diff only when something differs) is pure and runs in a thread, and
   :meth:`recheck` reads again, under the lock, only the services found different.
 * **Idempotent against races.** An add of something that already exists becomes a set (the
   service is then adopted: it is in the desired table); a delete of something already gone is
@@ -127,8 +128,8 @@ class IpvsDataplane:
         self._lock = asyncio.Lock()
         self._closed = False
         self._owned_dirty = True  # the owned set is written at the first apply, then when it changed
-        # While a dump_unlocked is under way (until the drift(since=) that follows it): the keys of
-        # the services every apply touched, to be read again.
+        # While a dump_unlocked is under way (until the observe or drift(since=) that follows it):
+        # the services every apply touched, by key, to be read again.
         self._touched: dict[str, Service] | None = None
         self.stats = _Stats()
 
