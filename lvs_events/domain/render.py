@@ -401,12 +401,15 @@ def fallback_commands(state: State, table: Table) -> dict[str, FallbackCommand]:
     if cfg is None:
         return {}
     out: dict[str, FallbackCommand] = {}
+    services: dict[str, Service] | None = None  # by key, built once (not a scan per virtual)
     for v in cfg.virtuals:
         command = v.fallbackcommand or cfg.globals.fallbackcommand
         fb = fallback_for(cfg, v)
         if not command or fb is None:
             continue
-        svc = table.service(v.key)
+        if services is None:
+            services = {s.key: s for s in table.services}
+        svc = services.get(v.key)
         if svc is None:
             continue
         fb_key = _dest(v, fb, fb.weight).key
