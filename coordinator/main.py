@@ -15,7 +15,12 @@ from typing import Any
 import structlog
 
 from coordinator.server import CoordinatorSettings, install_signal_handlers, serve_coordinator
-from coordinator.snapshots import DEFAULT_RETENTION, DEFAULT_SNAPSHOT_EVERY, DEFAULT_SNAPSHOT_INTERVAL
+from coordinator.snapshots import (
+    DEFAULT_ETCD_HISTORY,
+    DEFAULT_RETENTION,
+    DEFAULT_SNAPSHOT_EVERY,
+    DEFAULT_SNAPSHOT_INTERVAL,
+)
 from coordinator.store import MAX_TXN_OPS
 from lvs_events import logs
 from lvs_events.errors import LvsEventsError
@@ -53,6 +58,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=DEFAULT_RETENTION,
         help="events kept behind the newest snapshot; older ones are deleted",
     )
+    p.add_argument(
+        "--etcd-history",
+        type=int,
+        default=DEFAULT_ETCD_HISTORY,
+        help="after each snapshot, compact etcd's version history to this many etcd revisions behind "
+        "the current one, so that its database stops growing; 0: never (an etcd shared with other "
+        "programs, or compacted by its own --auto-compaction-* flags) (default %(default)s)",
+    )
     p.add_argument("--etcd-timeout", type=float, default=5.0, help="deadline of every etcd call, seconds")
     p.add_argument(
         "--etcd-max-txn-ops",
@@ -78,6 +91,7 @@ def settings_from(args: argparse.Namespace) -> CoordinatorSettings:
         snapshot_every=args.snapshot_every,
         snapshot_interval=args.snapshot_interval,
         retention=args.retention,
+        etcd_history=args.etcd_history,
         etcd_timeout=args.etcd_timeout,
         etcd_max_txn_ops=args.etcd_max_txn_ops,
         grace=args.grace,

@@ -38,6 +38,7 @@ from coordinator.leadership import SERVICE_NAME as LEADER_ELECTION
 from coordinator.leadership import add_leader_election, publisher_may_not, submit_fenced
 from coordinator.log import Appender, check_event
 from coordinator.snapshots import (
+    DEFAULT_ETCD_HISTORY,
     DEFAULT_RETENTION,
     DEFAULT_SNAPSHOT_EVERY,
     DEFAULT_SNAPSHOT_INTERVAL,
@@ -69,6 +70,7 @@ class CoordinatorSettings:
     snapshot_every: int = DEFAULT_SNAPSHOT_EVERY
     snapshot_interval: float = DEFAULT_SNAPSHOT_INTERVAL
     retention: int = DEFAULT_RETENTION
+    etcd_history: int = DEFAULT_ETCD_HISTORY  # etcd revisions kept by compaction; 0: never compact
     etcd_timeout: float = 5.0
     max_batch_events: int = 0  # events per etcd transaction; 0: all that etcd_max_txn_ops allows
     etcd_max_txn_ops: int = MAX_TXN_OPS  # etcd's --max-txn-ops (default 128: 63 events per txn)
@@ -475,6 +477,7 @@ async def serve_coordinator(settings: CoordinatorSettings) -> AsyncIterator[Runn
             snapshot_every=settings.snapshot_every,
             snapshot_interval=settings.snapshot_interval,
             retention=settings.retention,
+            etcd_history=settings.etcd_history,
         )
         appender.on_appended(states.appended)
         service = CoordinatorService(

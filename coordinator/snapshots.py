@@ -29,6 +29,7 @@ log = structlog.get_logger(__name__)
 
 DEFAULT_SNAPSHOT_EVERY = 1000
 DEFAULT_SNAPSHOT_INTERVAL = 60.0
+DEFAULT_ETCD_HISTORY = 10_000  # etcd revisions of history kept by the compaction after a snapshot
 DEFAULT_RETENTION = 100_000
 _FOLD_PAGE = 512  # events folded per hand-off to the folding thread
 
@@ -69,10 +70,12 @@ class StateService:
         snapshot_every: int = DEFAULT_SNAPSHOT_EVERY,
         snapshot_interval: float = DEFAULT_SNAPSHOT_INTERVAL,
         retention: int = DEFAULT_RETENTION,
+        etcd_history: int = DEFAULT_ETCD_HISTORY,
     ) -> None:
-        if snapshot_every < 1 or retention < 0 or snapshot_interval <= 0:
-            raise ValueError("snapshot_every >= 1, snapshot_interval > 0 and retention >= 0")
+        if snapshot_every < 1 or retention < 0 or snapshot_interval <= 0 or etcd_history < 0:
+            raise ValueError("snapshot_every >= 1, snapshot_interval > 0, retention >= 0, etcd_history >= 0")
         self.store = store
+        self.etcd_history = etcd_history  # 0: never compact the store's history from here
         self.snapshot_every = snapshot_every
         self.snapshot_interval = snapshot_interval
         self.retention = retention
@@ -187,6 +190,10 @@ class StateService:
             if keep_from > bounds.first:
                 deleted = await self.store.trim(keep_from)
                 log.info("log trimmed", first=keep_from, deleted=deleted, snapshot_revision=current)
+        if self.etcd_history:
+            compacted = await self.store.compact_history(self.etcd_history)
+            if compacted is not None:
+                log.info("etcd history compacted", etcd_revision=compacted)
         return written
 
     async def run(self) -> None:

@@ -228,6 +228,11 @@ class EventStore(Protocol):
         """Delete events below ``keep_from`` (and their ids), advance ``first``; number deleted."""
         ...
 
+    async def compact_history(self, keep_revisions: int) -> int | None:
+        """Drop the store's own version history older than its newest ``keep_revisions``
+        versions (etcd: compaction); the revision compacted to, or None when nothing was."""
+        ...
+
     async def ping(self) -> None: ...
 
 
@@ -292,6 +297,7 @@ class EtcdEventStore:
         # one failed transaction, which returns the right values.
         self._head_guess: int | None = None
         self._last_slot: _Slot | None = None  # the newest append call (pipelining)
+        self._compacted = 0  # the etcd revision this store last compacted to (or saw compacted)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -861,6 +867,38 @@ class EtcdEventStore:
             except (EtcdError, grpc.aio.AioRpcError, TimeoutError) as e:
                 raise _translate(e, "trim log") from e
             deleted += len(resp.kvs)
+
+    async def compact_history(self, keep_revisions: int) -> int | None:
+        """Compact etcd's MVCC history to ``keep_revisions`` etcd revisions behind the current one.
+
+        Every append rewrites ``head`` and every trim deletes keys: without compaction etcd keeps
+        every old version, its database grows without bound and at its quota (2 GiB by default)
+        it raises the NOSPACE alarm and refuses all writes. Readers here need no history older
+        than a read in progress (a read or watch that finds its revision compacted starts over
+        from the log, and the leader watch from the current leader), so a window of
+        ``keep_revisions`` is plenty. Compaction is cluster-wide: with an etcd shared with other
+        programs, or one compacted by its own ``--auto-compaction-*`` flags, turn this off
+        (``--etcd-history 0``). A revision already compacted (by etcd or another coordinator)
+        is not an error. Freed pages are reused; giving the space back to the file system is
+        ``etcdctl defrag``'s job (docs/operations.md).
+        """
+        if keep_revisions <= 0:
+            return None
+        _, at = await self._bounds_at()
+        target = at - keep_revisions
+        if target <= self._compacted:
+            return None
+        try:
+            await self._kv.compact(target, timeout=self.timeout)
+        except grpc.aio.AioRpcError as e:
+            if not _is_etcd_compacted(e):
+                raise _translate(e, "compact history") from e
+            self._compacted = target  # compacted past it already
+            return None
+        except (EtcdError, TimeoutError) as e:
+            raise _translate(e, "compact history") from e
+        self._compacted = target
+        return target
 
     # --- fencing seam ---------------------------------------------------------------------
 
