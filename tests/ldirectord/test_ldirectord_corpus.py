@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from lvs_events.domain import codec
+from lvs_events.domain.events import ConfigApplied, Event
+from lvs_events.domain.state import State, fold
 from lvs_events.ldirectord import ConfigError, format_config, parse_file, parse_text
+from lvs_events.wire import event_from_bytes, event_to_bytes
 
 from .corpus import (
     Entry,
@@ -69,3 +73,10 @@ def test_round_trip(entry: Entry) -> None:
     again = parse_text(text, entry.file, resolver=resolver_for({}))
     assert again == config
     assert format_config(again) == text
+    # what `config show` prints: the config as it comes back from the log -- published as a
+    # ConfigApplied event (protobuf), folded, sent by GetState (the state's JSON codec)
+    event = Event("e1", "corpus", "cli", "operator", "", 0.0, ConfigApplied(config), revision=1)
+    state = fold(State(), event_from_bytes(event_to_bytes(event)))
+    in_force = codec.loads(State, codec.dumps(state)).config
+    assert in_force == config
+    assert format_config(in_force) == text
