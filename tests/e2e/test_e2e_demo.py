@@ -69,7 +69,8 @@ def test_e2e_stopping_a_real_server_removes_it_from_both_tables(tmp_path: Path) 
         mine = [(state, ev) for who, state, ev in seen if who == node]
         states = [s for s, _ in mine]
         assert states[-3:] == ["UP", "DOWN", "UP"], (node, mine)
-        assert "ConnectionRefused" in mine[-2][1]
+        # refused for a check begun after the stop; reset for one in flight when it came
+        assert any(cause in mine[-2][1] for cause in ("ConnectionRefused", "ConnectionReset")), mine[-2]
         assert "200 OK" in mine[-1][1]
     # both agents applied the same final table
     final = {n: (tmp_path / "run" / n / "table.txt").read_text() for n in ("master", "slave")}
