@@ -90,6 +90,27 @@ class Ready:
         return self.desired is None and not self.persist and self.publish is None
 
 
+@dataclass(frozen=True, slots=True)
+class FullRender:
+    """A whole-table render of ``state``, made off the event loop (:func:`render_full`)."""
+
+    state: State
+    renderer: TableRenderer
+    digest: str
+    positions: dict[str, tuple[int, ...]]
+
+
+def render_full(state: State) -> FullRender:
+    """Render every service of ``state`` (pure: safe in a thread, the state is immutable).
+
+    At a new configuration of thousands of real servers this is tens of milliseconds here (about
+    a second on an emulated CPU): the runtime calls it in a thread and hands the result to
+    :meth:`ApplyCore.adopt`, so that the event loop (health checks, HA heartbeats) does not wait.
+    """
+    r = TableRenderer(state)
+    return FullRender(state, r, r.digest(), virtual_positions(state.config))
+
+
 class ApplyCore:
     """Fold, render, decide. All times are monotonic seconds supplied by the caller."""
 
@@ -108,6 +129,7 @@ class ApplyCore:
         self._renderer: TableRenderer | None = None
         self._rendered_clock = 0.0
         self._positions: dict[str, tuple[int, ...]] = {}
+        self._prepared: FullRender | None = None  # a whole-table render made elsewhere (adopt)
         self._touched: set[RealKey] | None = None  # (virtual, real) touched since the last render; None: all
         self._unapplied: set[str] | None = None  # services that may differ from _applied; None: all
         # ... and in those, the destinations that may differ (by service key; absent: unknown)
@@ -170,6 +192,21 @@ class ApplyCore:
         ns = self.state.nodes.get(self.node)
         return ns.digest if ns is not None else ""
 
+    def full_render_due(self) -> bool:
+        """The next :meth:`ready` would render the whole table (a new configuration, a snapshot,
+        a leader change): worth doing off the event loop with :func:`render_full`."""
+        s = self.state
+        if s.revision == self._rendered_revision:
+            return False
+        r = self._renderer
+        incremental = self._touched is not None and r is not None and s.config is r.config
+        return not incremental and (self._prepared is None or self._prepared.state is not s)
+
+    def adopt(self, prepared: FullRender) -> None:
+        """Use ``prepared`` for the next whole-table render if it is of the current state."""
+        if prepared.state is self.state:
+            self._prepared = prepared
+
     # -- the decision --------------------------------------------------------------------------
 
     def ready(self, now: float, *, caught_up: bool) -> Ready | None:
@@ -229,14 +266,17 @@ class ApplyCore:
                         elif key in self._unapplied_dests:
                             self._unapplied_dests[key].update(dest_keys)
         else:
-            r = self._renderer = TableRenderer(s)
+            prepared, self._prepared = self._prepared, None
+            if prepared is None or prepared.state is not s:
+                prepared = render_full(s)
+            r = self._renderer = prepared.renderer
             desired = r.table
             if desired != self._desired or not self._desired_digest:
                 self._desired = desired
-                self._desired_digest = r.digest()
+                self._desired_digest = prepared.digest
                 self._unapplied = None  # which services differ from the applied table: unknown
                 self._unapplied_dests = {}
-            self._positions = virtual_positions(s.config)
+            self._positions = prepared.positions
         self._rendered_clock = s.clock
         self._rendered_revision = s.revision
         self._touched = set()

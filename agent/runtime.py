@@ -40,7 +40,7 @@ import structlog
 from agent.autoreload import AutoReloader
 from agent.checks import Checker
 from agent.config_source import LoadedConfig, same_config
-from agent.core import ApplyCore, Policy, Ready
+from agent.core import ApplyCore, Policy, Ready, render_full
 from agent.dataplane import Dataplane, reconcile, reconcile_changed
 from agent.fallback import FallbackRunner
 from agent.ha.runner import HaRunner
@@ -411,6 +411,10 @@ class Agent:
                 core.step(item)
             if items and self.checker is not None:
                 self.checker.observe(core.state)
+            if core.full_render_due():
+                # a new configuration or snapshot: the whole table, rendered in a thread (tens of
+                # ms at thousands of servers, a second on a slow CPU) while the loop runs on
+                core.adopt(await asyncio.to_thread(render_full, core.state))
             now = time.monotonic()
             ready = core.ready(now, caught_up=self.inbox.caught_up(core.state.revision))
             if ready is not None:

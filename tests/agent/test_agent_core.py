@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.core import ApplyCore, Policy, Ready
+from agent.core import ApplyCore, Policy, Ready, render_full
 from lvs_events.client import Snapshot
 from lvs_events.domain.render import render
 from lvs_events.domain.state import fold_all
@@ -263,3 +263,39 @@ def test_a_write_outside_ready_is_recorded_so_nothing_is_persisted_twice() -> No
     assert later is None or not later.persist
     core.persisted(1, 0.3)  # an older write never moves it back
     assert core.persisted_revision == 2
+
+
+def test_a_whole_table_render_can_be_made_elsewhere_and_adopted() -> None:
+    """The runtime renders a new configuration in a thread (render_full) and hands it over."""
+    core = ApplyCore("lb1", policy=POLICY)
+    core.step(cfg_event(1))
+    assert core.full_render_due()
+    prepared = render_full(core.state)
+    core.adopt(prepared)
+    assert not core.full_render_due()  # the prepared one will do
+    r = core.ready(0.0, caught_up=True)
+    assert r is not None
+    assert r.desired is prepared.renderer.table
+    assert r.desired == render(core.state)
+    assert r.desired_digest == render(core.state).digest()
+    _do(core, r, 0.0)
+    # the same configuration: one real server's event is rendered incrementally, on the spot
+    core.step(ev(health(REALS[0], True), 2))
+    assert not core.full_render_due()
+    r = core.ready(0.1, caught_up=True)
+    assert r is not None
+    assert r.desired == render(core.state)
+
+
+def test_a_render_of_an_older_state_is_not_adopted() -> None:
+    core = ApplyCore("lb1", policy=POLICY)
+    core.step(cfg_event(1))
+    stale = render_full(core.state)
+    core.step(ev(health(REALS[0], True), 2))  # the state moved on while the thread rendered
+    core.adopt(stale)
+    assert core.full_render_due()
+    r = core.ready(0.0, caught_up=True)
+    assert r is not None
+    assert r.desired is not stale.renderer.table
+    assert r.desired == render(core.state)
+    assert r.desired_digest == render(core.state).digest()
