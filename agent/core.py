@@ -198,9 +198,13 @@ class ApplyCore:
         s = self.state
         if s.revision == self._rendered_revision:
             return False
+        return not self._incremental(s) and (self._prepared is None or self._prepared.state is not s)
+
+    def _incremental(self, s: State) -> bool:
+        """Can ``s`` be rendered from the last render (same config object, no leader change or
+        snapshot since: only real servers touched)?"""
         r = self._renderer
-        incremental = self._touched is not None and r is not None and s.config is r.config
-        return not incremental and (self._prepared is None or self._prepared.state is not s)
+        return self._touched is not None and r is not None and s.config is r.config
 
     def adopt(self, prepared: FullRender) -> None:
         """Use ``prepared`` for the next whole-table render if it is of the current state."""
@@ -250,7 +254,7 @@ class ApplyCore:
         """Render the table at ``s``: only the real servers touched since the last render when the
         config object is the same (and no leader change or snapshot intervened), else all."""
         r = self._renderer
-        if self._touched is not None and r is not None and s.config is r.config:
+        if r is not None and self._touched is not None and self._incremental(s):
             reals = self._touched | expiring_reals(s, self._rendered_clock, s.clock)
             changed = r.update(s, reals) if reals else {}
             if changed:

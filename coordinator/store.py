@@ -433,12 +433,9 @@ class EtcdEventStore:
             )
         return b"".join(parts)
 
-    async def _range_page(self, start: int, stop: int, at: int) -> tuple[list[tuple[int, bytes]], bool, int]:
-        """Log entries with start <= revision < stop (stop 0: no bound), read at etcd revision ``at``.
-
-        Returns (entries, more, etcd revision read at).
-        """
-        end = self.log_key(stop) if stop else prefix_range_end(self.k_log)
+    async def _range_page(self, start: int, stop: int, at: int) -> list[tuple[int, bytes]]:
+        """Log entries (revision, value) with start <= revision < stop, read at etcd revision ``at``."""
+        end = self.log_key(stop)
         try:
             resp = await self._kv.get(
                 self.log_key(start), range_end=end, revision=at, limit=self.page_size, timeout=self.timeout
@@ -450,8 +447,7 @@ class EtcdEventStore:
         except (EtcdError, TimeoutError) as e:
             raise _translate(e, "read log") from e
         n = len(self.k_log)
-        entries = [(int(kv.key[n:]), kv.value) for kv in resp.kvs]
-        return entries, bool(resp.more), int(resp.header.revision)
+        return [(int(kv.key[n:]), kv.value) for kv in resp.kvs]
 
     async def read(self, from_revision: int, *, follow: bool, to_revision: int = 0) -> AsyncIterator[LogItem]:
         """Events with revision >= ``from_revision`` (and <= ``to_revision`` when not 0).
@@ -516,7 +512,7 @@ class EtcdEventStore:
         end = min(stop, head + 1) if stop else head + 1
         while nxt < end:
             page_stop = min(nxt + self.page_size, end)
-            entries, _, _ = await self._range_page(nxt, page_stop, at)
+            entries = await self._range_page(nxt, page_stop, at)
             for rev, blob in entries:
                 if rev != nxt:
                     # trimmed while we read (then Compacted), or a hole (a broken log)

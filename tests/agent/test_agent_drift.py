@@ -35,16 +35,25 @@ class DriftingDataplane(MemoryDataplane):
         return FakeDrift(tuple(diff(self.table, desired)), ("FWM 99",))
 
 
-async def test_drift_is_published_then_repaired(tmp_path: Path) -> None:
-    dp = DriftingDataplane()
-    settings = AgentSettings("lb1", "test", ("127.0.0.1:1",), tmp_path, health_checks=False)
-    agent = Agent(settings, dp)
+async def _applied(agent: Agent) -> Table:
+    """Fold a config (checks off: every real server in) and apply it: the desired table."""
     agent.core.step(cfg_event(1, config(checktype="on")))
     ready = agent.core.ready(0.0, caught_up=True)
     assert ready is not None
     await agent._execute(ready, 0.0)
     desired = agent.core.applied_table
     assert desired is not None
+    return desired
+
+
+def _agent(tmp_path: Path, dp: MemoryDataplane) -> Agent:
+    return Agent(AgentSettings("lb1", "test", ("127.0.0.1:1",), tmp_path, health_checks=False), dp)
+
+
+async def test_drift_is_published_then_repaired(tmp_path: Path) -> None:
+    dp = DriftingDataplane()
+    agent = _agent(tmp_path, dp)
+    desired = await _applied(agent)
     assert dp.table == desired
     assert await agent.check_drift() is None  # nothing changed
 
@@ -100,15 +109,9 @@ class ObservingDataplane(MemoryDataplane):
 async def test_the_comparison_holds_no_lock_and_a_difference_is_read_again(tmp_path: Path) -> None:
     lock: list[asyncio.Lock] = []
     dp = ObservingDataplane(lock)
-    settings = AgentSettings("lb1", "test", ("127.0.0.1:1",), tmp_path, health_checks=False)
-    agent = Agent(settings, dp)
+    agent = _agent(tmp_path, dp)
     lock.append(agent._dataplane_lock)
-    agent.core.step(cfg_event(1, config(checktype="on")))
-    ready = agent.core.ready(0.0, caught_up=True)
-    assert ready is not None
-    await agent._execute(ready, 0.0)
-    desired = agent.core.applied_table
-    assert desired is not None
+    desired = await _applied(agent)
     assert await agent.check_drift() is None
     assert dp.compared_under_lock == [False]
     assert dp.rechecked == []  # nothing different: nothing read again

@@ -132,6 +132,15 @@ def dataplane(**kw: object) -> IpvsDataplane:
     return IpvsDataplane(**kw)  # type: ignore[arg-type]
 
 
+def masq_table(services: int) -> Table:
+    """``services`` TCP services of 4 masq real servers each, weight 1 (the drift cases' table)."""
+    return Table(tuple(
+        Service(Protocol.TCP, f"10.{i // 250}.{i % 250}.1", 80,
+                dests=tuple(Dest(f"10.200.{i % 250}.{j}", 80, Forwarding.MASQ, 1) for j in range(1, 5)))
+        for i in range(services)
+    ))  # fmt: skip
+
+
 async def fresh_kernel() -> None:
     ipvsadm("-C")
 
@@ -367,11 +376,7 @@ async def case_drift_dump_does_not_block_applies() -> object:
     """The periodic check's dump (``dump_unlocked``) lets applies through between its chunks; a
     change applied meanwhile is read again (not taken for drift), a change behind our back is."""
     await fresh_kernel()
-    table = Table(tuple(
-        Service(Protocol.TCP, f"10.{i // 250}.{i % 250}.1", 80,
-                dests=tuple(Dest(f"10.200.{i % 250}.{j}", 80, Forwarding.MASQ, 1) for j in range(1, 5)))
-        for i in range(300)
-    ))  # fmt: skip
+    table = masq_table(300)
     svc = table.services[150]
     other = table.services[10]
 
@@ -416,11 +421,7 @@ async def case_drift_compare_off_the_lock() -> object:
     back is found and its repair is read again from the kernel; one the agent's own apply put
     right meanwhile is not repaired twice."""
     await fresh_kernel()
-    table = Table(tuple(
-        Service(Protocol.TCP, f"10.{i // 250}.{i % 250}.1", 80,
-                dests=tuple(Dest(f"10.200.{i % 250}.{j}", 80, Forwarding.MASQ, 1) for j in range(1, 5)))
-        for i in range(300)
-    ))  # fmt: skip
+    table = masq_table(300)
     svc, other = table.services[150], table.services[10]
 
     def with_weight(w: int) -> Table:
@@ -469,11 +470,7 @@ async def case_drift_compare_off_the_lock() -> object:
 async def case_event_loop_not_blocked() -> object:
     """A 300-service load while a 1 ms ticker runs: the loop's longest stall stays small."""
     await fresh_kernel()
-    table = Table(tuple(
-        Service(Protocol.TCP, f"10.{i // 250}.{i % 250}.1", 80,
-                dests=tuple(Dest(f"10.200.{i % 250}.{j}", 80, Forwarding.MASQ, 1) for j in range(1, 5)))
-        for i in range(300)
-    ))  # fmt: skip
+    table = masq_table(300)
     gaps: list[float] = []
     stop = asyncio.Event()
 
