@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from lvs_events.errors import InvalidEvent, StoreUnavailable
 from lvs_events.pb.v1 import events_pb2 as pb
 
 log = structlog.get_logger(__name__)
+_stdlog = logging.getLogger(__name__)
 
 MAX_BATCH_BYTES = 1_000_000  # etcd refuses requests over 1.5 MiB by default
 DEFAULT_QUEUE = 8192
@@ -124,6 +126,20 @@ class Appender:
         (fut,) = await self.submit_many([(msg, size)], require_term=require_term)
         return fut
 
+    def try_submit(
+        self, items: list[tuple[pb.Event, int]], *, require_term: int | None = None
+    ) -> list[asyncio.Future[Appended]] | None:
+        """:meth:`submit_many` if the queue has room now (no waiting); None if it has not.
+
+        The append path's fast lane: the publish handler queues without the coroutines of
+        :meth:`submit_many` (about a tenth of the coordinator's own time per event, on a loop
+        that is mostly gRPC). Raises StoreUnavailable once closed."""
+        if self._closed:
+            raise StoreUnavailable("coordinator is shutting down")
+        if len(self._queue) >= self._queue_size or self._waiting:
+            return None
+        return self._enqueue(items, require_term)
+
     async def submit_many(
         self, items: list[tuple[pb.Event, int]], *, require_term: int | None = None
     ) -> list[asyncio.Future[Appended]]:
@@ -146,6 +162,11 @@ class Appender:
                 raise
             if len(self._queue) < self._queue_size:
                 break
+        return self._enqueue(items, require_term)
+
+    def _enqueue(
+        self, items: list[tuple[pb.Event, int]], require_term: int | None
+    ) -> list[asyncio.Future[Appended]]:
         loop = asyncio.get_running_loop()
         futs: list[asyncio.Future[Appended]] = []
         now = time.monotonic()
@@ -206,7 +227,12 @@ class Appender:
 
     def _flushed(self, task: asyncio.Task[None]) -> None:
         self._flushing.discard(task)
-        self._wakeup.set()
+        if self._queue or not self._running:
+            self._wakeup.set()
+        elif not self._flushing:
+            # nothing left to do: idle, without waking the flusher for it (a turn of the loop
+            # per append on the latency path)
+            self._idle.set()
 
     def _take(self) -> list[_Request]:
         first = self._queue.popleft()
@@ -263,6 +289,9 @@ class Appender:
                 a = Appended(a.event_id, a.revision, duplicate=True)
             if not r.future.done():
                 r.future.set_result(a)
+        self._count(batch, results, started)
+
+    def _count(self, batch: list[_Request], results: list[Appended], started: float) -> None:
         new_head = max((a.revision for a in results), default=0)
         self.batches += 1
         self.appended_total += sum(1 for a in results if not a.duplicate)
@@ -270,13 +299,8 @@ class Appender:
             self.head = new_head
             for cb in self._listeners:
                 cb(new_head)
-        log.debug(
-            "appended",
-            revision=new_head,
-            events=len(batch),
-            first_event_id=batch[0].msg.event_id,
-            txn_ms=round((time.monotonic() - started) * 1000, 3),
-        )
+        if _stdlog.isEnabledFor(logging.DEBUG):  # the call alone costs ~15 us per batch
+            _log_batch(batch, new_head, started)
 
     def _fail_all(self, error: Exception) -> None:
         while self._queue:
@@ -285,3 +309,13 @@ class Appender:
                 r.future.set_exception(error)
         self._wake(everyone=True)
         self._idle.set()
+
+
+def _log_batch(batch: list[_Request], head: int, started: float) -> None:
+    log.debug(
+        "appended",
+        revision=head,
+        events=len(batch),
+        first_event_id=batch[0].msg.event_id,
+        txn_ms=round((time.monotonic() - started) * 1000, 3),
+    )

@@ -145,6 +145,13 @@ class _Window:
         self._room = asyncio.Event()
         self._room.set()
 
+    def try_acquire(self, n: int) -> bool:
+        """:meth:`acquire` without waiting: False if it would wait."""
+        if self.used and self.used + n > self.size:
+            return False
+        self.used += n
+        return True
+
     async def acquire(self, n: int) -> None:
         while self.used and self.used + n > self.size:
             self._room.clear()
@@ -238,8 +245,12 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
                     await window.acquire(len(req.events))
                     pending.append(await self._admit_batch(req))
                 else:
-                    await window.acquire(1)
-                    pending.append(await self._admit(req))
+                    if not window.try_acquire(1):
+                        await window.acquire(1)
+                    # one event: checked and queued without a coroutine when the queue has room
+                    # (the latency path), else through the waiting path
+                    entry = self._admit_now(req)
+                    pending.append(entry if entry is not None else await self._admit(req))
                 ready.set()
         except grpc.RpcError:
             pass  # the client went away: the writer side ends with it
@@ -247,7 +258,8 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
             pending.append(None)
             ready.set()
 
-    async def _admit(self, req: cpb.PublishRequest) -> cpb.PublishAck | _Entry:
+    def _check(self, req: cpb.PublishRequest) -> cpb.PublishAck | tuple[pb.Event, int]:
+        """A single-event request checked: its refusal, or (event, encoded size)."""
         if not req.HasField("event"):
             return _ack_error("", "INVALID_ARGUMENT", "PublishRequest without an event")
         msg = req.event
@@ -259,9 +271,29 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
         refused = publisher_may_not(msg)
         if refused:
             return _ack_error(msg.event_id, "INVALID_ARGUMENT", refused)
+        return msg, size
+
+    def _admit_now(self, req: cpb.PublishRequest) -> cpb.PublishAck | _Entry | None:
+        """:meth:`_admit` if it need not wait for room in the appender's queue, else None
+        (nothing done: the caller goes through :meth:`_admit`)."""
+        checked = self._check(req)
+        if isinstance(checked, cpb.PublishAck):
+            return checked
+        msg = checked[0]
         try:
             # fencing: an event with a term is appended only while the leader key holds that term,
             # compared in the append transaction itself (else FAILED_PRECONDITION "fenced")
+            futs = self.appender.try_submit([checked], require_term=msg.term or None)
+        except StoreUnavailable as e:
+            return _ack_error(msg.event_id, "UNAVAILABLE", str(e))
+        return None if futs is None else (msg.event_id, futs[0])
+
+    async def _admit(self, req: cpb.PublishRequest) -> cpb.PublishAck | _Entry:
+        checked = self._check(req)
+        if isinstance(checked, cpb.PublishAck):
+            return checked
+        msg, size = checked
+        try:
             fut = await self.appender.submit(msg, size, require_term=msg.term or None)
         except StoreUnavailable as e:
             return _ack_error(msg.event_id, "UNAVAILABLE", str(e))

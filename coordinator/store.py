@@ -74,6 +74,7 @@ DEFAULT_PAGE = 256  # log entries per range read
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
 MAX_BATCH_EVENTS = (MAX_TXN_OPS - 1) // 2  # success branch: 2 puts per event + head
 MAX_APPEND_ATTEMPTS = 8  # etcd errors per append
+TXN_UNAVAILABLE_RETRIES = 2  # within one attempt: etcd3aio's own default (3 attempts)
 MAX_CAS_CONFLICTS = 500  # lost CAS races per append
 MAX_REREADS = 64  # consecutive re-reads of a subscription without progress before giving up
 
@@ -730,13 +731,24 @@ class EtcdEventStore:
 
     async def _txn(self, request: Any) -> Any:
         """Send a ready ``TxnRequest``. etcd3aio's public ``txn`` copies every op into a new
-        request (about as costly as building it); its retrying ``_rpc`` takes ours as it is
-        (etcd3aio is pinned; the public path stays as the fallback)."""
+        request (about as costly as building it), so the request goes to its stub as it is, with
+        the deadline on the call; etcd3aio's retries are not wanted here either (the append loop
+        retries, and finds out through the ids whether an ambiguous attempt landed). etcd3aio
+        is pinned; the public path stays as the fallback."""
         kv = self._kv
-        rpc, stub = getattr(kv, "_rpc", None), getattr(kv, "_stub", None)
-        if rpc is None or stub is None:
+        stub = getattr(kv, "_stub", None)
+        if stub is None or getattr(kv, "_metadata", None):  # auth metadata: etcd3aio's path
             return await kv.txn(request.compare, request.success, request.failure, timeout=self.timeout)
-        return await rpc(stub.Txn, request, operation="KV.Txn", timeout=self.timeout)
+        for attempt in range(TXN_UNAVAILABLE_RETRIES + 1):
+            try:
+                return await stub.Txn(request, timeout=self.timeout)
+            except grpc.aio.AioRpcError as e:
+                # as etcd3aio would: a refused connection (a member going away) is tried again
+                # at once and twice more, on the channel's next member
+                if attempt == TXN_UNAVAILABLE_RETRIES or e.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                await asyncio.sleep(0.05 * 2**attempt)
+        raise AssertionError("unreachable")
 
     async def _read_head(self) -> int:
         try:
