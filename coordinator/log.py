@@ -264,10 +264,9 @@ class Appender:
 
     async def _flush(self, batch: list[_Request]) -> None:
         # dedupe within the batch: the first of each event_id is appended, the others share it
-        unique: dict[str, _Request] = {}
-        for r in batch:
-            unique.setdefault(r.msg.event_id, r)
-        msgs = [r.msg for r in unique.values()]
+        # (one request, the latency case, needs none of it)
+        unique = _unique(batch)
+        msgs = [batch[0].msg] if unique is None else [r.msg for r in unique.values()]
         started = time.monotonic()
         try:
             results = await self.store.append(msgs, require_term=batch[0].require_term)
@@ -282,19 +281,16 @@ class Appender:
                 if not r.future.done():
                     r.future.set_exception(e)
             return
-        by_id = {a.event_id: a for a in results}
-        for r in batch:
-            a = by_id[r.msg.event_id]
-            if unique[r.msg.event_id] is not r and not a.duplicate:
-                a = Appended(a.event_id, a.revision, duplicate=True)
-            if not r.future.done():
-                r.future.set_result(a)
+        _resolve(batch, unique, results)
         self._count(batch, results, started)
 
     def _count(self, batch: list[_Request], results: list[Appended], started: float) -> None:
-        new_head = max((a.revision for a in results), default=0)
+        new_head = 0
+        for a in results:
+            new_head = max(new_head, a.revision)
+            if not a.duplicate:
+                self.appended_total += 1
         self.batches += 1
-        self.appended_total += sum(1 for a in results if not a.duplicate)
         if new_head > self.head:
             self.head = new_head
             for cb in self._listeners:
@@ -309,6 +305,31 @@ class Appender:
                 r.future.set_exception(error)
         self._wake(everyone=True)
         self._idle.set()
+
+
+def _unique(batch: list[_Request]) -> dict[str, _Request] | None:
+    """The first request of each event_id, in order; None for a batch of one."""
+    if len(batch) == 1:
+        return None
+    unique: dict[str, _Request] = {}
+    for r in batch:
+        unique.setdefault(r.msg.event_id, r)
+    return unique
+
+
+def _resolve(batch: list[_Request], unique: dict[str, _Request] | None, results: list[Appended]) -> None:
+    """Answer every request of the batch (a repeated event_id shares the first one's outcome)."""
+    if unique is None:
+        if not batch[0].future.done():
+            batch[0].future.set_result(results[0])
+        return
+    by_id = {a.event_id: a for a in results}
+    for r in batch:
+        a = by_id[r.msg.event_id]
+        if unique[r.msg.event_id] is not r and not a.duplicate:
+            a = Appended(a.event_id, a.revision, duplicate=True)
+        if not r.future.done():
+            r.future.set_result(a)
 
 
 def _log_batch(batch: list[_Request], head: int, started: float) -> None:

@@ -59,7 +59,7 @@ import grpc
 import grpc.aio
 import structlog
 from etcd3aio import Etcd3Client, EtcdError, prefix_range_end
-from etcd3aio._protobuf import Compare, TxnRequest  # etcd3aio has no txn_compare_mod_revision helper
+from etcd3aio._protobuf import Compare, TxnRequest, TxnResponse  # no txn_compare_mod_revision helper there
 from etcd3aio.connections import ConnectionManager
 from etcd3aio.kv import KVService
 
@@ -298,6 +298,7 @@ class EtcdEventStore:
         # one failed transaction, which returns the right values.
         self._head_guess: int | None = None
         self._last_slot: _Slot | None = None  # the newest append call (pipelining)
+        self._raw_txn: tuple[Any, Any] | None = None  # (channel, KV.Txn taking bytes)
         self._compacted = 0  # the etcd revision this store last compacted to (or saw compacted)
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -572,8 +573,7 @@ class EtcdEventStore:
         succeeding (see :class:`_Slot`); batches land in the order the calls were made."""
         if not events:
             return []
-        ids = [e.event_id for e in events]
-        if len(set(ids)) != len(ids):
+        if len(events) > 1 and len({e.event_id for e in events}) != len(events):
             raise ValueError("append: event_ids in one batch must be unique (dedupe first)")
         if len(events) > self.max_batch_events:
             raise ValueError(f"append: at most {self.max_batch_events} events per transaction")
@@ -662,15 +662,16 @@ class EtcdEventStore:
 
     def _append_txn(
         self, pending: list[pb.Event], head: int, after: tuple[str, int] | None, require_term: int | None
-    ) -> tuple[Any, list[Appended]]:
-        """The append transaction, as a ``TxnRequest``, and where each event would land.
+    ) -> tuple[bytes, list[Appended]]:
+        """The append transaction, as an encoded ``TxnRequest``, and where each event would land.
 
         ``head`` by value: it only grows and revisions are dense, so ``head == N`` means nobody
         has written ``log/N+1`` yet. ``after``: (event id, revision) that must already be in the
         log (the last event of the batch this one is chained behind).
 
-        The request is encoded directly in the protobuf wire format and parsed once: building
-        it from a few hundred etcd3aio op objects cost more than the rest of the append path.
+        The request is encoded directly in the protobuf wire format and sent as it is (see
+        :meth:`_txn`): building it from a few hundred etcd3aio op objects cost more than the rest
+        of the append path.
         ``tests/coordinator/test_coord_txn.py`` checks it equals the one etcd3aio would build.
         """
         id_keys = [self.k_ids + ev.event_id.encode() for ev in pending]
@@ -700,8 +701,7 @@ class EtcdEventStore:
             success.append(_put_op(id_key, srev))
             assigned.append(Appended(ev.event_id, rev, duplicate=False))
         success.append(_put_op(self.k_head, str(rev).encode()))
-        request = TxnRequest.FromString(b"".join(compare) + b"".join(success) + b"".join(failure))
-        return request, assigned
+        return b"".join(compare) + b"".join(success) + b"".join(failure), assigned
 
     def _after_failure(
         self,
@@ -729,19 +729,21 @@ class EtcdEventStore:
                 raise Fenced(f"leader term is {current or 'unset'}, not {require_term}: append refused")
         return guess, still
 
-    async def _txn(self, request: Any) -> Any:
-        """Send a ready ``TxnRequest``. etcd3aio's public ``txn`` copies every op into a new
-        request (about as costly as building it), so the request goes to its stub as it is, with
-        the deadline on the call; etcd3aio's retries are not wanted here either (the append loop
-        retries, and finds out through the ids whether an ambiguous attempt landed). etcd3aio
-        is pinned; the public path stays as the fallback."""
-        kv = self._kv
-        stub = getattr(kv, "_stub", None)
-        if stub is None or getattr(kv, "_metadata", None):  # auth metadata: etcd3aio's path
-            return await kv.txn(request.compare, request.success, request.failure, timeout=self.timeout)
+    async def _txn(self, request: bytes) -> Any:
+        """Send an encoded ``TxnRequest``; the ``TxnResponse``.
+
+        etcd3aio's public ``txn`` copies every op into a new request (about as costly as building
+        it), so the bytes go out as they are, on etcd3aio's channel, with the deadline on the
+        call; etcd3aio's retries are not wanted here either (the append loop retries, and finds
+        out through the ids whether an ambiguous attempt landed). etcd3aio is pinned; its public
+        path stays as the fallback (and serves auth, whose token it adds)."""
+        call = self._raw_txn_call()
+        if call is None:
+            kv, req = self._kv, TxnRequest.FromString(request)
+            return await kv.txn(req.compare, req.success, req.failure, timeout=self.timeout)
         for attempt in range(TXN_UNAVAILABLE_RETRIES + 1):
             try:
-                return await stub.Txn(request, timeout=self.timeout)
+                return await call(request, timeout=self.timeout)
             except grpc.aio.AioRpcError as e:
                 # as etcd3aio would: a refused connection (a member going away) is tried again
                 # at once and twice more, on the channel's next member
@@ -749,6 +751,19 @@ class EtcdEventStore:
                     raise
                 await asyncio.sleep(0.05 * 2**attempt)
         raise AssertionError("unreachable")
+
+    def _raw_txn_call(self) -> Any:
+        """``KV.Txn`` on etcd3aio's channel taking the request already encoded (None: not
+        available, or auth is on)."""
+        channel = getattr(self._client, "_channel", None)
+        if channel is None or getattr(self._kv, "_metadata", None):
+            return None
+        if self._raw_txn is None or self._raw_txn[0] is not channel:  # made per channel (reconnects)
+            call = channel.unary_unary(
+                "/etcdserverpb.KV/Txn", request_serializer=None, response_deserializer=TxnResponse.FromString
+            )
+            self._raw_txn = (channel, call)
+        return self._raw_txn[1]
 
     async def _read_head(self) -> int:
         try:
