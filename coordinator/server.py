@@ -247,10 +247,14 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
                 else:
                     if not window.try_acquire(1):
                         await window.acquire(1)
-                    # one event: checked and queued without a coroutine when the queue has room
-                    # (the latency path), else through the waiting path
-                    entry = self._admit_now(req)
-                    pending.append(entry if entry is not None else await self._admit(req))
+                    # one event: checked once, then queued without a coroutine when the queue
+                    # has room (the latency path), else by waiting for room
+                    checked = self._check(req)
+                    if isinstance(checked, cpb.PublishAck):
+                        pending.append(checked)
+                    else:
+                        entry = self._queue_now(checked)
+                        pending.append(entry if entry is not None else await self._queue_waiting(checked))
                 ready.set()
         except grpc.RpcError:
             pass  # the client went away: the writer side ends with it
@@ -273,12 +277,9 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
             return _ack_error(msg.event_id, "INVALID_ARGUMENT", refused)
         return msg, size
 
-    def _admit_now(self, req: cpb.PublishRequest) -> cpb.PublishAck | _Entry | None:
-        """:meth:`_admit` if it need not wait for room in the appender's queue, else None
-        (nothing done: the caller goes through :meth:`_admit`)."""
-        checked = self._check(req)
-        if isinstance(checked, cpb.PublishAck):
-            return checked
+    def _queue_now(self, checked: tuple[pb.Event, int]) -> cpb.PublishAck | _Entry | None:
+        """Queue a checked event if the appender's queue has room now; None if it has not
+        (nothing done: the caller goes through :meth:`_queue_waiting`)."""
         msg = checked[0]
         try:
             # fencing: an event with a term is appended only while the leader key holds that term,
@@ -288,10 +289,8 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
             return _ack_error(msg.event_id, "UNAVAILABLE", str(e))
         return None if futs is None else (msg.event_id, futs[0])
 
-    async def _admit(self, req: cpb.PublishRequest) -> cpb.PublishAck | _Entry:
-        checked = self._check(req)
-        if isinstance(checked, cpb.PublishAck):
-            return checked
+    async def _queue_waiting(self, checked: tuple[pb.Event, int]) -> cpb.PublishAck | _Entry:
+        """Queue a checked event, waiting for room (backpressure)."""
         msg, size = checked
         try:
             fut = await self.appender.submit(msg, size, require_term=msg.term or None)

@@ -734,9 +734,10 @@ class EtcdEventStore:
 
         etcd3aio's public ``txn`` copies every op into a new request (about as costly as building
         it), so the bytes go out as they are, on etcd3aio's channel, with the deadline on the
-        call; etcd3aio's retries are not wanted here either (the append loop retries, and finds
-        out through the ids whether an ambiguous attempt landed). etcd3aio is pinned; its public
-        path stays as the fallback (and serves auth, whose token it adds)."""
+        call. Of etcd3aio's retry wrapper only its retry of a refused connection is kept (below);
+        the append loop retries the rest, and finds out through the ids whether an ambiguous
+        attempt landed. etcd3aio is pinned; its public path stays as the fallback (and serves
+        auth, whose token it adds)."""
         call = self._raw_txn_call()
         if call is None:
             kv, req = self._kv, TxnRequest.FromString(request)
@@ -745,8 +746,8 @@ class EtcdEventStore:
             try:
                 return await call(request, timeout=self.timeout)
             except grpc.aio.AioRpcError as e:
-                # as etcd3aio would: a refused connection (a member going away) is tried again
-                # at once and twice more, on the channel's next member
+                # as etcd3aio would: a refused connection (a member going away) is tried twice
+                # more, 50 and 100 ms apart, on the channel's next member
                 if attempt == TXN_UNAVAILABLE_RETRIES or e.code() != grpc.StatusCode.UNAVAILABLE:
                     raise
                 await asyncio.sleep(0.05 * 2**attempt)

@@ -12,6 +12,7 @@ from coordinator.store import EtcdEventStore
 from lvs_events.errors import Fenced
 from lvs_events.pb.v1 import coordinator_pb2 as cpb
 from lvs_events.pb.v1 import coordinator_pb2_grpc as cpb_grpc
+from lvs_events.pb.v1 import events_pb2 as pb
 from tests.coordinator.helpers import CLUSTER, config_event, health_event, publish_all, read_log
 
 
@@ -123,3 +124,35 @@ async def test_store_append_concurrent_instances_and_fencing(etcd) -> None:
         with pytest.raises(Fenced):
             await s2.append([health_event("fenced-no")], require_term=6)
         assert (await s2.bounds()).head == 201
+
+
+async def test_single_events_wait_for_room_when_the_append_queue_is_full(
+    start_coordinator, store: EtcdEventStore
+) -> None:
+    """Single-event requests take the fast lane only while the append queue has room; with a
+    queue of one event and eight pipelined streams most must wait their turn (backpressure), and
+    every event still lands once, in each stream's order."""
+    per_publisher = 40
+    async with start_coordinator() as c:
+        c.appender._queue_size = 1  # the smallest queue, so that it is full most of the time
+        waited = 0
+        queue_waiting = c.service._queue_waiting
+
+        async def counting(checked: tuple[pb.Event, int]) -> object:
+            nonlocal waited
+            waited += 1
+            return await queue_waiting(checked)
+
+        c.service._queue_waiting = counting  # type: ignore[method-assign,assignment]
+        async with grpc.aio.insecure_channel(c.address) as channel:
+            stub = cpb_grpc.CoordinatorStub(channel)
+            batches = [[health_event(f"q{p}-{i}") for i in range(per_publisher)] for p in range(8)]
+            results = await asyncio.gather(*(publish_all(stub, batch) for batch in batches))
+    assert waited > 0
+    acked = {ack.event_id: ack.revision for acks in results for ack in acks}
+    assert all(ack.error_code == "" and not ack.duplicate for acks in results for ack in acks)
+    assert sorted(acked.values()) == list(range(1, 8 * per_publisher + 1))
+    assert {e.event_id: e.revision for e in await read_log(store)} == acked
+    for p in range(8):
+        revs = [acked[f"q{p}-{i}"] for i in range(per_publisher)]
+        assert revs == sorted(revs)
