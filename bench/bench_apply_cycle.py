@@ -27,9 +27,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from agent.core import ApplyCore  # noqa: E402
-from agent.dataplane import reconcile, reconcile_changed  # noqa: E402
-from agent.dataplane.memory import MemoryDataplane  # noqa: E402
+from lvs_events.agent.core import ApplyCore  # noqa: E402
+from lvs_events.agent.dataplane import reconcile, reconcile_changed  # noqa: E402
+from lvs_events.agent.dataplane.memory import MemoryDataplane  # noqa: E402
 from lvs_events.domain.config import CheckSettings, Config, Protocol, RealServer, VirtualService  # noqa: E402
 from lvs_events.domain.events import ConfigApplied, Event, RealServerHealth  # noqa: E402
 
@@ -45,7 +45,7 @@ def event(revision: int, payload: ConfigApplied | RealServerHealth, wall: float)
 
 
 async def cycle(core: ApplyCore, dp: MemoryDataplane, now: float) -> None:
-    """One Ready, carried out as ``agent.runtime`` does it."""
+    """One Ready, carried out as ``lvs_events.agent.runtime`` does it."""
     ready = core.ready(now, caught_up=True)
     if ready is None:
         return

@@ -4,7 +4,7 @@ The real servers are loopback listeners in separate processes (``--listener-proc
 loop each that accepts and closes, or answers a fixed HTTP response; backlog 4096), one listener
 per address ``127.1.x.y:8000``, so the checker's CPU is measured apart from theirs (reported
 too, with the checker's runqueue wait and the kernel's TCP counters). The checker runs in this
-process: the real :class:`agent.checks.Checker` with the real probes.
+process: the real :class:`lvs_events.agent.checks.Checker` with the real probes.
 
 Measured per scenario:
 
@@ -47,7 +47,7 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.checks import Checker, CheckSpec, Result
+from lvs_events.agent.checks import Checker, CheckSpec, Result
 from lvs_events.domain.config import (
     CheckSettings,
     Config,

@@ -4,9 +4,9 @@ One JSON report for 1,000 and 10,000 real servers at ``checkinterval = 1``, ``ch
 (``checktype = connect``), through the whole path, everything real and on this machine:
 
 * a real etcd (``tests.support.etcd.EtcdCluster(1)``, its data in the system temp dir);
-* a coordinator subprocess (``python -m coordinator.main``);
-* an agent subprocess (``python -m agent.main --config-json ... --publish-config``, memory
-  dataplane, health checks on: the real :class:`agent.checks.Checker`), so its CPU is its own;
+* a coordinator subprocess (``python -m lvs_events.coordinator.main``);
+* an agent subprocess (``python -m lvs_events.agent.main --config-json ... --publish-config``, memory
+  dataplane, health checks on: the real :class:`lvs_events.agent.checks.Checker`), so its CPU is its own;
 * the real servers: loopback listeners ``127.1.x.y:8000`` in ``--listener-procs`` processes
   (bench_checks.py's listener processes, with an accept timestamp added, see below);
 * in this process: a ``CoordinatorClient.subscribe(follow=True)`` for ``RealServerHealth``.
@@ -70,7 +70,7 @@ from bench_checks import (  # noqa: E402 -- after the path set-up
     tcp_counters,
 )
 
-from lvs_events.client import CoordinatorClient  # noqa: E402
+from lvs_events.client.log import CoordinatorClient  # noqa: E402
 from lvs_events.domain import codec  # noqa: E402
 from lvs_events.domain.config import (  # noqa: E402
     CheckSettings,
@@ -339,7 +339,7 @@ async def scenario(  # noqa: PLR0915 -- one measured run
         port = free_port()
         coord = spawn(
             [
-                "-m", "coordinator.main",
+                "-m", "lvs_events.coordinator.main",
                 "--listen", f"127.0.0.1:{port}",
                 "--etcd-endpoints", ",".join(etcd.endpoints),
                 "--cluster", CLUSTER,
@@ -359,7 +359,7 @@ async def scenario(  # noqa: PLR0915 -- one measured run
             t_agent = time.monotonic()
             agent = spawn(
                 [
-                    "-m", "agent.main",
+                    "-m", "lvs_events.agent.main",
                     "--node", NODE,
                     "--cluster", CLUSTER,
                     "--coordinators", f"127.0.0.1:{port}",

@@ -4,7 +4,7 @@ In one run, on one freshly started etcd (``tests/support/etcd.py``):
 
 * raw etcd, from this process with etcd3aio: sequential single puts (throughput, p50/p99
   latency) and sequential transactions of 64 puts (throughput in puts/s);
-* the coordinator, started as its own process (``python -m coordinator.main``): append
+* the coordinator, started as its own process (``python -m lvs_events.coordinator.main``): append
   throughput and ack latency p50/p99 through gRPC Publish streams with 1, 16 and 64 concurrent
   publishers, twice: *unary* publishers (one event in flight: send, wait for the ack, next; the
   latency is the full round trip one event sees) and *windowed* publishers, which send batch
@@ -48,8 +48,8 @@ import grpc.aio  # noqa: E402
 from etcd3aio import Etcd3Client  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
-from coordinator.snapshots import StateService  # noqa: E402
-from coordinator.store import EtcdEventStore  # noqa: E402
+from lvs_events.coordinator.snapshots import StateService  # noqa: E402
+from lvs_events.etcd.store import EtcdEventStore  # noqa: E402
 from lvs_events.pb.v1 import coordinator_pb2 as cpb  # noqa: E402
 from lvs_events.pb.v1 import coordinator_pb2_grpc as cpb_grpc  # noqa: E402
 from lvs_events.pb.v1 import events_pb2 as pb  # noqa: E402
@@ -327,7 +327,7 @@ def start_coordinator(
             [
                 sys.executable,
                 "-m",
-                "coordinator.main",
+                "lvs_events.coordinator.main",
                 f"--listen={address}",
                 f"--etcd-endpoints={','.join(endpoints)}",
                 f"--cluster={CLUSTER}",

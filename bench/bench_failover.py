@@ -8,7 +8,7 @@ seen. Needs root (``ip netns``) and etcd. No IPVS: a TCP responder on the VIP st
     sudo .venv/bin/python bench/bench_failover.py [--runs 20] [--scenarios switchover,kill-active,...]
 
 Targets: unplanned (kill-active) p99 <= 1.0 s; planned (switchover) <= 0.3 s, no failed connection.
-Every drill of :data:`agent.ha.drill.SCENARIOS` by default; the host's load average is printed
+Every drill of :data:`lvs_events.drills.drill.SCENARIOS` by default; the host's load average is printed
 with the figures (before and after), so a noisy run shows.
 """
 
@@ -26,8 +26,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.ha.drill import SCENARIOS, DrillReport
-from tests.support.netns_lab import FAST_TIMING, NetnsLab, netns_available
+from lvs_events.drills.drill import SCENARIOS, DrillReport
+from lvs_events.drills.lab import FAST_TIMING, NetnsLab, netns_available
 
 
 def pct(values: list[float], q: float) -> float | None:

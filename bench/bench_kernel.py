@@ -44,9 +44,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
-from agent.core import ApplyCore, Policy
-from agent.dataplane import reconcile_changed
-from agent.dataplane.ipvs import IpvsDataplane
+from lvs_events.agent.core import ApplyCore, Policy
+from lvs_events.agent.dataplane import reconcile_changed
+from lvs_events.agent.dataplane.ipvs import IpvsDataplane
 from lvs_events.domain.config import CheckSettings, Config, Forwarding, Protocol, RealServer, VirtualService
 from lvs_events.domain.events import AdminAction, AdminOverride, ConfigApplied, Event
 from lvs_events.domain.ipvsadm_save import format_ipvsadm_save
@@ -133,7 +133,7 @@ async def bench(n: int, m: int, changes: int, drift_interval: str = "") -> dict[
 
 POLLER = r"""
 import sys, time
-from agent.dataplane._netlink import IpvsSocket
+from lvs_events.agent.dataplane._netlink import IpvsSocket
 from lvs_events.domain.config import Protocol
 from lvs_events.domain.table import Service
 address, port, real, every = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
@@ -165,7 +165,7 @@ async def from_log(cfg: Config, n: int, m: int, changes: int, drift_interval: st
     from stack import Stack, environment_ok  # noqa: PLC0415 -- the VM job's layout
 
     from lvs_events import logs  # noqa: PLC0415
-    from lvs_events.client import CoordinatorClient, new_event  # noqa: PLC0415
+    from lvs_events.client.log import CoordinatorClient, new_event  # noqa: PLC0415
 
     logs.configure("json", "WARNING", stream=sys.stderr)  # stdout is the report
     why = environment_ok()

@@ -28,8 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.dataplane import reconcile
-from agent.dataplane.memory import MemoryDataplane
+from lvs_events.agent.dataplane import reconcile
+from lvs_events.agent.dataplane.memory import MemoryDataplane
 from lvs_events.domain import codec
 from lvs_events.domain.config import (
     CheckSettings,

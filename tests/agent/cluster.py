@@ -1,5 +1,5 @@
 """Integration helpers for the agent tests: coordinators on a real etcd, agents in process or as
-``python -m agent.main`` subprocesses, a realistic mix of events, convergence waits."""
+``python -m lvs_events.agent.main`` subprocesses, a realistic mix of events, convergence waits."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from coordinator.server import CoordinatorSettings, RunningCoordinator, serve_coordinator
-from lvs_events.client import CoordinatorClient
+from lvs_events.client.log import CoordinatorClient
+from lvs_events.coordinator.server import CoordinatorSettings, RunningCoordinator, serve_coordinator
 from lvs_events.domain import codec
 from lvs_events.domain.config import (
     CheckSettings,
@@ -115,7 +115,7 @@ async def wait_converged(client: CoordinatorClient, digests: dict[str, Any], *, 
 
 
 class AgentProcess:
-    """``python -m agent.main`` in a subprocess, with its own state dir."""
+    """``python -m lvs_events.agent.main`` in a subprocess, with its own state dir."""
 
     def __init__(
         self, node: str, endpoints: Sequence[str], state_dir: Path, config: Config | None = None
@@ -133,7 +133,7 @@ class AgentProcess:
 
     def start(self) -> None:
         args = [
-            sys.executable, "-m", "agent.main",
+            sys.executable, "-m", "lvs_events.agent.main",
             "--node", self.node,
             "--cluster", CLUSTER,
             "--coordinators", ",".join(self.endpoints),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.autoreload import AutoReloader, Loaded, decide, load
+from lvs_events.agent.autoreload import AutoReloader, Loaded, decide, load
 from lvs_events.domain.config import Config, GlobalSettings
 from lvs_events.domain.events import ConfigApplied, ConfigRejected, Payload
 

@@ -12,7 +12,7 @@ import grpc
 import grpc.aio
 import pytest
 
-from lvs_events.client import CoordinatorClient, Snapshot, new_event
+from lvs_events.client.log import CoordinatorClient, Snapshot, new_event
 from lvs_events.domain.events import ConfigApplied, Event
 from lvs_events.errors import CoordinatorUnavailable
 from lvs_events.pb.v1 import coordinator_pb2 as cpb

@@ -1,9 +1,9 @@
-"""The apply loop's decision step (agent.core): pure, driven with explicit times."""
+"""The apply loop's decision step (lvs_events.agent.core): pure, driven with explicit times."""
 
 from __future__ import annotations
 
-from agent.core import ApplyCore, Policy, Ready, render_full
-from lvs_events.client import Snapshot
+from lvs_events.agent.core import ApplyCore, Policy, Ready, render_full
+from lvs_events.client.log import Snapshot
 from lvs_events.domain.render import render
 from lvs_events.domain.state import fold_all
 from tests.agent.helpers import REALS, applied, cfg_event, drain, ev, health

@@ -8,8 +8,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from agent.dataplane.memory import MemoryDataplane
-from agent.runtime import Agent, AgentSettings
+from lvs_events.agent.dataplane.memory import MemoryDataplane
+from lvs_events.agent.runtime import Agent, AgentSettings
 from lvs_events.domain.events import DataplaneDrift
 from lvs_events.domain.table import Op, Service, Table, diff
 from tests.agent.helpers import cfg_event, config

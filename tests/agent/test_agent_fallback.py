@@ -7,7 +7,7 @@ import os
 import stat
 from pathlib import Path
 
-from agent.fallback import FallbackRunner
+from lvs_events.agent.fallback import FallbackRunner
 from lvs_events.domain.config import Config, GlobalSettings, Protocol, RealServer, VirtualService
 from lvs_events.domain.events import ConfigApplied, Event, Payload, RealServerHealth
 from lvs_events.domain.render import render
@@ -67,8 +67,8 @@ async def test_runner_runs_the_script_with_ldirectords_arguments(tmp_path: Path)
 
 
 async def test_the_per_event_path_looks_at_the_changed_services_only(tmp_path: Path) -> None:
-    from agent.dataplane.memory import MemoryDataplane
-    from agent.runtime import Agent, AgentSettings
+    from lvs_events.agent.dataplane.memory import MemoryDataplane
+    from lvs_events.agent.runtime import Agent, AgentSettings
     from lvs_events.domain.table import Table
 
     reals = (RealServer("192.0.2.11", 80, weight=5),)

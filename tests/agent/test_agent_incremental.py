@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.core import ApplyCore, Policy, Ready
-from agent.dataplane import reconcile, reconcile_changed
-from agent.dataplane.memory import MemoryDataplane
+from lvs_events.agent.core import ApplyCore, Policy, Ready
+from lvs_events.agent.dataplane import reconcile, reconcile_changed
+from lvs_events.agent.dataplane.memory import MemoryDataplane
 from lvs_events.domain.config import CheckSettings, Config, Protocol, RealServer, VirtualService
 from lvs_events.domain.events import (
     AdminAction,
@@ -207,7 +207,7 @@ class FakeSocket:
 
 def test_ipvs_reconcile_services_touches_only_the_named_services() -> None:
     pytest.importorskip("pyroute2")
-    from agent.dataplane.ipvs import IpvsDataplane  # pyroute2 is optional
+    from lvs_events.agent.dataplane.ipvs import IpvsDataplane  # pyroute2 is optional
 
     async def go() -> None:
         full = render(_applied_core().state)

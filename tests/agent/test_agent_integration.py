@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.core import Policy
-from agent.dataplane.memory import MemoryDataplane
-from agent.publisher import Publisher
-from agent.runtime import Agent, AgentSettings
-from lvs_events.client import CoordinatorClient, new_event
+from lvs_events.agent.core import Policy
+from lvs_events.agent.dataplane.memory import MemoryDataplane
+from lvs_events.agent.publisher import Publisher
+from lvs_events.agent.runtime import Agent, AgentSettings
+from lvs_events.client.log import CoordinatorClient, new_event
 from lvs_events.domain.config import Config
 from lvs_events.domain.events import ConfigApplied
 from lvs_events.domain.table import table_from_json
@@ -59,7 +59,7 @@ async def _publish_mix(publisher: Publisher, n: int, seed: int) -> None:
 async def _start_agent(
     node: str, endpoints: list[str], state_dir: Path, config: Config | None = None
 ) -> tuple[Agent, MemoryDataplane, asyncio.Event, asyncio.Task[None]]:
-    from agent.config_source import LoadedConfig
+    from lvs_events.agent.config_source import LoadedConfig
 
     settings = AgentSettings(
         node=node,

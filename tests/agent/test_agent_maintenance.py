@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.maintenance import Maintenance, candidates
+from lvs_events.agent.maintenance import Maintenance, candidates
 
 
 def test_candidates_in_ldirectords_order() -> None:

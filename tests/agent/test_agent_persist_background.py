@@ -10,10 +10,10 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from agent.core import ApplyCore, Policy
-from agent.dataplane.memory import MemoryDataplane
-from agent.persist import StateStore
-from agent.runtime import Agent, AgentSettings, LatestWriter
+from lvs_events.agent.core import ApplyCore, Policy
+from lvs_events.agent.dataplane.memory import MemoryDataplane
+from lvs_events.agent.persist import StateStore
+from lvs_events.agent.runtime import Agent, AgentSettings, LatestWriter
 from lvs_events.domain import codec
 from lvs_events.domain.state import State, fold
 from tests.agent.helpers import REALS, cfg_event, config, ev, health

@@ -9,7 +9,7 @@ import struct
 import dns.message
 import dns.rrset
 
-from agent.checks.directory import ber, read_ber, split_ber
+from lvs_events.agent.checks.directory import ber, read_ber, split_ber
 
 Reader = asyncio.StreamReader
 Writer = asyncio.StreamWriter

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.checks import Checker, CheckSpec, Result, spec_for
+from lvs_events.agent.checks import Checker, CheckSpec, Result, spec_for
 from lvs_events.domain.config import CheckSettings, GlobalSettings, Protocol, RealServer, VirtualService
 
 HOST = "127.0.0.1"

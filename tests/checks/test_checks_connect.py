@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from agent.checks import Checker
-from agent.checks.probes import plan
+from lvs_events.agent.checks import Checker
+from lvs_events.agent.checks.probes import plan
 from lvs_events.domain.config import (
     CheckSettings,
     Config,
@@ -99,7 +99,7 @@ def test_checks_plan_timeouts() -> None:
 def test_checks_timeouts_are_mutual_defaults(
     ct: float | None, nt: float | None, expect: tuple[float, float]
 ) -> None:
-    from agent.checks import spec_for
+    from lvs_events.agent.checks import spec_for
 
     v = VirtualService(
         Protocol.TCP, "10.0.0.1", 80, reals=(RealServer("10.0.0.2", 80),),
@@ -110,7 +110,7 @@ def test_checks_timeouts_are_mutual_defaults(
 
 
 def test_checks_checkport_and_service_port() -> None:
-    from agent.checks import spec_for
+    from lvs_events.agent.checks import spec_for
 
     v = VirtualService(Protocol.FWM, None, 0, fwmark=7, reals=(RealServer("10.0.0.2", 0),),
                        check=CheckSettings(service="https"))  # fmt: skip

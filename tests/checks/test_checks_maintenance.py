@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from agent.checks import Checker
-from agent.maintenance import MaintenanceWatcher
+from lvs_events.agent.checks import Checker
+from lvs_events.agent.maintenance import MaintenanceWatcher
 from tests.checks.test_checks_scheduler import Reports, Script, running, state, until
 
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import pytest
 from immutables import Map
 
-from agent.checks import Checker, CheckSpec, Result
-from agent.health import HealthChecker
+from lvs_events.agent.checks import Checker, CheckSpec, Result
+from lvs_events.agent.health import HealthChecker
 from lvs_events.domain.config import (
     CheckSettings,
     Config,

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.checks import CheckSpec
-from agent.checks.ping import Pinger, echo_request, ping
+from lvs_events.agent.checks import CheckSpec
+from lvs_events.agent.checks.ping import Pinger, echo_request, ping
 from lvs_events.domain.config import Protocol
 from tests.checks import protocols as p
 from tests.checks.servers import TIMEOUT, Cert, check, closed_port, hang, make_spec, tcp_server, udp_server
@@ -192,7 +192,7 @@ async def test_checks_external_perl(tmp_path: Path, body: str, up: bool) -> None
 
 
 async def test_checks_ping_healthy_loopback() -> None:
-    from agent.checks.ping import pinger_for
+    from lvs_events.agent.checks.ping import pinger_for
 
     if pinger_for(socket.AF_INET) is None and shutil.which("ping") is None:
         pytest.skip("no ICMP socket permitted and no ping program")
@@ -244,14 +244,14 @@ async def test_checks_ping_replies(
 
 
 def test_checks_echo_request_checksum() -> None:
-    from agent.checks.ping import checksum
+    from lvs_events.agent.checks.ping import checksum
 
     pkt = echo_request(socket.AF_INET, 0x1234, 7)
     assert checksum(pkt) == 0
 
 
 async def test_checks_udp_connect_is_a_ping() -> None:
-    from agent.checks.probes import plan
+    from lvs_events.agent.checks.probes import plan
 
     spec = make_spec(port=53, checktype="connect", protocol=Protocol.UDP, checkcount=2)
     probe, timeout, kind = plan(spec, False)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.ha.drill import SCENARIOS
-from agent.ha.running import SCENARIO_COMMANDS, missing_commands
 from lvs_events.cli import main as cli
+from lvs_events.drills.drill import SCENARIOS
+from lvs_events.drills.running import SCENARIO_COMMANDS, missing_commands
 from tests.conftest import in_ci
 
 REPO = Path(__file__).resolve().parents[2]
@@ -67,7 +67,7 @@ def test_every_scenario_says_which_commands_it_needs() -> None:
 
 
 def _lab_or_skip() -> None:
-    from agent.ha.lab import netns_available
+    from lvs_events.drills.lab import netns_available
 
     why = netns_available()
     if why:
@@ -115,8 +115,8 @@ async def test_drill_switchover_against_a_running_pair() -> None:
     """Without --lab: the CLI, run in the lab's client namespace, observes the pair only through
     its coordinators and probes the VIP itself."""
     _lab_or_skip()
-    from agent.ha.drill import _ready
-    from agent.ha.lab import CLUSTER, VIP, NetnsLab
+    from lvs_events.drills.drill import _ready
+    from lvs_events.drills.lab import CLUSTER, VIP, NetnsLab
 
     async with NetnsLab() as lab:
         await _ready(lab)

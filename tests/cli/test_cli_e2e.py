@@ -44,7 +44,7 @@ class Stack:
     def start_coordinator(self) -> None:
         self.procs["coordinator"] = _spawn(
             [
-                "coordinator.main",
+                "lvs_events.coordinator.main",
                 "--listen",
                 self.endpoint,
                 "--etcd-endpoints",
@@ -59,7 +59,7 @@ class Stack:
 
     def start_agent(self, node: str, *, publish: bool) -> None:
         args = [
-            "agent.main",
+            "lvs_events.agent.main",
             "--node",
             node,
             "--cluster",
@@ -285,7 +285,7 @@ def test_autoreload_applies_a_changed_file_and_records_a_broken_one(stack: Stack
     seed = SEED.read_text().replace("checkinterval=5", "checkinterval=1")
     cf.write_text(seed)
     args = [
-        "agent.main",
+        "lvs_events.agent.main",
         "--node",
         "master",
         "--cluster",

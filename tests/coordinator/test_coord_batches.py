@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from coordinator import server
-from coordinator.log import Appender
-from coordinator.store import Appended, EtcdEventStore
-from lvs_events import client as client_mod
+from lvs_events.client import log as client_mod
+from lvs_events.coordinator import server
+from lvs_events.coordinator.appender import Appender
+from lvs_events.etcd.store import Appended, EtcdEventStore
 from lvs_events.pb.v1 import coordinator_pb2 as cpb
 from tests.coordinator.helpers import CLUSTER, health_event, read_log
 

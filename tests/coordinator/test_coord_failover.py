@@ -1,6 +1,6 @@
 """Killing one of two coordinators mid-stream loses no acknowledged event and duplicates none.
 
-The coordinators run as real processes (``python -m coordinator.main``); one is SIGKILLed while
+The coordinators run as real processes (``python -m lvs_events.coordinator.main``); one is SIGKILLed while
 a publisher streams to it. The publisher then retries every unacknowledged event, with the same
 event_ids, on the other coordinator.
 """
@@ -21,7 +21,7 @@ import grpc.aio
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from coordinator.store import EtcdEventStore
+from lvs_events.etcd.store import EtcdEventStore
 from lvs_events.pb.v1 import coordinator_pb2 as cpb
 from lvs_events.pb.v1 import coordinator_pb2_grpc as cpb_grpc
 from tests.coordinator.helpers import CLUSTER, health_event, publish_all, read_log
@@ -36,7 +36,7 @@ def _start(etcd: EtcdCluster, port: int, log_path: Path) -> subprocess.Popen[byt
             [
                 sys.executable,
                 "-m",
-                "coordinator.main",
+                "lvs_events.coordinator.main",
                 f"--listen=127.0.0.1:{port}",
                 f"--etcd-endpoints={','.join(etcd.endpoints)}",
                 f"--cluster={CLUSTER}",

@@ -12,8 +12,8 @@ import asyncio
 import grpc
 import pytest
 
-from coordinator.snapshots import StateService
-from coordinator.store import EtcdEventStore
+from lvs_events.coordinator.snapshots import StateService
+from lvs_events.etcd.store import EtcdEventStore
 from tests.coordinator.conftest import fresh_cluster
 from tests.coordinator.helpers import health_event
 from tests.support.etcd import EtcdCluster

@@ -7,10 +7,10 @@ import asyncio
 
 import pytest
 
-from coordinator.server import RunningCoordinator
-from lvs_events.client import CoordinatorClient, new_event
+from lvs_events.client.ha import LeaderElectionClient
+from lvs_events.client.log import CoordinatorClient, new_event
+from lvs_events.coordinator.server import RunningCoordinator
 from lvs_events.domain.events import DrillMarker, Event, Leadership, LeadershipChange, RealServerHealth
-from lvs_events.leadership import LeaderElectionClient
 from tests.coordinator.helpers import CLUSTER
 
 

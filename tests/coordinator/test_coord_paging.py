@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.store import EtcdEventStore
 from lvs_events.errors import Compacted, StoreError
+from lvs_events.etcd.store import EtcdEventStore
 from tests.coordinator.conftest import fresh_cluster
 from tests.coordinator.helpers import health_event
 from tests.support.etcd import EtcdCluster

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from coordinator.snapshots import StateService
-from coordinator.store import EtcdEventStore, SnapshotRecord
+from lvs_events.coordinator.snapshots import StateService
 from lvs_events.errors import StoreError
+from lvs_events.etcd.store import EtcdEventStore, SnapshotRecord
 from lvs_events.pb.v1 import events_pb2 as pb
 from tests.coordinator.conftest import fresh_cluster
 from tests.coordinator.helpers import health_event

@@ -1,4 +1,4 @@
-"""The append transaction encoded by hand (coordinator.store) is the one etcd3aio would build."""
+"""The append transaction encoded by hand (lvs_events.etcd.store) is the one etcd3aio would build."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from etcd3aio._protobuf import TxnRequest
 from etcd3aio.kv import KVService
 
-from coordinator.store import EtcdEventStore
+from lvs_events.etcd.store import EtcdEventStore
 from tests.coordinator.conftest import fresh_cluster
 from tests.coordinator.helpers import config_event, health_event
 from tests.support.etcd import EtcdCluster

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from agent.ha.machine import (
+from lvs_events.agent.ha.machine import (
     Action,
     AddVips,
     Campaign,
@@ -36,7 +36,7 @@ from agent.ha.machine import (
     can_switchover,
     step,
 )
-from agent.ha.timing import HaTiming, TimingError
+from lvs_events.agent.ha.timing import HaTiming, TimingError
 
 T = HaTiming(
     heartbeat_interval=0.05,

@@ -11,15 +11,15 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from agent.ha.drill import (
+from lvs_events.drills.drill import (
     DrillReport,
     drill_etcd_member_down,
     drill_kill_active,
     drill_partition_active,
     drill_switchover,
 )
+from lvs_events.drills.lab import NetnsLab, netns_available
 from tests.conftest import in_ci
-from tests.support.netns_lab import NetnsLab, netns_available
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 

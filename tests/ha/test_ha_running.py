@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from agent.ha.drill import _ready
-from agent.ha.running import SCENARIO_COMMANDS
+from lvs_events.drills.drill import _ready
+from lvs_events.drills.lab import CLUSTER, VIP, NetnsLab, netns_available
+from lvs_events.drills.running import SCENARIO_COMMANDS
 from tests.conftest import in_ci
-from tests.support.netns_lab import CLUSTER, VIP, NetnsLab, netns_available
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 

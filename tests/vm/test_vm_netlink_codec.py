@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("pyroute2", reason="pyroute2 is the 'kernel' extra: pip install -e '.[kernel]'")
 
-from agent.dataplane import _netlink as nl
+from lvs_events.agent.dataplane import _netlink as nl
 from lvs_events.domain.config import Family, Forwarding, Protocol
 from lvs_events.domain.table import Dest, Service
 

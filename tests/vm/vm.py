@@ -110,7 +110,7 @@ def build_job(job: Path) -> Path:
     job.mkdir(parents=True)
     src = job / "src"
     src.mkdir()
-    for pkg in ("lvs_events", "agent", "coordinator"):
+    for pkg in ("lvs_events",):
         _copy_package(pkg, src)
     site = job / "site"
     site.mkdir()

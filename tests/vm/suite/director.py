@@ -15,7 +15,7 @@ import asyncio
 import json
 import sys
 
-from agent.dataplane.ipvs import IpvsDataplane
+from lvs_events.agent.dataplane.ipvs import IpvsDataplane
 from lvs_events.domain.table import table_from_json
 
 

@@ -231,7 +231,7 @@ class Drill:
         return {n for n, h in self.holders.items() if h}
 
     async def leader(self) -> tuple[str, int]:
-        from lvs_events.leadership import LeaderElectionClient
+        from lvs_events.client.ha import LeaderElectionClient
 
         client = LeaderElectionClient([self.stack.coordinator_endpoint], timeout=2.0)
         try:
@@ -397,7 +397,7 @@ class Drill:
 
     async def fenced(self, node: str, term: int) -> bool:
         """An event carrying the old active's term is refused by the coordinator."""
-        from lvs_events.client import CoordinatorClient, new_event
+        from lvs_events.client.log import CoordinatorClient, new_event
         from lvs_events.domain.events import RealServerHealth
 
         async with CoordinatorClient([self.stack.coordinator_endpoint], timeout=6.0) as c:

@@ -21,8 +21,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
-from agent.dataplane import reconcile
-from agent.dataplane.ipvs import IpvsDataplane
+from lvs_events.agent.dataplane import reconcile
+from lvs_events.agent.dataplane.ipvs import IpvsDataplane
 from lvs_events.domain.config import Family, Forwarding, Protocol
 from lvs_events.domain.events import ConfigApplied, Event, RealServerHealth
 from lvs_events.domain.ipvsadm_save import format_ipvsadm_save
@@ -578,8 +578,8 @@ async def case_render_normalised() -> object:
 async def case_agent_per_event_path() -> object:
     """The agent's per-event path on the kernel: ApplyCore renders only what each event touched,
     ``reconcile_changed`` applies just that; after 60 events the kernel holds the full render."""
-    from agent.core import ApplyCore
-    from agent.dataplane import reconcile_changed
+    from lvs_events.agent.core import ApplyCore
+    from lvs_events.agent.dataplane import reconcile_changed
     from lvs_events.domain.events import AdminAction, AdminOverride
 
     await fresh_kernel()

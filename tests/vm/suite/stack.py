@@ -1,5 +1,6 @@
 """The real stack INSIDE the VM: etcd (Debian's ``etcd-server`` in the image), a coordinator and
-agents, each its own process (``python3 -m coordinator.main``, ``python3 -m agent.main``), in the
+agents, each its own process (``python3 -m lvs_events.coordinator.main``,
+``python3 -m lvs_events.agent.main``), in the
 root network namespace or in a given one (``ip netns exec``, which execs: a process's pid is the
 program's own, so a SIGKILL hits the agent itself).
 
@@ -119,7 +120,7 @@ class Stack:
         self.spawn(
             "coordinator",
             [
-                sys.executable, "-m", "coordinator.main",
+                sys.executable, "-m", "lvs_events.coordinator.main",
                 "--listen", self.coordinator_endpoint,
                 "--etcd-endpoints", self.etcd_endpoint,
                 "--cluster", self.cluster,
@@ -136,7 +137,7 @@ class Stack:
         return self.spawn(
             f"agent-{node}",
             [
-                sys.executable, "-m", "agent.main",
+                sys.executable, "-m", "lvs_events.agent.main",
                 "--node", node,
                 "--cluster", self.cluster,
                 "--coordinators", self.coordinator_endpoint,

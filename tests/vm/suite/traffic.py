@@ -160,7 +160,7 @@ async def drill() -> dict[str, object]:
     servers = {1: start_server(1), 2: start_server(2)}
     # The director's agent: this process, in the director's network namespace.
     enter_netns("director")
-    from agent.dataplane.ipvs import IpvsDataplane
+    from lvs_events.agent.dataplane.ipvs import IpvsDataplane
 
     marks: list[tuple[float, float, str]] = []
     stop_file = "/tmp/client.stop"

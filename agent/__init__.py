@@ -1,7 +1,0 @@
-"""``lvs-agent``: replays the event log into this director's IPVS table.
-
-Shaped like a replicated state machine's apply loop (cf. etcd-io/raft's ``Ready``): a pure
-decision step (:mod:`agent.core`) that folds log items and says what to do, and a thin I/O shell
-(:mod:`agent.runtime`) that does it: reconcile the dataplane, persist the applied revision,
-publish ``TableApplied``.
-"""

@@ -1,0 +1,661 @@
+"""The agent's I/O shell around :class:`lvs_events.agent.core.ApplyCore`.
+
+Tasks, all in one ``TaskGroup``:
+
+* **subscriber**: follows the log from the stored revision into the inbox (a bounded buffer of
+  ``inbox_size`` items). Overflow policy: when the apply loop falls that far behind, the buffered
+  items are dropped and the subscriber resyncs from ``GetState`` (one snapshot item stands in
+  for the backlog), then follows again after it. A compacted start gets the coordinator's snapshot.
+* **apply loop**: drains the inbox, folds everything drained, asks the core for a ``Ready`` and
+  carries it out: reconcile the dataplane (verified by a dump), hand the state to the persister,
+  publish ``TableApplied``. It never waits for a file: the next event from the log is applied
+  while a write of megabytes is under way (that wait was the ~1 s stall of one weight change in
+  a hundred in the VM benchmark).
+* **persister** and **status writer**: write the folded state (atomic write, in a thread) and
+  ``status.json`` in the background, one write at a time, the newest item replacing one not yet
+  begun (:class:`LatestWriter`).
+* **publisher**: the outbox (see :mod:`lvs_events.agent.publisher`).
+* **health checker**: reports verdict transitions (see :mod:`lvs_events.agent.health`).
+* **config**: with ``publish_config``, publishes ``ConfigApplied`` once if the config in force differs.
+
+``stop`` (SIGTERM) drains within ``drain_timeout``: the subscriber and checker stop, the apply loop
+finishes what it holds, the persister finishes its write and the state is written once more if it
+moved since, the publisher flushes, then everything is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import gc
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+
+import structlog
+
+from lvs_events.agent.autoreload import AutoReloader
+from lvs_events.agent.checks import Checker
+from lvs_events.agent.config_source import LoadedConfig, same_config
+from lvs_events.agent.core import ApplyCore, Policy, Ready, render_full
+from lvs_events.agent.dataplane import Dataplane, reconcile, reconcile_changed
+from lvs_events.agent.fallback import FallbackRunner
+from lvs_events.agent.ha.runner import HaRunner
+from lvs_events.agent.health import HealthChecker, PublisherReporter
+from lvs_events.agent.maintenance import MaintenanceWatcher
+from lvs_events.agent.persist import StateStore
+from lvs_events.agent.publisher import Publisher
+from lvs_events.client.log import CoordinatorClient, Snapshot
+from lvs_events.domain.events import ConfigApplied, DataplaneDrift, Event, Payload
+from lvs_events.domain.state import State
+from lvs_events.domain.table import Op, Service, Table
+from lvs_events.errors import CoordinatorUnavailable, DataplaneError
+
+__all__ = ["Agent", "AgentSettings", "Inbox", "LatestWriter"]
+
+T = TypeVar("T")
+
+_MAX_DRIFT_LINES = 500  # per DataplaneDrift event (an event is at most 1 MB)
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    node: str
+    cluster: str
+    endpoints: tuple[str, ...]
+    state_dir: Path
+    config: LoadedConfig | None = None
+    config_path: Path | None = None  # the ldirectord.cf to watch when autoreload=yes
+    publish_config: bool = False
+    health_checks: bool = True
+    inbox_size: int = 10_000
+    outbox_size: int = 10_000
+    drain_timeout: float = 5.0
+    client_timeout: float = 10.0
+    drift_interval: float = 30.0  # compare a kernel dataplane with the applied table; 0: never
+    policy: Policy = field(default_factory=Policy)
+
+
+class Inbox:
+    """Bounded buffer between the subscriber and the apply loop (single producer, single consumer)."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self.head_revision = 0
+        self._items: collections.deque[Event | Snapshot] = collections.deque()
+        self._wake = asyncio.Event()
+
+    def offer(self, item: Event | Snapshot, head_revision: int = 0) -> bool:
+        """Append ``item``; False (and nothing appended) when full."""
+        if len(self._items) >= self.maxsize:
+            return False
+        self._items.append(item)
+        self.head_revision = max(self.head_revision, head_revision)
+        self._wake.set()
+        return True
+
+    def drain(self) -> list[Event | Snapshot]:
+        items = list(self._items)
+        self._items.clear()
+        return items
+
+    def clear(self) -> int:
+        n = len(self._items)
+        self._items.clear()
+        return n
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def caught_up(self, revision: int) -> bool:
+        return not self._items and revision >= self.head_revision
+
+    async def wait(self, seconds: float | None) -> None:
+        """Until something is offered (or :meth:`wake`), or ``seconds`` pass."""
+        if self._items:
+            return
+        self._wake.clear()
+        try:
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+        except TimeoutError:
+            return
+
+
+class DriftLike(Protocol):
+    @property
+    def ops(self) -> Sequence[Op]: ...
+
+    @property
+    def foreign(self) -> tuple[str, ...]: ...
+
+    @property
+    def clean(self) -> bool: ...
+
+    def lines(self) -> list[str]: ...
+
+
+@runtime_checkable
+class ObservableDataplane(Protocol):
+    """A dataplane whose drift check can compare off the apply lock (the kernel's:
+    :class:`lvs_events.agent.dataplane.ipvs.IpvsDataplane`; see its ``observe``)."""
+
+    async def dump_unlocked(self) -> Any: ...
+
+    async def observe(self, desired: Table, since: Any) -> Any: ...
+
+    async def compare(self, seen: Any, desired: Table) -> DriftLike: ...
+
+    async def recheck(self, desired: Table, services: Iterable[Service]) -> DriftLike: ...
+
+    async def apply(self, ops: list[Op]) -> None: ...
+
+
+class LatestWriter(Generic[T]):
+    """Runs ``write(item)`` in its own task, one at a time, for the newest item offered: an offer
+    never waits, and replaces an item whose write has not begun (a bounded queue of one: the items
+    are whole states or whole status records, so only the newest matters)."""
+
+    def __init__(self, write: Callable[[T], Awaitable[None]]) -> None:
+        self._write = write
+        self._item: T | None = None
+        self._pending = False
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def offer(self, item: T) -> None:
+        self._item, self._pending = item, True
+        self._idle.clear()
+        self._wake.set()
+
+    @property
+    def busy(self) -> bool:
+        return not self._idle.is_set()
+
+    async def idle(self) -> None:
+        """Until nothing is pending or being written."""
+        await self._idle.wait()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                item, self._item, self._pending = self._item, None, False
+                await self._write(item)  # type: ignore[arg-type]  # set with _pending
+            self._idle.set()
+
+
+class Agent:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        dataplane: Dataplane,
+        *,
+        client: CoordinatorClient | None = None,
+        checker: HealthChecker | None = None,
+        ha: HaRunner | None = None,
+    ) -> None:
+        self.settings = settings
+        self.dataplane = dataplane
+        self._own_client = client is None
+        self.client = client or CoordinatorClient(settings.endpoints, timeout=settings.client_timeout)
+        self.store = StateStore(settings.state_dir)
+        self.log = structlog.get_logger("agent").bind(node=settings.node, cluster=settings.cluster)
+        self.inbox = Inbox(settings.inbox_size)
+        self.core = ApplyCore(settings.node, policy=settings.policy)
+        if checker is None and settings.health_checks:
+            checker = Checker(settings.node)
+        self.checker = checker
+        self.publisher = Publisher(
+            self.client,
+            cluster=settings.cluster,
+            node=settings.node,
+            maxsize=settings.outbox_size,
+            on_overflow=self._on_outbox_overflow,
+        )
+        self.fallbacks = FallbackRunner()
+        self.ha = ha
+        if ha is not None:
+            ha.applied = lambda: (self.core.applied_revision, self.core.applied_digest)
+        self.started = asyncio.Event()  # set once the stored state is loaded and tasks run
+        self._dataplane_lock = asyncio.Lock()  # the apply loop's reconcile vs the drift check
+        self.persister: LatestWriter[tuple[int, State, str]] = LatestWriter(self._persist)
+        self._status: LatestWriter[dict[str, object]] = LatestWriter(self._write_status)
+        self.resyncs = 0
+        self._stopping = False
+        self._freeze_due = False  # a configuration or a snapshot came in: see _freeze_heap
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then drain (bounded by ``drain_timeout``)."""
+        try:
+            await self._load()
+            async with asyncio.TaskGroup() as tg:
+                sub = tg.create_task(self._subscribe_loop(), name="subscriber")
+                apply = tg.create_task(self._apply_loop(), name="apply")
+                writers = [
+                    tg.create_task(self.persister.run(), name="persister"),
+                    tg.create_task(self._status.run(), name="status"),
+                ]
+                pub = tg.create_task(self.publisher.run(), name="publisher")
+                side: list[asyncio.Task[None]] = []
+                if self.checker is not None:
+                    reporter = PublisherReporter(self.publisher if self.ha is None else _Fenced(self))
+                    side.append(tg.create_task(self.checker.run(reporter), name="health"))
+                ha_stop = asyncio.Event()
+                ha_task = None
+                if self.ha is not None:
+                    ha_task = tg.create_task(self.ha.run(ha_stop), name="ha")
+                    if isinstance(self.checker, Checker):
+                        watcher = MaintenanceWatcher(self.checker, lambda: self.core.state.config)
+                        side.append(tg.create_task(watcher.run(), name="maintenancedir"))
+                if self.settings.publish_config and self.settings.config is not None:
+                    side.append(tg.create_task(self._publish_config(self.settings.config), name="config"))
+                side.append(tg.create_task(self.fallbacks.run(), name="fallbackcommand"))
+                if self.settings.drift_interval > 0 and hasattr(self.dataplane, "drift"):
+                    side.append(tg.create_task(self._drift_loop(), name="drift"))
+                if self.settings.config_path is not None:
+                    side.append(tg.create_task(self._autoreloader().run(), name="autoreload"))
+                self.started.set()
+                await stop.wait()
+                if ha_task is not None:  # let go of the VIPs and the leadership first
+                    ha_stop.set()
+                    await asyncio.wait([ha_task])
+                await self._drain(sub, apply, pub, side, writers)
+        finally:
+            if self._own_client:
+                await self.client.close()
+
+    def _autoreloader(self) -> AutoReloader:
+        assert self.settings.config_path is not None
+        ha = self.ha
+        if ha is None:
+            # No election (no --peer): the agent that publishes the config at start watches the
+            # file; the other only replays.
+            return AutoReloader(
+                self.settings.config_path,
+                self.publisher,
+                in_force=lambda: self.core.state.config,
+                is_active=lambda: self.settings.publish_config,
+            )
+        # With an election, the active director watches the file and its reloads carry its term:
+        # an active that lost its term cannot change the config (the coordinator fences it).
+        return AutoReloader(
+            self.settings.config_path,
+            self.publisher,
+            in_force=lambda: self.core.state.config,
+            is_active=lambda: ha.active_term() > 0,
+            term=ha.active_term,
+        )
+
+    async def _load(self) -> None:
+        self.store.ensure_dir()
+        try:
+            stored = await asyncio.to_thread(self.store.load)
+        except (ValueError, KeyError, TypeError) as e:
+            self.log.exception("agent.state_unreadable", path=str(self.store.path), error=str(e))
+            stored = None
+        if stored is not None:
+            if stored.node != self.settings.node:
+                self.log.warning("agent.state_other_node", stored_node=stored.node)
+            self.core = ApplyCore(self.settings.node, stored.state, policy=self.settings.policy)
+            self._freeze_due = True
+        start = self.core.state.revision
+        self.log.info("agent.start", revision=start, from_revision=start + 1, pid=os.getpid())
+        await self.store.record_start(
+            {"pid": os.getpid(), "stored_revision": start, "from_revision": start + 1, "time": time.time()}
+        )
+
+    async def _drain(
+        self,
+        sub: asyncio.Task[None],
+        apply: asyncio.Task[None],
+        pub: asyncio.Task[None],
+        side: list[asyncio.Task[None]],
+        writers: list[asyncio.Task[None]],
+    ) -> None:
+        self.log.info(
+            "agent.draining", revision=self.core.state.revision, timeout=self.settings.drain_timeout
+        )
+        sub.cancel()
+        for t in side:
+            t.cancel()
+        self._stopping = True
+        self.inbox.wake()
+        try:
+            async with asyncio.timeout(self.settings.drain_timeout):
+                await apply
+                await self.persister.idle()  # a write under way finishes first (one writer)
+                if self.core.state.revision > self.core.persisted_revision:
+                    revision = self.core.state.revision
+                    await self.store.save(self.settings.node, self.core.state, self.core.applied_digest)
+                    self.core.persisted(revision, time.monotonic())
+                    self._status_changed()
+                await self._status.idle()
+                await self.publisher.flush()
+        except TimeoutError:
+            self.log.warning("agent.drain_timeout", queued=self.publisher.queued)
+        apply.cancel()
+        pub.cancel()
+        for t in writers:
+            t.cancel()
+        self.log.info("agent.stopped", revision=self.core.state.revision)
+
+    # -- subscriber ----------------------------------------------------------------------------
+
+    async def _subscribe_loop(self) -> None:
+        from_rev = self.core.state.revision + 1
+        failures = 0
+        while True:
+            try:
+                async with self.client.subscribe(from_rev, follow=True, snapshot_if_compacted=True) as sub:
+                    async for item in sub:
+                        failures = 0
+                        if not self.inbox.offer(item, sub.head_revision):
+                            from_rev = await self._resync()
+                            break
+                        from_rev = sub.last_revision + 1
+            except CoordinatorUnavailable as e:
+                failures += 1
+                delay = min(5.0, 0.2 * 2 ** min(failures, 5))
+                self.log.warning(
+                    "agent.subscribe_failed", error=str(e), from_revision=from_rev, retry_in=delay
+                )
+                await asyncio.sleep(delay)
+
+    async def _resync(self) -> int:
+        """Inbox overflow: drop the backlog and jump to the coordinator's state (a snapshot item)."""
+        dropped = self.inbox.clear()
+        self.resyncs += 1
+        try:
+            view = await self.client.get_state()
+        except CoordinatorUnavailable as e:
+            # Nothing dropped reached the core: follow the log again from what it folded.
+            rev = self.core.state.revision + 1
+            self.log.warning("agent.resync_fallback", error=str(e), dropped=dropped, from_revision=rev)
+            return rev
+        self.inbox.offer(Snapshot(view.revision, view.state, view.table_digest), view.head_revision)
+        self.log.warning("agent.resync", dropped=dropped, revision=view.revision)
+        return view.revision + 1
+
+    # -- apply loop ----------------------------------------------------------------------------
+
+    async def _apply_loop(self) -> None:
+        """Drain, fold, decide, execute. While the log is ahead and a cycle is expensive (a big
+        table), the loop first yields as long as its last cycle took, so the subscriber (on the
+        same event loop) can fill the inbox: one cycle then folds a large batch instead of the one
+        event that arrived meanwhile (catching up with 10,000 servers went from a few events a
+        second to the subscription's pace)."""
+        core = self.core
+        cost = 0.0
+        while True:
+            if cost > 0.005 and not self._stopping and not self.inbox.caught_up(core.state.revision):
+                await asyncio.sleep(min(0.25, cost))
+            began = time.monotonic()
+            items = self.inbox.drain()
+            for item in items:
+                if isinstance(item, Snapshot):
+                    self.log.info("agent.snapshot", revision=item.revision, table_digest=item.table_digest)
+                    self._freeze_due = True
+                elif isinstance(item.payload, ConfigApplied):
+                    self._freeze_due = True
+                core.step(item)
+            if items and self.checker is not None:
+                self.checker.observe(core.state)
+            if core.full_render_due():
+                # a new configuration or snapshot: the whole table, rendered in a thread (tens of
+                # ms at thousands of servers, a second on a slow CPU) while the loop runs on
+                core.adopt(await asyncio.to_thread(render_full, core.state))
+            now = time.monotonic()
+            ready = core.ready(now, caught_up=self.inbox.caught_up(core.state.revision))
+            if ready is not None:
+                await self._execute(ready, now)
+                if self._freeze_due and ready.desired is not None:
+                    self._freeze_heap()
+                cost = time.monotonic() - began
+                continue
+            cost = 0.0
+            if self._stopping:
+                return
+            deadline = core.next_deadline()
+            await self.inbox.wait(None if deadline is None else max(0.0, deadline - now))
+
+    def _freeze_heap(self) -> None:
+        """Take what is alive now -- the state, the rendered and applied tables of a new
+        configuration: hundreds of thousands of objects at 1,000 x 4, millions at 10,000 -- out of
+        the cyclic garbage collector's sight (``gc.freeze``). Each full collection walked all of
+        it (130 ms on this loop in the emulated VM, in the middle of a weight change); they are
+        immutable, acyclic values, freed by reference counting when replaced, so nothing is lost
+        but the walk. Called once the table of a new configuration or snapshot is applied (and
+        after loading the stored state), after one full collection (its cost, once per
+        configuration, on top of applying the whole table)."""
+        self._freeze_due = False
+        gc.collect()  # what is garbage now is not frozen with the rest (it would never be freed)
+        gc.freeze()
+        self.log.debug("agent.heap_frozen", objects=gc.get_freeze_count())
+
+    async def _execute(self, ready: Ready, now: float) -> None:
+        core = self.core
+        log = self.log.bind(revision=ready.revision)
+        actual_digest: str | None = None
+        if ready.desired is not None:
+            try:
+                ops, actual, actual_digest = await self._reconcile(ready)
+            except DataplaneError as e:
+                log.exception("agent.reconcile_failed", error=str(e))
+                core.reconcile_failed(ready, now)
+                return
+            if actual_digest != ready.desired_digest:
+                log.error("agent.verify_failed", want=ready.desired_digest, have=actual_digest)
+            elif ops:
+                log.info("agent.reconciled", ops=len(ops), digest=actual_digest)
+            if ready.changed is not None and actual is ready.desired:
+                # The per-event path: only these services changed, so only their fallback can
+                # have (a global fallback + fallbackcommand at 1,000 services cost 0.2 s per event
+                # on the loop for the whole table: each virtual looked up its service by a scan).
+                changed = tuple(s for s in ready.changed.values() if s is not None)
+                self.fallbacks.observe(ready.state, Table(changed))
+            else:
+                self.fallbacks.observe(ready.state, actual)
+        if ready.persist:  # in the background: the next event does not wait for the file
+            core.persist_started()
+            self.persister.offer((ready.revision, ready.state, ready.desired_digest))
+        verified = ready.desired is None or actual_digest == ready.desired_digest
+        publish = ready.publish is not None and verified
+        if ready.publish is not None and publish:
+            ev = self.publisher.submit(ready.publish, reason="table applied")
+            log.info(
+                "agent.table_applied",
+                digest=ready.publish.digest,
+                event_id=ev.event_id if ev is not None else "",
+                queued=ev is not None,
+            )
+        core.advance(
+            Ready(ready.revision, ready.state, ready.desired, ready.desired_digest, False, ready.publish),
+            now,
+            actual_digest=actual_digest,
+            published=publish,
+        )
+        if ready.desired is not None:
+            self._status_changed()
+
+    async def _persist(self, job: tuple[int, State, str]) -> None:
+        """The persister's write: the state at ``revision``; the core learns the outcome."""
+        revision, state, digest = job
+        began = time.monotonic()
+        done = False
+        try:
+            await self.store.save(self.settings.node, state, digest)
+            done = True
+        except OSError as e:
+            self.log.exception("agent.persist_failed", revision=revision, error=str(e))
+        finally:
+            now = time.monotonic()
+            if done:
+                self.core.persist_took(now - began)
+                self.core.persisted(revision, now)
+                self._status_changed()
+            else:  # failed, or cancelled at shutdown: the core may ask again
+                self.core.persist_failed(now)
+            self.inbox.wake()  # the apply loop re-decides (the next write may be due)
+
+    async def _reconcile(self, ready: Ready) -> tuple[list[Op], Table, str]:
+        """The dataplane to ``ready.desired``: on the per-event path only the services that
+        changed (the rest is in place), else the whole table. Returns the operations, the
+        table the dataplane holds and its digest."""
+        assert ready.desired is not None
+        async with self._dataplane_lock:
+            if ready.changed is not None:
+                ops, ok = await reconcile_changed(self.dataplane, ready.changed)
+                if ok:
+                    return ops, ready.desired, ready.desired_digest  # the digest after the ack
+                self.log.warning("agent.partial_verify_failed", services=sorted(ready.changed))
+            ops, actual = await reconcile(self.dataplane, ready.desired)
+        digest = actual.digest() if ops or actual != ready.desired else ready.desired_digest
+        return ops, actual, digest
+
+    async def _drift_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.drift_interval)
+            try:
+                await self.check_drift()
+            except DataplaneError as e:
+                self.log.warning("agent.drift_check_failed", error=str(e))
+
+    async def check_drift(self) -> DataplaneDrift | None:
+        """Compare the kernel with the table last applied; a difference (someone ran ``ipvsadm``)
+        is published as ``DataplaneDrift`` and then repaired. Returns what was published."""
+        if isinstance(self.dataplane, ObservableDataplane):
+            return await self._check_kernel_drift(self.dataplane)
+        drift = getattr(self.dataplane, "drift", None)
+        if drift is None:
+            return None
+        async with self._dataplane_lock:
+            desired = self.core.applied_table
+            if desired is None:  # nothing verified applied yet (or a retry is due): the apply loop's job
+                return None
+            d = await drift(desired)
+            return await self._repair(list(d.ops), d.lines(), tuple(d.foreign))
+
+    async def _check_kernel_drift(self, dp: ObservableDataplane) -> DataplaneDrift | None:
+        """The kernel's check, holding up applies for no more than a few services' netlink reads:
+        the dump goes a few services per lock (``dump_unlocked``); under our apply lock, the
+        services applies touched meanwhile are read again (``observe``: the kernel as of the table
+        applied now); the whole-table comparison (sort and diff: a quarter of a second of Python
+        at 1,000 services in an emulated VM, which held up the next event on this loop) runs in a
+        thread with no lock held; a difference found is read again under the lock, just those
+        services (``recheck``: an apply may have overtaken the observation), before it is
+        published and repaired."""
+        if self.core.applied_table is None:
+            return None
+        since = await dp.dump_unlocked()
+        async with self._dataplane_lock:
+            desired = self.core.applied_table
+            if desired is None:  # nothing verified applied yet (or a retry is due): the apply loop's job
+                return None
+            seen = await dp.observe(desired, since)
+        found = await dp.compare(seen, desired)
+        if found.clean:
+            return None
+        async with self._dataplane_lock:
+            desired = self.core.applied_table
+            if desired is None:
+                return None
+            d = await dp.recheck(desired, {op.service.key: op.service for op in found.ops}.values())
+            return await self._repair(list(d.ops), d.lines(), found.foreign)
+
+    async def _repair(
+        self, ops: list[Op], lines: list[str], foreign: tuple[str, ...]
+    ) -> DataplaneDrift | None:
+        """Publish a drift as ``DataplaneDrift`` and apply its repair ``ops``; the caller holds
+        the apply lock."""
+        if not ops:
+            return None
+        if len(lines) > _MAX_DRIFT_LINES:
+            lines = [*lines[: _MAX_DRIFT_LINES - 1], f"... and {len(lines) - _MAX_DRIFT_LINES + 1} more"]
+        payload = DataplaneDrift(self.settings.node, self.core.applied_revision, tuple(lines), foreign)
+        self.publisher.submit(payload, reason="the kernel table changed behind the agent's back")
+        self.log.warning("agent.drift", repairs=len(ops), first=lines[0], foreign=len(foreign))
+        await self.dataplane.apply(ops)
+        return payload
+
+    def _status_changed(self) -> None:
+        """``status.json`` is out of date: the status writer writes the record as of now."""
+        core = self.core
+        self._status.offer(
+            {
+                "node": self.settings.node,
+                "pid": os.getpid(),
+                "revision": core.state.revision,
+                "applied_revision": core.applied_revision,
+                "digest": core.applied_digest,
+                "persisted_revision": core.persisted_revision,
+                "start_revision": core.start_revision,
+                "events_folded": core.events_folded,
+                "snapshots_loaded": core.snapshots_loaded,
+                "resyncs": self.resyncs,
+                "time": time.time(),
+            }
+        )
+
+    async def _write_status(self, record: dict[str, object]) -> None:
+        try:
+            await self.store.write_status(record)
+        except OSError as e:
+            self.log.warning("agent.status_write_failed", error=str(e))
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    def _on_outbox_overflow(self) -> None:
+        if self.checker is not None:
+            self.checker.resync()
+        self.inbox.wake()  # the core re-decides TableApplied by itself (republish_after)
+
+    async def _publish_config(self, loaded: LoadedConfig) -> None:
+        """Publish ``ConfigApplied`` if the config in force differs from ours (once, at start)."""
+        failures = 0
+        while True:
+            try:
+                view = await self.client.get_state()
+                if same_config(view.state.config, loaded.config):
+                    self.log.info("agent.config_in_force", revision=view.state.config_revision)
+                    return
+                ev = self.publisher.event(
+                    ConfigApplied(loaded.config, loaded.digest), reason=f"config {loaded.config.source}"
+                )
+                (ack,) = await self.client.publish([ev])
+            except CoordinatorUnavailable as e:
+                failures += 1
+                self.log.warning("agent.config_publish_retry", error=str(e))
+                await asyncio.sleep(min(5.0, 0.2 * 2 ** min(failures, 5)))
+                continue
+            if ack.ok:
+                self.log.info("agent.config_published", event_id=ev.event_id, revision=ack.revision)
+            else:
+                self.log.error(
+                    "agent.config_refused", event_id=ev.event_id, code=ack.error_code, error=ack.error
+                )
+            return
+
+
+class _Fenced:
+    """The publisher as the health checker sees it, with the active's term on every verdict:
+    verdicts of an active that lost its term are refused by the coordinator (fencing), those of
+    a standby go in unfenced (term 0) as that node's own view."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.node = agent.publisher.node
+
+    def submit(self, payload: Payload, reason: str = "", term: int = 0) -> Event | None:
+        ha = self.agent.ha
+        return self.agent.publisher.submit(payload, reason, term or (ha.active_term() if ha else 0))

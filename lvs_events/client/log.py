@@ -1,0 +1,712 @@
+"""``CoordinatorClient``: the one gRPC client of the coordinator, used by the agent and the CLI.
+
+It speaks domain types only (``lvs_events.domain``): conversion to and from protobuf happens
+here, at the edge (``lvs_events.wire``); nothing it returns is a protobuf message.
+
+Failover. The client holds a list of coordinator endpoints (``host:port``) and uses one at a
+time. When a call fails with a transient status (UNAVAILABLE, DEADLINE_EXCEEDED, ...), it moves
+to the next endpoint, with exponential backoff and jitter, until the call's deadline; then it
+raises :class:`~lvs_events.errors.CoordinatorUnavailable` with a one-line message.
+
+Deadlines. Every RPC has one: unary calls ``attempt_timeout`` per attempt within ``timeout``
+overall; the long-lived streams (``Publish``, ``Subscribe`` with ``follow``) a gRPC deadline of
+``stream_max_age``, after which they are reopened transparently; each ``publish`` call waits at
+most ``timeout`` for its acks; a non-following ``Subscribe`` waits at most ``timeout`` per item.
+Dead connections under a quiet following stream are found by HTTP/2 keepalive pings, every
+``keepalive`` seconds (default 10; None turns them off) with an answer due within half that
+(the coordinator accepts pings every 5 s or more), and at the latest by ``stream_max_age``.
+
+Batches. ``publish`` sends its events in batch requests (``PublishRequest.events``, up to
+``batch_events`` events or about ``batch_bytes`` each), answered by one ack message per request;
+against a coordinator that predates batches it falls back to one event per request.
+
+Exactly once. ``publish`` keeps one long-lived bidirectional ``Publish`` stream. If it breaks,
+the events not yet acknowledged are sent again, with the same ``event_id``, on the next endpoint;
+the coordinator deduplicates by ``event_id`` (the ack says ``duplicate``), so each event is in
+the log exactly once.
+
+No gap, no duplicate. ``subscribe`` remembers the last revision it yielded; after a broken
+stream it resumes from the next revision on another endpoint and drops anything at or below
+the last one yielded.
+
+Typical use::
+
+    async with CoordinatorClient(["10.0.0.1:7400", "10.0.0.2:7400"]) as client:
+        acks = await client.publish([new_event(payload, cluster="c", origin="lb1", actor="lvs-agent")])
+        view = await client.get_state()
+        async with client.subscribe(from_revision=view.revision + 1, follow=True) as sub:
+            async for item in sub:
+                ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Final, NoReturn, Self
+
+import grpc
+import structlog
+
+from lvs_events import wire
+from lvs_events.domain import codec
+from lvs_events.domain.events import Event, Payload
+from lvs_events.domain.state import State
+from lvs_events.domain.table import Table, table_from_json
+from lvs_events.errors import CoordinatorUnavailable, InvalidEvent, LvsEventsError
+from lvs_events.pb.v1 import coordinator_pb2 as cpb
+from lvs_events.pb.v1 import coordinator_pb2_grpc as cpb_grpc
+from lvs_events.pb.v1 import events_pb2 as pb
+
+__all__ = [
+    "Ack",
+    "CoordinatorClient",
+    "CoordinatorRejected",
+    "Filters",
+    "Snapshot",
+    "StateView",
+    "Subscription",
+    "new_event",
+    "new_event_id",
+]
+
+log = structlog.get_logger("lvs_events.client.log")
+
+# Statuses after which another endpoint (or the same one, later) may well succeed.
+RETRYABLE: Final = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.CANCELLED,  # a server shutting down cancels its streams
+        grpc.StatusCode.UNKNOWN,  # a server process dying mid-call
+        grpc.StatusCode.INTERNAL,  # a broken HTTP/2 connection
+    }
+)
+# HTTP/2 keepalive ping interval, seconds: a silently dead connection under a quiet following
+# Subscribe is noticed within about 1.5 x this. The coordinator accepts pings every 5 s or more.
+DEFAULT_KEEPALIVE: Final = 10.0
+# Ack error codes (PublishAck.error_code) that mean "try again", not "refused".
+RETRYABLE_ACK_CODES: Final = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED"})
+
+
+class CoordinatorRejected(LvsEventsError):
+    """The coordinator answered, and refused the request (INVALID_ARGUMENT, OUT_OF_RANGE, ...)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"coordinator refused the request: {code}: {message}")
+        self.code = code
+
+
+# --- domain-side results ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The coordinator's answer to one published event.
+
+    ``revision`` is the event's log revision (the original one when ``duplicate``). A refused
+    event has ``error_code`` (``INVALID_ARGUMENT``, ``FAILED_PRECONDITION`` for a fenced term) and
+    a message in ``error``, and revision 0.
+    """
+
+    event_id: str
+    revision: int
+    duplicate: bool = False
+    error_code: str = ""
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error_code
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A folded state standing in for every event up to ``revision`` (sent when the requested
+    start of a subscription was compacted away, or by the agent's own resync)."""
+
+    revision: int
+    state: State
+    table_digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class StateView:
+    """``GetState``: the folded state and its rendered table at ``revision``."""
+
+    revision: int
+    state: State
+    table: Table
+    table_digest: str
+    head_revision: int
+    first_revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """Server-side subscription filters; empty tuples mean "all". Values are ORed within a field
+    and ANDed across fields. ``types`` are payload type names (``"RealServerHealth"``)."""
+
+    types: tuple[str, ...] = ()
+    nodes: tuple[str, ...] = ()
+    virtuals: tuple[str, ...] = ()
+    reals: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not (self.types or self.nodes or self.virtuals or self.reals)
+
+
+# --- events -----------------------------------------------------------------------------------
+
+_CROCKFORD: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_event_id(now: float | None = None) -> str:
+    """A fresh, ULID-like event id: 26 characters of Crockford base32, 48 bits of milliseconds
+    then 80 random bits. Ids sort by creation time; collisions are negligible."""
+    ms = int((time.time() if now is None else now) * 1000) & ((1 << 48) - 1)
+    value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+def new_event(
+    payload: Payload,
+    *,
+    cluster: str,
+    origin: str,
+    actor: str,
+    reason: str = "",
+    term: int = 0,
+    wall_time: float | None = None,
+    event_id: str | None = None,
+) -> Event:
+    """An :class:`Event` ready to publish: fresh ``event_id``, wall time now, revision 0.
+
+    Keep the returned value to retry it: publishing the same event again is a no-op in the log.
+    """
+    now = time.time() if wall_time is None else wall_time
+    return Event(
+        event_id=event_id or new_event_id(now),
+        cluster=cluster,
+        origin=origin,
+        actor=actor,
+        reason=reason,
+        wall_time=now,
+        payload=payload,
+        term=term,
+    )
+
+
+# --- the client -------------------------------------------------------------------------------
+
+
+class _StreamEnded(Exception):
+    """The server closed a stream we expected more from."""
+
+
+class _NoBatches(Exception):
+    """The coordinator does not know batch Publish requests (an older version)."""
+
+
+class _Attempt:
+    """Failover bookkeeping for one logical call: deadline, backoff, last error."""
+
+    def __init__(self, client: CoordinatorClient, what: str, timeout: float) -> None:
+        self.client = client
+        self.what = what
+        self.deadline = asyncio.get_running_loop().time() + timeout
+        self.timeout = timeout
+        self.failures = 0
+        self.last_error = ""
+
+    def remaining(self) -> float:
+        return self.deadline - asyncio.get_running_loop().time()
+
+    async def failed(self, endpoint: str, error: str) -> None:
+        """Record a transient failure on ``endpoint``, move to the next one and back off;
+        raise CoordinatorUnavailable when the deadline has passed."""
+        self.failures += 1
+        self.last_error = f"{endpoint}: {error}"
+        log.info(
+            "coordinator.failover", what=self.what, endpoint=endpoint, error=error, failures=self.failures
+        )
+        self.client._rotate(endpoint)
+        delay = self.client._backoff(self.failures)
+        if self.remaining() <= delay:
+            raise CoordinatorUnavailable(self.unavailable_message())
+        await asyncio.sleep(delay)
+
+    def unavailable_message(self) -> str:
+        eps = ",".join(self.client.endpoints)
+        return (
+            f"no coordinator answered {self.what} within {self.timeout:g}s "
+            f"(endpoints {eps}; last error {self.last_error or 'none'})"
+        )
+
+
+class CoordinatorClient:
+    """Client of a set of equivalent coordinators (see the module docstring).
+
+    Use as ``async with CoordinatorClient(endpoints) as client`` (or call :meth:`close`).
+    ``publish`` calls are serialised on the one ``Publish`` stream (batch events for
+    throughput); ``subscribe`` and ``get_state`` may run concurrently with it and each other.
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[str] | str,
+        *,
+        timeout: float = 10.0,
+        attempt_timeout: float = 5.0,
+        stream_max_age: float = 600.0,
+        keepalive: float | None = DEFAULT_KEEPALIVE,
+        backoff_initial: float = 0.05,
+        backoff_max: float = 2.0,
+        max_message_bytes: int = 64 * 1024 * 1024,
+        batch_events: int = 256,
+        batch_bytes: int = 1024 * 1024,
+    ) -> None:
+        if isinstance(endpoints, str):
+            endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]
+        if not endpoints:
+            raise ValueError("CoordinatorClient needs at least one endpoint (host:port)")
+        self.endpoints: tuple[str, ...] = tuple(endpoints)
+        self.timeout = timeout
+        self.attempt_timeout = attempt_timeout
+        self.stream_max_age = stream_max_age
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.batch_events = max(1, batch_events)
+        self.batch_bytes = batch_bytes
+        self._batch_requests = True  # False after meeting a coordinator that predates batches
+        self._options: list[tuple[str, int]] = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            # Reconnect quickly after a coordinator comes back; our own loop does the backoff.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+        ]
+        if keepalive is not None:
+            self._options += [
+                ("grpc.keepalive_time_ms", int(keepalive * 1000)),
+                ("grpc.keepalive_timeout_ms", int(max(keepalive / 2, 1.0) * 1000)),
+                ("grpc.keepalive_permit_without_calls", 0),
+                ("grpc.http2.max_pings_without_data", 0),
+            ]
+        self._current = 0
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._pub_lock = asyncio.Lock()
+        self._pub_call: grpc.aio.StreamStreamCall[cpb.PublishRequest, cpb.PublishAck] | None = None
+        self._pub_endpoint = ""
+        self._pub_opened = 0.0
+        self._closed = False
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """End the publish stream and close every channel. Idempotent."""
+        self._closed = True
+        self._drop_publish_stream()
+        channels, self._channels = self._channels, {}
+        for ch in channels.values():
+            await ch.close(grace=None)
+
+    # -- endpoints -----------------------------------------------------------------------------
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint currently in use."""
+        return self.endpoints[self._current]
+
+    def _rotate(self, failed: str) -> None:
+        """Move past ``failed`` (if it is still the current endpoint: concurrent calls fail over once)."""
+        if self.endpoints[self._current] == failed:
+            self._current = (self._current + 1) % len(self.endpoints)
+
+    def _backoff(self, failures: int) -> float:
+        """No wait for the first failover (another endpoint may be fine), then exponential with jitter."""
+        if failures < 2:
+            return 0.0
+        base = min(self.backoff_max, self.backoff_initial * 2.0 ** (failures - 2))
+        return base * random.uniform(0.5, 1.0)
+
+    def _channel(self, endpoint: str) -> grpc.aio.Channel:
+        if self._closed:
+            raise CoordinatorUnavailable("the coordinator client is closed")
+        ch = self._channels.get(endpoint)
+        if ch is None:
+            ch = grpc.aio.insecure_channel(endpoint, options=self._options)
+            self._channels[endpoint] = ch
+        return ch
+
+    def _stub(self, endpoint: str) -> cpb_grpc.CoordinatorAsyncStub:
+        return cpb_grpc.CoordinatorStub(self._channel(endpoint))
+
+    # -- GetState ------------------------------------------------------------------------------
+
+    async def get_state(self, revision: int = 0, *, within: float | None = None) -> StateView:
+        """The folded state and rendered table at ``revision`` (0: the newest)."""
+        attempt = _Attempt(self, "GetState", within or self.timeout)
+        while True:
+            endpoint = self.endpoint
+            stub = self._stub(endpoint)
+            try:
+                resp = await stub.GetState(
+                    cpb.GetStateRequest(revision=revision),
+                    timeout=max(0.05, min(self.attempt_timeout, attempt.remaining())),
+                )
+            except grpc.aio.AioRpcError as e:
+                _raise_unless_retryable(e)
+                await attempt.failed(endpoint, _describe(e))
+                continue
+            # decoding a big state is CPU-bound (0.35 s at 10,000 servers): not on the event loop
+            return await asyncio.to_thread(_state_view, resp)
+
+    # -- Publish -------------------------------------------------------------------------------
+
+    async def publish(self, events: Sequence[Event], *, within: float | None = None) -> list[Ack]:
+        """Append ``events`` to the log; one :class:`Ack` per event, in order.
+
+        Events the coordinator refused come back with ``ack.ok`` false (nothing is raised for
+        them). Transient failures are retried on the next endpoints with the same event ids
+        until ``within`` seconds (default: the client's ``timeout``); then
+        :class:`CoordinatorUnavailable` is raised, and the caller may publish the same events
+        again later (still exactly once in the log).
+        """
+        if not events:
+            return []
+        msgs = [wire.event_to_pb(e) for e in events]
+        async with self._pub_lock:
+            attempt = _Attempt(self, "Publish", within or self.timeout)
+            acks: dict[str, Ack] = {}
+            pending = list(range(len(events)))
+            while pending:
+                endpoint = self.endpoint
+                try:
+                    call = self._publish_stream(endpoint)
+                    requests = self._requests([msgs[i] for i in pending])
+                    async with asyncio.timeout(max(0.05, min(self.attempt_timeout, attempt.remaining()))):
+                        await self._exchange(call, requests, acks)
+                except _NoBatches:
+                    self._drop_publish_stream()
+                    log.info("coordinator.publish.no_batches", endpoint=endpoint)
+                    self._batch_requests = False  # an older coordinator: one event per request
+                    continue
+                except (grpc.aio.AioRpcError, _StreamEnded, TimeoutError) as e:
+                    self._drop_publish_stream()
+                    if isinstance(e, grpc.aio.AioRpcError):
+                        _raise_unless_retryable(e)
+                    pending = [i for i in pending if not _settled(acks.get(events[i].event_id))]
+                    await attempt.failed(endpoint, _describe(e))
+                    continue
+                retry = [i for i in pending if not _settled(acks.get(events[i].event_id))]
+                if retry:  # the coordinator said "unavailable" for some: try them again
+                    pending = retry
+                    await attempt.failed(
+                        endpoint, acks[events[retry[0]].event_id].error or "store unavailable"
+                    )
+                    continue
+                pending = []
+            return [acks[e.event_id] for e in events]
+
+    def _requests(self, msgs: list[pb.Event]) -> list[tuple[cpb.PublishRequest, list[str]]]:
+        """The Publish requests for ``msgs``: batches (``events``) of up to ``batch_events``
+        events and about ``batch_bytes``, or one event each for a coordinator without batches.
+        Each with the event ids it carries, in order."""
+        if not self._batch_requests:
+            return [(cpb.PublishRequest(event=m), [m.event_id]) for m in msgs]
+        out: list[tuple[cpb.PublishRequest, list[str]]] = []
+        chunk: list[pb.Event] = []
+        nbytes = 0
+        for m in msgs:
+            size = m.ByteSize()
+            if chunk and (len(chunk) >= self.batch_events or nbytes + size > self.batch_bytes):
+                out.append((cpb.PublishRequest(events=chunk), [c.event_id for c in chunk]))
+                chunk, nbytes = [], 0
+            chunk.append(m)
+            nbytes += size
+        if chunk:
+            out.append((cpb.PublishRequest(events=chunk), [c.event_id for c in chunk]))
+        return out
+
+    def _publish_stream(self, endpoint: str) -> grpc.aio.StreamStreamCall[cpb.PublishRequest, cpb.PublishAck]:
+        """The long-lived Publish stream on ``endpoint``; reopened when it is old or elsewhere."""
+        now = time.monotonic()
+        call = self._pub_call
+        if call is not None and (
+            self._pub_endpoint != endpoint
+            or call.done()
+            or now - self._pub_opened > self.stream_max_age * 0.9
+        ):
+            self._drop_publish_stream()
+            call = None
+        if call is None:
+            # A stream opened for writing (no request iterator): the stubs only know the other form.
+            call = self._stub(endpoint).Publish(timeout=self.stream_max_age)  # type: ignore[call-arg]
+            self._pub_call, self._pub_endpoint, self._pub_opened = call, endpoint, now
+            log.debug("coordinator.publish_stream.open", endpoint=endpoint)
+        return call
+
+    def _drop_publish_stream(self) -> None:
+        call, self._pub_call = self._pub_call, None
+        if call is not None:
+            call.cancel()
+
+    @staticmethod
+    async def _exchange(
+        call: grpc.aio.StreamStreamCall[cpb.PublishRequest, cpb.PublishAck],
+        requests: list[tuple[cpb.PublishRequest, list[str]]],
+        acks: dict[str, Ack],
+    ) -> None:
+        """Write ``requests`` while reading their answers (concurrently: a large batch must not
+        stall on HTTP/2 flow control). Acks are recorded in ``acks`` as they come, so a failure
+        midway leaves exactly the acknowledged events there."""
+
+        async def writer() -> None:
+            try:
+                for req, _ in requests:
+                    await call.write(req)
+            except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+                call.cancel()  # the reader sees the failure and reports it
+
+        failure: grpc.aio.AioRpcError | _StreamEnded | _NoBatches | None = None
+        async with asyncio.TaskGroup() as tg:
+            task = tg.create_task(writer())
+            try:
+                for req, ids in requests:
+                    resp = await call.read()
+                    if not isinstance(resp, cpb.PublishAck):  # grpc.aio.EOF
+                        _publish_ended()
+                    if req.events and not resp.acks:  # an older coordinator: it saw no event
+                        _no_batches()
+                    for one in resp.acks if req.events else (resp,):
+                        acks[one.event_id] = Ack(
+                            one.event_id, one.revision, one.duplicate, one.error_code, one.error
+                        )
+                    if req.events and len(resp.acks) != len(ids):
+                        _publish_ended()
+            except (grpc.aio.AioRpcError, _StreamEnded, _NoBatches) as e:
+                failure = e  # raised below, outside the group (which would wrap it)
+                task.cancel()
+                call.cancel()
+        if failure is not None:
+            raise failure
+
+    # -- Subscribe -----------------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        from_revision: int = 0,
+        *,
+        follow: bool = False,
+        filters: Filters | None = None,
+        snapshot_if_compacted: bool = True,
+    ) -> Subscription:
+        """The log from ``from_revision`` (0: from the start, or the snapshot), as an async
+        iterator of :class:`Event` and :class:`Snapshot` items. Without ``follow`` it ends at the
+        head; with ``follow`` it goes on with new events. It resumes on another endpoint after a
+        failure, with no gap and no duplicate, and raises CoordinatorUnavailable when no endpoint
+        has answered for ``timeout`` seconds."""
+        return Subscription(self, from_revision, follow, filters or Filters(), snapshot_if_compacted)
+
+
+class Subscription:
+    """An open subscription: ``async for item in sub``. ``last_revision`` is the revision of the
+    last item yielded; ``head_revision`` the newest revision the server knew when it sent it
+    (``last_revision >= head_revision``: caught up). Close it with :meth:`aclose` or ``async with``."""
+
+    def __init__(
+        self, client: CoordinatorClient, from_revision: int, follow: bool, filters: Filters, snapshot: bool
+    ) -> None:
+        self._client = client
+        self._from = from_revision
+        self._follow = follow
+        self._filters = filters
+        self._snapshot = snapshot
+        self.last_revision = max(0, from_revision - 1)
+        self.head_revision = 0
+        self._gen: AsyncIterator[Event | Snapshot] | None = None
+        self._call: grpc.aio.UnaryStreamCall[cpb.SubscribeRequest, cpb.SubscribeResponse] | None = None
+
+    @property
+    def caught_up(self) -> bool:
+        return self.head_revision > 0 and self.last_revision >= self.head_revision
+
+    def __aiter__(self) -> AsyncIterator[Event | Snapshot]:
+        if self._gen is None:
+            self._gen = self._items()
+        return self._gen
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+        gen = self._gen
+        if gen is not None and hasattr(gen, "aclose"):
+            await gen.aclose()
+
+    def _request(self) -> cpb.SubscribeRequest:
+        start = self.last_revision + 1 if self.last_revision > 0 else self._from
+        f = self._filters
+        return cpb.SubscribeRequest(
+            from_revision=start,
+            follow=self._follow,
+            types=list(f.types),
+            nodes=list(f.nodes),
+            virtuals=list(f.virtuals),
+            reals=list(f.reals),
+            snapshot_if_compacted=self._snapshot,
+        )
+
+    async def _items(self) -> AsyncIterator[Event | Snapshot]:  # noqa: PLR0912 -- one loop, many exits
+        client = self._client
+        attempt = _Attempt(client, "Subscribe", client.timeout)
+        loop = asyncio.get_running_loop()
+        while True:
+            endpoint = client.endpoint
+            started = loop.time()
+            try:  # an endpoint that does not even connect must not hold us until the deadline
+                async with asyncio.timeout(max(0.05, min(client.attempt_timeout, attempt.remaining()))):
+                    await client._channel(endpoint).channel_ready()
+            except TimeoutError:
+                await attempt.failed(endpoint, "no connection")
+                continue
+            call = client._stub(endpoint).Subscribe(
+                self._request(), timeout=client.stream_max_age if self._follow else None
+            )
+            self._call = call
+            try:
+                while True:
+                    if self._follow:
+                        resp = await call.read()
+                    else:  # a bounded catch-up: each item must come within the timeout
+                        async with asyncio.timeout(client.timeout):
+                            resp = await call.read()
+                    if not isinstance(resp, cpb.SubscribeResponse):  # grpc.aio.EOF: the server ended it
+                        if not self._follow:
+                            return
+                        self._ended()
+                    attempt = _Attempt(client, "Subscribe", client.timeout)  # it answers: reset
+                    self.head_revision = max(self.head_revision, resp.head_revision)
+                    if resp.WhichOneof("item") == "snapshot":  # a big decode: in a thread
+                        item = await asyncio.to_thread(self._convert, resp)
+                    else:
+                        item = self._convert(resp)
+                    if item is not None:
+                        yield item
+            except (grpc.aio.AioRpcError, _StreamEnded, TimeoutError) as e:
+                call.cancel()
+                if isinstance(e, grpc.aio.AioRpcError):
+                    aged = loop.time() - started >= client.stream_max_age * 0.9
+                    if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED and self._follow and aged:
+                        log.debug("coordinator.subscribe.renew", endpoint=endpoint)
+                        continue  # the stream reached stream_max_age: reopen, same endpoint
+                    _raise_unless_retryable(e)
+                if loop.time() - started > client.timeout:  # it had been working: a fresh window
+                    attempt = _Attempt(client, "Subscribe", client.timeout)
+                await attempt.failed(endpoint, _describe(e))
+            finally:
+                call.cancel()
+                self._call = None
+
+    @staticmethod
+    def _ended() -> NoReturn:
+        raise _StreamEnded("the coordinator ended a following Subscribe stream")
+
+    def _convert(self, resp: cpb.SubscribeResponse) -> Event | Snapshot | None:
+        which = resp.WhichOneof("item")
+        if which == "snapshot":
+            snap = resp.snapshot
+            if snap.revision <= self.last_revision and self.last_revision > 0:
+                return None
+            state = _decode_state(snap.state)
+            self.last_revision = snap.revision
+            return Snapshot(snap.revision, state, snap.table_digest)
+        if which == "event":
+            rev = resp.event.revision
+            if rev <= self.last_revision:
+                return None  # already yielded (a resumed stream overlapping): no duplicate
+            if self._filters.empty and self.last_revision > 0 and rev != self.last_revision + 1:
+                log.warning(
+                    "coordinator.subscribe.gap", expected=self.last_revision + 1, got=rev, revision=rev
+                )
+            event = wire.event_from_pb(resp.event)
+            self.last_revision = rev
+            return event
+        return None  # an item type from a newer server: skip
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _publish_ended() -> NoReturn:
+    raise _StreamEnded("the coordinator closed the Publish stream")
+
+
+def _no_batches() -> NoReturn:
+    raise _NoBatches
+
+
+def _settled(ack: Ack | None) -> bool:
+    return ack is not None and ack.error_code not in RETRYABLE_ACK_CODES
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, grpc.aio.AioRpcError):
+        return f"{e.code().name}: {(e.details() or '').splitlines()[0] if e.details() else ''}".rstrip(": ")
+    if isinstance(e, TimeoutError):
+        return "timed out"
+    return str(e) or type(e).__name__
+
+
+def _raise_unless_retryable(e: grpc.aio.AioRpcError) -> None:
+    if e.code() not in RETRYABLE:
+        raise CoordinatorRejected(e.code().name, e.details() or "") from e
+
+
+def _decode_state(blob: bytes) -> State:
+    try:
+        return codec.loads(State, blob)
+    except (ValueError, TypeError) as e:
+        raise InvalidEvent(f"undecodable state from the coordinator: {e}") from e
+
+
+def _state_view(resp: cpb.GetStateResponse) -> StateView:
+    try:
+        table = table_from_json(json.loads(resp.table)) if resp.table else Table()
+    except (ValueError, TypeError, KeyError) as e:
+        raise InvalidEvent(f"undecodable table from the coordinator: {e}") from e
+    return StateView(
+        revision=resp.revision,
+        state=_decode_state(resp.state) if resp.state else State(),
+        table=table,
+        table_digest=resp.table_digest,
+        head_revision=resp.head_revision,
+        first_revision=resp.first_revision,
+    )
