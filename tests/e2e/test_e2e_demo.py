@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import in_ci
+
 REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("LVS_SHARED_DIR", REPO.parent / "shared"))
 SEED = SHARED / "seed" / "ldirectord.cf"
@@ -33,7 +35,7 @@ def _can_run() -> str | None:
 def _run_demo(tmp: Path, config: Path) -> str:
     reason = _can_run()
     if reason is not None:
-        if os.environ.get("CI"):
+        if in_ci():
             pytest.fail(f"the demo must run under CI: {reason}")
         pytest.skip(reason)
     env = dict(os.environ, DEMO_DIR=str(tmp / "run"), DEMO_CONFIG=str(config), LVS_SHARED_DIR=str(SHARED))
