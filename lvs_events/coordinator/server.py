@@ -50,6 +50,7 @@ from lvs_events.etcd.store import MAX_TXN_OPS, Appended, EtcdEventStore, EtcdLea
 from lvs_events.pb.v1 import coordinator_pb2 as cpb
 from lvs_events.pb.v1 import coordinator_pb2_grpc as cpb_grpc
 from lvs_events.pb.v1 import events_pb2 as pb
+from lvs_events.rpc import MalformedRequests
 
 log = structlog.get_logger(__name__)
 
@@ -515,6 +516,7 @@ async def serve_coordinator(settings: CoordinatorSettings) -> AsyncIterator[Runn
             store, appender, states, settings.cluster, publish_window=settings.publish_window
         )
         server = grpc.aio.server(
+            interceptors=[MalformedRequests()],
             options=[
                 ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
                 ("grpc.max_send_message_length", MAX_SEND_BYTES),
