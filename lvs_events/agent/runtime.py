@@ -30,10 +30,10 @@ import collections
 import gc
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+from typing import Generic, TypeVar
 
 import structlog
 
@@ -42,6 +42,7 @@ from lvs_events.agent.checks import Checker
 from lvs_events.agent.config_source import LoadedConfig, same_config
 from lvs_events.agent.core import ApplyCore, Policy, Ready, render_full
 from lvs_events.agent.dataplane import Dataplane, reconcile, reconcile_changed
+from lvs_events.agent.drift import DriftChecker
 from lvs_events.agent.fallback import FallbackRunner
 from lvs_events.agent.ha.runner import HaRunner
 from lvs_events.agent.health import HealthChecker, PublisherReporter
@@ -49,16 +50,14 @@ from lvs_events.agent.maintenance import MaintenanceWatcher
 from lvs_events.agent.persist import StateStore
 from lvs_events.agent.publisher import Publisher
 from lvs_events.client.log import CoordinatorClient, Snapshot
-from lvs_events.domain.events import ConfigApplied, DataplaneDrift, Event, Payload
+from lvs_events.domain.events import ConfigApplied, Event, Payload
 from lvs_events.domain.state import State
-from lvs_events.domain.table import Op, Service, Table
+from lvs_events.domain.table import Op, Table
 from lvs_events.errors import CoordinatorUnavailable, DataplaneError
 
 __all__ = ["Agent", "AgentSettings", "Inbox", "LatestWriter"]
 
 T = TypeVar("T")
-
-_MAX_DRIFT_LINES = 500  # per DataplaneDrift event (an event is at most 1 MB)
 
 
 @dataclass(frozen=True)
@@ -75,7 +74,7 @@ class AgentSettings:
     outbox_size: int = 10_000
     drain_timeout: float = 5.0
     client_timeout: float = 10.0
-    drift_interval: float = 30.0  # compare a kernel dataplane with the applied table; 0: never
+    drift_interval: float = 30.0  # the drift check's period (lvs_events.agent.drift); 0: never
     policy: Policy = field(default_factory=Policy)
 
 
@@ -126,35 +125,6 @@ class Inbox:
                 await self._wake.wait()
         except TimeoutError:
             return
-
-
-class DriftLike(Protocol):
-    @property
-    def ops(self) -> Sequence[Op]: ...
-
-    @property
-    def foreign(self) -> tuple[str, ...]: ...
-
-    @property
-    def clean(self) -> bool: ...
-
-    def lines(self) -> list[str]: ...
-
-
-@runtime_checkable
-class ObservableDataplane(Protocol):
-    """A dataplane whose drift check can compare off the apply lock (the kernel's:
-    :class:`lvs_events.agent.dataplane.ipvs.IpvsDataplane`; see its ``observe``)."""
-
-    async def dump_unlocked(self) -> Any: ...
-
-    async def observe(self, desired: Table, since: Any) -> Any: ...
-
-    async def compare(self, seen: Any, desired: Table) -> DriftLike: ...
-
-    async def recheck(self, desired: Table, services: Iterable[Service]) -> DriftLike: ...
-
-    async def apply(self, ops: list[Op]) -> None: ...
 
 
 class LatestWriter(Generic[T]):
@@ -227,6 +197,16 @@ class Agent:
             ha.applied = lambda: (self.core.applied_revision, self.core.applied_digest)
         self.started = asyncio.Event()  # set once the stored state is loaded and tasks run
         self._dataplane_lock = asyncio.Lock()  # the apply loop's reconcile vs the drift check
+        self.drift = DriftChecker(
+            settings.node,
+            dataplane,
+            self._dataplane_lock,
+            applied=lambda: (self.core.applied_revision, self.core.applied_table),
+            publish=lambda payload: self.publisher.submit(
+                payload, reason="the kernel table changed behind the agent's back"
+            ),
+            interval=settings.drift_interval,
+        )
         self.persister: LatestWriter[tuple[int, State, str]] = LatestWriter(self._persist)
         self._status: LatestWriter[dict[str, object]] = LatestWriter(self._write_status)
         self.resyncs = 0
@@ -261,8 +241,8 @@ class Agent:
                 if self.settings.publish_config and self.settings.config is not None:
                     side.append(tg.create_task(self._publish_config(self.settings.config), name="config"))
                 side.append(tg.create_task(self.fallbacks.run(), name="fallbackcommand"))
-                if self.settings.drift_interval > 0 and hasattr(self.dataplane, "drift"):
-                    side.append(tg.create_task(self._drift_loop(), name="drift"))
+                if self.settings.drift_interval > 0:
+                    side.append(tg.create_task(self.drift.run(), name="drift"))
                 if self.settings.config_path is not None:
                     side.append(tg.create_task(self._autoreloader().run(), name="autoreload"))
                 self.started.set()
@@ -522,71 +502,6 @@ class Agent:
             ops, actual = await reconcile(self.dataplane, ready.desired)
         digest = actual.digest() if ops or actual != ready.desired else ready.desired_digest
         return ops, actual, digest
-
-    async def _drift_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.drift_interval)
-            try:
-                await self.check_drift()
-            except DataplaneError as e:
-                self.log.warning("agent.drift_check_failed", error=str(e))
-
-    async def check_drift(self) -> DataplaneDrift | None:
-        """Compare the kernel with the table last applied; a difference (someone ran ``ipvsadm``)
-        is published as ``DataplaneDrift`` and then repaired. Returns what was published."""
-        if isinstance(self.dataplane, ObservableDataplane):
-            return await self._check_kernel_drift(self.dataplane)
-        drift = getattr(self.dataplane, "drift", None)
-        if drift is None:
-            return None
-        async with self._dataplane_lock:
-            desired = self.core.applied_table
-            if desired is None:  # nothing verified applied yet (or a retry is due): the apply loop's job
-                return None
-            d = await drift(desired)
-            return await self._repair(list(d.ops), d.lines(), tuple(d.foreign))
-
-    async def _check_kernel_drift(self, dp: ObservableDataplane) -> DataplaneDrift | None:
-        """The kernel's check, holding up applies for no more than a few services' netlink reads:
-        the dump goes a few services per lock (``dump_unlocked``); under our apply lock, the
-        services applies touched meanwhile are read again (``observe``: the kernel as of the table
-        applied now); the whole-table comparison (sort and diff: a quarter of a second of Python
-        at 1,000 services in an emulated VM, which held up the next event on this loop) runs in a
-        thread with no lock held; a difference found is read again under the lock, just those
-        services (``recheck``: an apply may have overtaken the observation), before it is
-        published and repaired."""
-        if self.core.applied_table is None:
-            return None
-        since = await dp.dump_unlocked()
-        async with self._dataplane_lock:
-            desired = self.core.applied_table
-            if desired is None:  # nothing verified applied yet (or a retry is due): the apply loop's job
-                return None
-            seen = await dp.observe(desired, since)
-        found = await dp.compare(seen, desired)
-        if found.clean:
-            return None
-        async with self._dataplane_lock:
-            desired = self.core.applied_table
-            if desired is None:
-                return None
-            d = await dp.recheck(desired, {op.service.key: op.service for op in found.ops}.values())
-            return await self._repair(list(d.ops), d.lines(), found.foreign)
-
-    async def _repair(
-        self, ops: list[Op], lines: list[str], foreign: tuple[str, ...]
-    ) -> DataplaneDrift | None:
-        """Publish a drift as ``DataplaneDrift`` and apply its repair ``ops``; the caller holds
-        the apply lock."""
-        if not ops:
-            return None
-        if len(lines) > _MAX_DRIFT_LINES:
-            lines = [*lines[: _MAX_DRIFT_LINES - 1], f"... and {len(lines) - _MAX_DRIFT_LINES + 1} more"]
-        payload = DataplaneDrift(self.settings.node, self.core.applied_revision, tuple(lines), foreign)
-        self.publisher.submit(payload, reason="the kernel table changed behind the agent's back")
-        self.log.warning("agent.drift", repairs=len(ops), first=lines[0], foreign=len(foreign))
-        await self.dataplane.apply(ops)
-        return payload
 
     def _status_changed(self) -> None:
         """``status.json`` is out of date: the status writer writes the record as of now."""
