@@ -390,7 +390,7 @@ class Agent:
                     self._freeze_due = True
                 core.step(item)
             if items and self.checker is not None:
-                self.checker.observe(core.state)
+                self.checker.on_state(core.state)
             if core.full_render_due():
                 # a new configuration or snapshot: the whole table, rendered in a thread (tens of
                 # ms at thousands of servers, a second on a slow CPU) while the loop runs on
@@ -443,9 +443,9 @@ class Agent:
                 # have (a global fallback + fallbackcommand at 1,000 services cost 0.2 s per event
                 # on the loop for the whole table: each virtual looked up its service by a scan).
                 changed = tuple(s for s in ready.changed.values() if s is not None)
-                self.fallbacks.observe(ready.state, Table(changed))
+                self.fallbacks.on_applied(ready.state, Table(changed))
             else:
-                self.fallbacks.observe(ready.state, actual)
+                self.fallbacks.on_applied(ready.state, actual)
         if ready.persist:  # in the background: the next event does not wait for the file
             core.persist_started()
             self.persister.offer((ready.revision, ready.state, ready.desired_digest))

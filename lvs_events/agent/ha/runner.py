@@ -10,7 +10,7 @@ with ``time.monotonic()`` and carries out the actions it returns:
 * ``SendHandover``: the peer's ``Handover`` call (planned switchover), sent once our VIPs are
   silent; the peer answers once it holds and has announced them.
 
-Tasks (one TaskGroup): the ticker, the heartbeat sender, the leader observer, the VIP worker, the
+Tasks (one TaskGroup): the ticker, the heartbeat sender, the leader follower, the VIP worker, the
 hook worker, and the Peer gRPC server. ``stop()`` feeds ``Stop`` (VIPs removed, resign) and waits
 for the VIP worker to finish before the tasks are cancelled.
 """
@@ -188,7 +188,7 @@ class HaRunner:
         except LvsEventsError as e:
             self.log.warning("ha.resign_failed", term=term, error=str(e))
 
-    async def _observe(self) -> None:
+    async def _follow_leader(self) -> None:
         async for info in self.election.observe():
             self.feed(m.Observed(time.monotonic(), info.node or None, info.term))
 
@@ -413,7 +413,7 @@ class HaRunner:
                     tg.create_task(self._serve(), name="ha-peer-server"),
                     tg.create_task(self._vip_worker(), name="ha-vips"),
                     tg.create_task(self._hook_worker(), name="ha-hooks"),
-                    tg.create_task(self._observe(), name="ha-observe"),
+                    tg.create_task(self._follow_leader(), name="ha-leader"),
                     tg.create_task(self._heartbeats(), name="ha-heartbeat"),
                     tg.create_task(self._ticker(), name="ha-tick"),
                 ]
