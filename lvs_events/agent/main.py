@@ -174,9 +174,7 @@ async def run(settings: AgentSettings, dataplane_kind: str, args: argparse.Names
     finally:
         if election is not None:
             await election.close()
-        close = getattr(dataplane, "close", None)
-        if close is not None:
-            await close()
+        await dataplane.close()
 
 
 def make_ha(args: argparse.Namespace, settings: AgentSettings, election: LeaderElectionClient) -> HaRunner:

@@ -100,6 +100,8 @@ class StateStore:
         cached = self._config_text
         if cached is None or cached[0] is not state.config:
             cached = self._config_text = (state.config, _json_text(codec.encode(state.config)))
+        # getattr by dataclass field name: data access over State's declared fields (the codec's
+        # own walk), not a probe of a capability
         members = {
             f.name: _json_text(codec.encode(getattr(state, f.name)))
             for f in fields(State)

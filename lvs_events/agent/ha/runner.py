@@ -437,9 +437,7 @@ class HaRunner:
                 t.cancel()
             if self._peer_channel is not None:
                 await self._peer_channel.close(grace=None)
-            close = getattr(self.vip_manager, "close", None)
-            if close is not None:
-                close()
+            self.vip_manager.close()
 
 
 class PeerService(lpb_grpc.PeerServicer):
