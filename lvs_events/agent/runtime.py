@@ -54,10 +54,16 @@ from lvs_events.domain.events import ConfigApplied, Event, Payload
 from lvs_events.domain.state import State
 from lvs_events.domain.table import Op, Table
 from lvs_events.errors import CoordinatorUnavailable, DataplaneError
+from lvs_events.retry import RetryPolicy
 
 __all__ = ["Agent", "AgentSettings", "Inbox", "LatestWriter"]
 
 T = TypeVar("T")
+
+# Following the log and publishing the configuration at start retry while no coordinator
+# answers: 0.4 s after the first failure, doubling up to 5 s (the client already tried every
+# coordinator in turn before it gave up).
+COORDINATOR_RETRY = RetryPolicy(initial=0.4, cap=5.0)
 
 
 @dataclass(frozen=True)
@@ -334,21 +340,20 @@ class Agent:
 
     async def _subscribe_loop(self) -> None:
         from_rev = self.core.state.revision + 1
-        failures = 0
+        backoff = COORDINATOR_RETRY.start()
         while True:
             try:
                 async with self.client.subscribe(from_rev, follow=True, snapshot_if_compacted=True) as sub:
                     async for item in sub:
-                        failures = 0
+                        backoff.reset()
                         if not self.inbox.offer(item, sub.head_revision):
                             from_rev = await self._resync()
                             break
                         from_rev = sub.last_revision + 1
             except CoordinatorUnavailable as e:
-                failures += 1
-                delay = min(5.0, 0.2 * 2 ** min(failures, 5))
+                delay = backoff.next_delay()
                 self.log.warning(
-                    "agent.subscribe_failed", error=str(e), from_revision=from_rev, retry_in=delay
+                    "agent.subscribe_failed", error=str(e), from_revision=from_rev, retry_in=round(delay, 3)
                 )
                 await asyncio.sleep(delay)
 
@@ -537,7 +542,7 @@ class Agent:
 
     async def _publish_config(self, loaded: LoadedConfig) -> None:
         """Publish ``ConfigApplied`` if the config in force differs from ours (once, at start)."""
-        failures = 0
+        backoff = COORDINATOR_RETRY.start()
         while True:
             try:
                 view = await self.client.get_state()
@@ -549,9 +554,9 @@ class Agent:
                 )
                 (ack,) = await self.client.publish([ev])
             except CoordinatorUnavailable as e:
-                failures += 1
-                self.log.warning("agent.config_publish_retry", error=str(e))
-                await asyncio.sleep(min(5.0, 0.2 * 2 ** min(failures, 5)))
+                delay = backoff.next_delay()
+                self.log.warning("agent.config_publish_retry", error=str(e), retry_in=round(delay, 3))
+                await asyncio.sleep(delay)
                 continue
             if ack.ok:
                 self.log.info("agent.config_published", event_id=ev.event_id, revision=ack.revision)
