@@ -4,8 +4,8 @@ One JSON file, ``<state-dir>/agent-state.json``, replaced atomically (temp file,
 fsync of the directory), so a crash at any point leaves either the old or the new version. The
 blocking work runs in a thread, off the event loop, and never holds the interpreter for long at a
 time: the JSON is produced by the pure-Python encoder, piece by piece (``json.dumps`` is one C
-call that keeps every other thread -- the agent's event loop -- waiting until it returns: about
-0.1 s for a 1,000-service state in an emulated VM), and the configuration's text, most of the
+call that keeps every other thread -- the agent's event loop -- waiting until it returns, for a
+time that grows with the state), and the configuration's text, most of the
 bytes, is encoded once per configuration and reused while it stays the same object.
 """
 

@@ -9,8 +9,8 @@ Tasks, all in one ``TaskGroup``:
 * **apply loop**: drains the inbox, folds everything drained, asks the core for a ``Ready`` and
   carries it out: reconcile the dataplane (verified by a dump), hand the state to the persister,
   publish ``TableApplied``. It never waits for a file: the next event from the log is applied
-  while a write of megabytes is under way (that wait was the ~1 s stall of one weight change in
-  a hundred in the VM benchmark).
+  while a write of megabytes is under way (a large state's write takes far longer than an
+  event's apply, and an event must not wait for it).
 * **persister** and **status writer**: write the folded state (atomic write, in a thread) and
   ``status.json`` in the background, one write at a time, the newest item replacing one not yet
   begun (:class:`LatestWriter`).
@@ -378,8 +378,8 @@ class Agent:
         """Drain, fold, decide, execute. While the log is ahead and a cycle is expensive (a big
         table), the loop first yields as long as its last cycle took, so the subscriber (on the
         same event loop) can fill the inbox: one cycle then folds a large batch instead of the one
-        event that arrived meanwhile (catching up with 10,000 servers went from a few events a
-        second to the subscription's pace)."""
+        event that arrived meanwhile, so catching up with a big table goes at the subscription's
+        pace, not at one expensive cycle per event."""
         core = self.core
         cost = 0.0
         while True:
@@ -397,8 +397,8 @@ class Agent:
             if items and self.checker is not None:
                 self.checker.on_state(core.state)
             if core.full_render_due():
-                # a new configuration or snapshot: the whole table, rendered in a thread (tens of
-                # ms at thousands of servers, a second on a slow CPU) while the loop runs on
+                # a new configuration or snapshot: the whole table, rendered in a thread (O(table),
+                # far longer than an event) while the loop runs on
                 core.adopt(await asyncio.to_thread(render_full, core.state))
             now = time.monotonic()
             ready = core.ready(now, caught_up=self.inbox.caught_up(core.state.revision))
@@ -417,8 +417,8 @@ class Agent:
     def _freeze_heap(self) -> None:
         """Take what is alive now -- the state, the rendered and applied tables of a new
         configuration: hundreds of thousands of objects at 1,000 x 4, millions at 10,000 -- out of
-        the cyclic garbage collector's sight (``gc.freeze``). Each full collection walked all of
-        it (130 ms on this loop in the emulated VM, in the middle of a weight change); they are
+        the cyclic garbage collector's sight (``gc.freeze``). Each full collection would walk all
+        of it on this loop, in the middle of whatever event is being applied; they are
         immutable, acyclic values, freed by reference counting when replaced, so nothing is lost
         but the walk. Called once the table of a new configuration or snapshot is applied (and
         after loading the stored state), after one full collection (its cost, once per
@@ -445,8 +445,7 @@ class Agent:
                 log.info("agent.reconciled", ops=len(ops), digest=actual_digest)
             if ready.changed is not None and actual is ready.desired:
                 # The per-event path: only these services changed, so only their fallback can
-                # have (a global fallback + fallbackcommand at 1,000 services cost 0.2 s per event
-                # on the loop for the whole table: each virtual looked up its service by a scan).
+                # have; looking at the whole table would cost O(table) per event on the loop.
                 changed = tuple(s for s in ready.changed.values() if s is not None)
                 self.fallbacks.on_applied(ready.state, Table(changed))
             else:
