@@ -304,7 +304,7 @@ async def scenario(  # noqa: PLR0915, PLR0917 -- one measured run
 
     rec = Recorder()
     checker = Checker("bench", on_check=on_check, max_concurrency=max_concurrency)
-    checker.observe(State(config=config))
+    checker.on_state(State(config=config))
     task = asyncio.create_task(checker.run(rec))
     loop = asyncio.get_running_loop()
     # warm up: every server checked and up

@@ -103,9 +103,9 @@ class FullRender:
 def render_full(state: State) -> FullRender:
     """Render every service of ``state`` (pure: safe in a thread, the state is immutable).
 
-    At a new configuration of thousands of real servers this is tens of milliseconds here (about
-    a second on an emulated CPU): the runtime calls it in a thread and hands the result to
-    :meth:`ApplyCore.adopt`, so that the event loop (health checks, HA heartbeats) does not wait.
+    It costs O(table), far more than an event at a new configuration of thousands of real
+    servers: the runtime calls it in a thread and hands the result to :meth:`ApplyCore.adopt`,
+    so that the event loop (health checks, HA heartbeats) does not wait.
     """
     r = TableRenderer(state)
     return FullRender(state, r, r.digest(), virtual_positions(state.config))

@@ -41,7 +41,10 @@ class FallbackRunner:
             self.last[key] = fc.active
         return out
 
-    def observe(self, state: State, table: Table) -> None:
+    def on_applied(self, state: State, table: Table) -> None:
+        """The state and the table (or the services of it) just applied: queue the commands of
+        the virtual services whose fallback started or stopped (never waits; a full queue drops
+        its oldest command)."""
         for fc in self.transitions(state, table):
             if self.queue.full():
                 dropped = self.queue.get_nowait()

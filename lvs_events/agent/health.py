@@ -1,8 +1,8 @@
 """The health-check seam.
 
-A :class:`HealthChecker` watches the folded state (for the configuration in force) and reports
-verdict *transitions* through a :class:`HealthReporter`; the agent turns them into
-``RealServerHealth`` events observed by this node. The implementation is
+A :class:`HealthChecker` is given the folded state (:meth:`HealthChecker.on_state`, for the
+configuration in force) and reports verdict *transitions* through a :class:`HealthReporter`; the
+agent turns them into ``RealServerHealth`` events observed by this node. The implementation is
 :class:`lvs_events.agent.checks.Checker` (every ldirectord check type, ``on`` and ``off`` included).
 """
 
@@ -25,8 +25,9 @@ class HealthReporter(Protocol):
 
 
 class HealthChecker(Protocol):
-    def observe(self, state: State) -> None:
-        """Called by the apply loop after it folded new items (the config may have changed)."""
+    def on_state(self, state: State) -> None:
+        """The folded state, given by the apply loop after it folded new items: checks follow
+        the configuration in it (which may have changed)."""
         ...
 
     def resync(self) -> None:

@@ -33,9 +33,8 @@ log = structlog.get_logger("agent")
 # The agent's event loop carries every event from the log to the kernel; its helper threads
 # (the drift check's netlink dump and comparison, the state file's encoding) run Python for
 # seconds, and each time the loop gives the interpreter up (every socket call, every wait) it may
-# wait up to an interval to get it back. Measured in the emulated VM (docs/kernel-dataplane.md,
-# two runs each): with a drift check every 3 s, weight change ack -> kernel p50 3.5 - 3.7 ms at
-# 1 ms against 4.5 - 5.5 ms at 5 ms; p99 and the runs without a check showed no difference.
+# wait up to an interval to get it back: the interval bounds what each event waits for while a
+# helper thread runs (measurements in docs/kernel-dataplane.md).
 SWITCH_INTERVAL = 0.001
 
 DATAPLANES = ("memory", "ipvs")  # ipvs: the kernel's table over netlink (needs pyroute2 and root)
@@ -174,9 +173,7 @@ async def run(settings: AgentSettings, dataplane_kind: str, args: argparse.Names
     finally:
         if election is not None:
             await election.close()
-        close = getattr(dataplane, "close", None)
-        if close is not None:
-            await close()
+        await dataplane.close()
 
 
 def make_ha(args: argparse.Namespace, settings: AgentSettings, election: LeaderElectionClient) -> HaRunner:

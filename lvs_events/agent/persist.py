@@ -4,8 +4,8 @@ One JSON file, ``<state-dir>/agent-state.json``, replaced atomically (temp file,
 fsync of the directory), so a crash at any point leaves either the old or the new version. The
 blocking work runs in a thread, off the event loop, and never holds the interpreter for long at a
 time: the JSON is produced by the pure-Python encoder, piece by piece (``json.dumps`` is one C
-call that keeps every other thread -- the agent's event loop -- waiting until it returns: about
-0.1 s for a 1,000-service state in an emulated VM), and the configuration's text, most of the
+call that keeps every other thread -- the agent's event loop -- waiting until it returns, for a
+time that grows with the state), and the configuration's text, most of the
 bytes, is encoded once per configuration and reused while it stays the same object.
 """
 
@@ -100,6 +100,8 @@ class StateStore:
         cached = self._config_text
         if cached is None or cached[0] is not state.config:
             cached = self._config_text = (state.config, _json_text(codec.encode(state.config)))
+        # getattr by dataclass field name: data access over State's declared fields (the codec's
+        # own walk), not a probe of a capability
         members = {
             f.name: _json_text(codec.encode(getattr(state, f.name)))
             for f in fields(State)

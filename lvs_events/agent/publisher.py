@@ -21,10 +21,15 @@ import structlog
 from lvs_events.client.log import Ack, CoordinatorClient, CoordinatorRejected, new_event
 from lvs_events.domain.events import Event, Payload
 from lvs_events.errors import CoordinatorUnavailable
+from lvs_events.retry import RetryPolicy
 
-__all__ = ["Publisher"]
+__all__ = ["PUBLISH_RETRY", "Publisher"]
 
 log = structlog.get_logger("lvs_events.agent.publisher")
+
+# A batch no coordinator took is sent again after 0.2 s, doubling up to 5 s: the outbox is
+# bounded, so a long outage ends in its overflow policy, not in a faster retry.
+PUBLISH_RETRY = RetryPolicy(initial=0.2, cap=5.0)
 
 
 class Publisher:
@@ -37,7 +42,7 @@ class Publisher:
         actor: str = "lvs-agent",
         maxsize: int = 10_000,
         batch: int = 500,
-        backoff_max: float = 5.0,
+        retry: RetryPolicy = PUBLISH_RETRY,
         on_overflow: Callable[[], None] | None = None,
     ) -> None:
         self.client = client
@@ -45,7 +50,7 @@ class Publisher:
         self.node = node
         self.actor = actor
         self.batch = batch
-        self.backoff_max = backoff_max
+        self.retry = retry
         self.on_overflow = on_overflow
         self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize)
         self._overflowed = False
@@ -103,14 +108,13 @@ class Publisher:
                     self.on_overflow()
 
     async def _send(self, batch: Sequence[Event]) -> None:
-        failures = 0
+        backoff = self.retry.start()
         while True:
             try:
                 acks = await self.client.publish(batch)
             except CoordinatorUnavailable as e:
-                failures += 1
-                delay = min(self.backoff_max, 0.1 * 2**failures)
-                log.warning("publisher.retry", error=str(e), events=len(batch), delay=delay)
+                delay = backoff.next_delay()
+                log.warning("publisher.retry", error=str(e), events=len(batch), delay=round(delay, 3))
                 await asyncio.sleep(delay)
                 continue
             except CoordinatorRejected as e:  # the whole stream refused: these events cannot go in

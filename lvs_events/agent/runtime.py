@@ -9,8 +9,8 @@ Tasks, all in one ``TaskGroup``:
 * **apply loop**: drains the inbox, folds everything drained, asks the core for a ``Ready`` and
   carries it out: reconcile the dataplane (verified by a dump), hand the state to the persister,
   publish ``TableApplied``. It never waits for a file: the next event from the log is applied
-  while a write of megabytes is under way (that wait was the ~1 s stall of one weight change in
-  a hundred in the VM benchmark).
+  while a write of megabytes is under way (a large state's write takes far longer than an
+  event's apply, and an event must not wait for it).
 * **persister** and **status writer**: write the folded state (atomic write, in a thread) and
   ``status.json`` in the background, one write at a time, the newest item replacing one not yet
   begun (:class:`LatestWriter`).
@@ -30,10 +30,10 @@ import collections
 import gc
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+from typing import Generic, TypeVar
 
 import structlog
 
@@ -42,6 +42,7 @@ from lvs_events.agent.checks import Checker
 from lvs_events.agent.config_source import LoadedConfig, same_config
 from lvs_events.agent.core import ApplyCore, Policy, Ready, render_full
 from lvs_events.agent.dataplane import Dataplane, reconcile, reconcile_changed
+from lvs_events.agent.drift import DriftChecker
 from lvs_events.agent.fallback import FallbackRunner
 from lvs_events.agent.ha.runner import HaRunner
 from lvs_events.agent.health import HealthChecker, PublisherReporter
@@ -49,16 +50,20 @@ from lvs_events.agent.maintenance import MaintenanceWatcher
 from lvs_events.agent.persist import StateStore
 from lvs_events.agent.publisher import Publisher
 from lvs_events.client.log import CoordinatorClient, Snapshot
-from lvs_events.domain.events import ConfigApplied, DataplaneDrift, Event, Payload
+from lvs_events.domain.events import ConfigApplied, Event, Payload
 from lvs_events.domain.state import State
-from lvs_events.domain.table import Op, Service, Table
+from lvs_events.domain.table import Op, Table
 from lvs_events.errors import CoordinatorUnavailable, DataplaneError
+from lvs_events.retry import RetryPolicy
 
 __all__ = ["Agent", "AgentSettings", "Inbox", "LatestWriter"]
 
 T = TypeVar("T")
 
-_MAX_DRIFT_LINES = 500  # per DataplaneDrift event (an event is at most 1 MB)
+# Following the log and publishing the configuration at start retry while no coordinator
+# answers: 0.4 s after the first failure, doubling up to 5 s (the client already tried every
+# coordinator in turn before it gave up).
+COORDINATOR_RETRY = RetryPolicy(initial=0.4, cap=5.0)
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,7 @@ class AgentSettings:
     outbox_size: int = 10_000
     drain_timeout: float = 5.0
     client_timeout: float = 10.0
-    drift_interval: float = 30.0  # compare a kernel dataplane with the applied table; 0: never
+    drift_interval: float = 30.0  # the drift check's period (lvs_events.agent.drift); 0: never
     policy: Policy = field(default_factory=Policy)
 
 
@@ -126,35 +131,6 @@ class Inbox:
                 await self._wake.wait()
         except TimeoutError:
             return
-
-
-class DriftLike(Protocol):
-    @property
-    def ops(self) -> Sequence[Op]: ...
-
-    @property
-    def foreign(self) -> tuple[str, ...]: ...
-
-    @property
-    def clean(self) -> bool: ...
-
-    def lines(self) -> list[str]: ...
-
-
-@runtime_checkable
-class ObservableDataplane(Protocol):
-    """A dataplane whose drift check can compare off the apply lock (the kernel's:
-    :class:`lvs_events.agent.dataplane.ipvs.IpvsDataplane`; see its ``observe``)."""
-
-    async def dump_unlocked(self) -> Any: ...
-
-    async def observe(self, desired: Table, since: Any) -> Any: ...
-
-    async def compare(self, seen: Any, desired: Table) -> DriftLike: ...
-
-    async def recheck(self, desired: Table, services: Iterable[Service]) -> DriftLike: ...
-
-    async def apply(self, ops: list[Op]) -> None: ...
 
 
 class LatestWriter(Generic[T]):
@@ -227,6 +203,16 @@ class Agent:
             ha.applied = lambda: (self.core.applied_revision, self.core.applied_digest)
         self.started = asyncio.Event()  # set once the stored state is loaded and tasks run
         self._dataplane_lock = asyncio.Lock()  # the apply loop's reconcile vs the drift check
+        self.drift = DriftChecker(
+            settings.node,
+            dataplane,
+            self._dataplane_lock,
+            applied=lambda: (self.core.applied_revision, self.core.applied_table),
+            publish=lambda payload: self.publisher.submit(
+                payload, reason="the kernel table changed behind the agent's back"
+            ),
+            interval=settings.drift_interval,
+        )
         self.persister: LatestWriter[tuple[int, State, str]] = LatestWriter(self._persist)
         self._status: LatestWriter[dict[str, object]] = LatestWriter(self._write_status)
         self.resyncs = 0
@@ -261,8 +247,8 @@ class Agent:
                 if self.settings.publish_config and self.settings.config is not None:
                     side.append(tg.create_task(self._publish_config(self.settings.config), name="config"))
                 side.append(tg.create_task(self.fallbacks.run(), name="fallbackcommand"))
-                if self.settings.drift_interval > 0 and hasattr(self.dataplane, "drift"):
-                    side.append(tg.create_task(self._drift_loop(), name="drift"))
+                if self.settings.drift_interval > 0:
+                    side.append(tg.create_task(self.drift.run(), name="drift"))
                 if self.settings.config_path is not None:
                     side.append(tg.create_task(self._autoreloader().run(), name="autoreload"))
                 self.started.set()
@@ -354,21 +340,20 @@ class Agent:
 
     async def _subscribe_loop(self) -> None:
         from_rev = self.core.state.revision + 1
-        failures = 0
+        backoff = COORDINATOR_RETRY.start()
         while True:
             try:
                 async with self.client.subscribe(from_rev, follow=True, snapshot_if_compacted=True) as sub:
                     async for item in sub:
-                        failures = 0
+                        backoff.reset()
                         if not self.inbox.offer(item, sub.head_revision):
                             from_rev = await self._resync()
                             break
                         from_rev = sub.last_revision + 1
             except CoordinatorUnavailable as e:
-                failures += 1
-                delay = min(5.0, 0.2 * 2 ** min(failures, 5))
+                delay = backoff.next_delay()
                 self.log.warning(
-                    "agent.subscribe_failed", error=str(e), from_revision=from_rev, retry_in=delay
+                    "agent.subscribe_failed", error=str(e), from_revision=from_rev, retry_in=round(delay, 3)
                 )
                 await asyncio.sleep(delay)
 
@@ -393,8 +378,8 @@ class Agent:
         """Drain, fold, decide, execute. While the log is ahead and a cycle is expensive (a big
         table), the loop first yields as long as its last cycle took, so the subscriber (on the
         same event loop) can fill the inbox: one cycle then folds a large batch instead of the one
-        event that arrived meanwhile (catching up with 10,000 servers went from a few events a
-        second to the subscription's pace)."""
+        event that arrived meanwhile, so catching up with a big table goes at the subscription's
+        pace, not at one expensive cycle per event."""
         core = self.core
         cost = 0.0
         while True:
@@ -410,10 +395,10 @@ class Agent:
                     self._freeze_due = True
                 core.step(item)
             if items and self.checker is not None:
-                self.checker.observe(core.state)
+                self.checker.on_state(core.state)
             if core.full_render_due():
-                # a new configuration or snapshot: the whole table, rendered in a thread (tens of
-                # ms at thousands of servers, a second on a slow CPU) while the loop runs on
+                # a new configuration or snapshot: the whole table, rendered in a thread (O(table),
+                # far longer than an event) while the loop runs on
                 core.adopt(await asyncio.to_thread(render_full, core.state))
             now = time.monotonic()
             ready = core.ready(now, caught_up=self.inbox.caught_up(core.state.revision))
@@ -432,8 +417,8 @@ class Agent:
     def _freeze_heap(self) -> None:
         """Take what is alive now -- the state, the rendered and applied tables of a new
         configuration: hundreds of thousands of objects at 1,000 x 4, millions at 10,000 -- out of
-        the cyclic garbage collector's sight (``gc.freeze``). Each full collection walked all of
-        it (130 ms on this loop in the emulated VM, in the middle of a weight change); they are
+        the cyclic garbage collector's sight (``gc.freeze``). Each full collection would walk all
+        of it on this loop, in the middle of whatever event is being applied; they are
         immutable, acyclic values, freed by reference counting when replaced, so nothing is lost
         but the walk. Called once the table of a new configuration or snapshot is applied (and
         after loading the stored state), after one full collection (its cost, once per
@@ -460,12 +445,11 @@ class Agent:
                 log.info("agent.reconciled", ops=len(ops), digest=actual_digest)
             if ready.changed is not None and actual is ready.desired:
                 # The per-event path: only these services changed, so only their fallback can
-                # have (a global fallback + fallbackcommand at 1,000 services cost 0.2 s per event
-                # on the loop for the whole table: each virtual looked up its service by a scan).
+                # have; looking at the whole table would cost O(table) per event on the loop.
                 changed = tuple(s for s in ready.changed.values() if s is not None)
-                self.fallbacks.observe(ready.state, Table(changed))
+                self.fallbacks.on_applied(ready.state, Table(changed))
             else:
-                self.fallbacks.observe(ready.state, actual)
+                self.fallbacks.on_applied(ready.state, actual)
         if ready.persist:  # in the background: the next event does not wait for the file
             core.persist_started()
             self.persister.offer((ready.revision, ready.state, ready.desired_digest))
@@ -523,71 +507,6 @@ class Agent:
         digest = actual.digest() if ops or actual != ready.desired else ready.desired_digest
         return ops, actual, digest
 
-    async def _drift_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.drift_interval)
-            try:
-                await self.check_drift()
-            except DataplaneError as e:
-                self.log.warning("agent.drift_check_failed", error=str(e))
-
-    async def check_drift(self) -> DataplaneDrift | None:
-        """Compare the kernel with the table last applied; a difference (someone ran ``ipvsadm``)
-        is published as ``DataplaneDrift`` and then repaired. Returns what was published."""
-        if isinstance(self.dataplane, ObservableDataplane):
-            return await self._check_kernel_drift(self.dataplane)
-        drift = getattr(self.dataplane, "drift", None)
-        if drift is None:
-            return None
-        async with self._dataplane_lock:
-            desired = self.core.applied_table
-            if desired is None:  # nothing verified applied yet (or a retry is due): the apply loop's job
-                return None
-            d = await drift(desired)
-            return await self._repair(list(d.ops), d.lines(), tuple(d.foreign))
-
-    async def _check_kernel_drift(self, dp: ObservableDataplane) -> DataplaneDrift | None:
-        """The kernel's check, holding up applies for no more than a few services' netlink reads:
-        the dump goes a few services per lock (``dump_unlocked``); under our apply lock, the
-        services applies touched meanwhile are read again (``observe``: the kernel as of the table
-        applied now); the whole-table comparison (sort and diff: a quarter of a second of Python
-        at 1,000 services in an emulated VM, which held up the next event on this loop) runs in a
-        thread with no lock held; a difference found is read again under the lock, just those
-        services (``recheck``: an apply may have overtaken the observation), before it is
-        published and repaired."""
-        if self.core.applied_table is None:
-            return None
-        since = await dp.dump_unlocked()
-        async with self._dataplane_lock:
-            desired = self.core.applied_table
-            if desired is None:  # nothing verified applied yet (or a retry is due): the apply loop's job
-                return None
-            seen = await dp.observe(desired, since)
-        found = await dp.compare(seen, desired)
-        if found.clean:
-            return None
-        async with self._dataplane_lock:
-            desired = self.core.applied_table
-            if desired is None:
-                return None
-            d = await dp.recheck(desired, {op.service.key: op.service for op in found.ops}.values())
-            return await self._repair(list(d.ops), d.lines(), found.foreign)
-
-    async def _repair(
-        self, ops: list[Op], lines: list[str], foreign: tuple[str, ...]
-    ) -> DataplaneDrift | None:
-        """Publish a drift as ``DataplaneDrift`` and apply its repair ``ops``; the caller holds
-        the apply lock."""
-        if not ops:
-            return None
-        if len(lines) > _MAX_DRIFT_LINES:
-            lines = [*lines[: _MAX_DRIFT_LINES - 1], f"... and {len(lines) - _MAX_DRIFT_LINES + 1} more"]
-        payload = DataplaneDrift(self.settings.node, self.core.applied_revision, tuple(lines), foreign)
-        self.publisher.submit(payload, reason="the kernel table changed behind the agent's back")
-        self.log.warning("agent.drift", repairs=len(ops), first=lines[0], foreign=len(foreign))
-        await self.dataplane.apply(ops)
-        return payload
-
     def _status_changed(self) -> None:
         """``status.json`` is out of date: the status writer writes the record as of now."""
         core = self.core
@@ -622,7 +541,7 @@ class Agent:
 
     async def _publish_config(self, loaded: LoadedConfig) -> None:
         """Publish ``ConfigApplied`` if the config in force differs from ours (once, at start)."""
-        failures = 0
+        backoff = COORDINATOR_RETRY.start()
         while True:
             try:
                 view = await self.client.get_state()
@@ -634,9 +553,9 @@ class Agent:
                 )
                 (ack,) = await self.client.publish([ev])
             except CoordinatorUnavailable as e:
-                failures += 1
-                self.log.warning("agent.config_publish_retry", error=str(e))
-                await asyncio.sleep(min(5.0, 0.2 * 2 ** min(failures, 5)))
+                delay = backoff.next_delay()
+                self.log.warning("agent.config_publish_retry", error=str(e), retry_in=round(delay, 3))
+                await asyncio.sleep(delay)
                 continue
             if ack.ok:
                 self.log.info("agent.config_published", event_id=ev.event_id, revision=ack.revision)

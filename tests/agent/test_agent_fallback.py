@@ -54,9 +54,9 @@ async def test_runner_runs_the_script_with_ldirectords_arguments(tmp_path: Path)
     task = asyncio.create_task(r.run())
     try:
         s = _state(str(script))
-        r.observe(s, render(s))
+        r.on_applied(s, render(s))
         s = _then(s, RealServerHealth(VIP, "192.0.2.11:80", True, "n"))
-        r.observe(s, render(s))
+        r.on_applied(s, render(s))
         async with asyncio.timeout(10):
             while len(r.ran) < 2:  # noqa: ASYNC110 -- polling a plain list the runner appends to
                 await asyncio.sleep(0.05)
@@ -80,13 +80,13 @@ async def test_the_per_event_path_looks_at_the_changed_services_only(tmp_path: P
     settings = AgentSettings("lb1", "test", ("127.0.0.1:1",), tmp_path, health_checks=False)
     agent = Agent(settings, MemoryDataplane())
     seen: list[list[str]] = []
-    observe = agent.fallbacks.observe
+    on_applied = agent.fallbacks.on_applied
 
     def spy(state: State, table: Table) -> None:
         seen.append([s.key for s in table.services])
-        observe(state, table)
+        on_applied(state, table)
 
-    agent.fallbacks.observe = spy  # type: ignore[method-assign]
+    agent.fallbacks.on_applied = spy  # type: ignore[method-assign]
     agent.core.step(Event("e1", "c", "n", "a", "", 1.0, ConfigApplied(cfg), revision=1))
     for rev in (1, 2):
         if rev == 2:  # the second virtual's real server comes up: its fallback stops

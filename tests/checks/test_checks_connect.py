@@ -167,7 +167,7 @@ async def test_checks_checker_connect_up_refused_and_hung() -> None:
                 f.connect(hung.getsockname())
             fillers.append(f)
         ports = [up.getsockname()[1], closed_port(), hung.getsockname()[1]]
-        checker.observe(_connect_state(ports))
+        checker.on_state(_connect_state(ports))
         task = asyncio.create_task(checker.run(reports))
         try:
             await _until(lambda: len(reports.items) == 3)
@@ -199,11 +199,11 @@ async def test_checks_checker_connect_removed_target_is_cancelled() -> None:
         with contextlib.suppress(BlockingIOError):
             filler.connect(hung.getsockname())
         with filler:
-            checker.observe(_connect_state([hung.getsockname()[1]], timeout=5.0))
+            checker.on_state(_connect_state([hung.getsockname()[1]], timeout=5.0))
             task = asyncio.create_task(checker.run(reports))
             try:
                 await _until(lambda: checker.inflight == 1)
-                checker.observe(State(config=Config(GlobalSettings(checkinterval=0.05), ())))
+                checker.on_state(State(config=Config(GlobalSettings(checkinterval=0.05), ())))
                 assert checker.inflight == 0
                 await asyncio.sleep(0.1)
             finally:

@@ -18,7 +18,7 @@ async def test_checks_a_maintenance_file_forces_down_and_its_removal_restores(tm
     script = Script()
     reports = Reports()
     checker = Checker("n1", probe=script)
-    checker.observe(s)
+    checker.on_state(s)
     watcher = MaintenanceWatcher(checker, lambda: cfg, resolve=lambda _a: None)
     async with running(checker, reports):
         await until(lambda: reports.of("127.0.0.1:1") == [True] and reports.of("127.0.0.1:2") == [True])

@@ -113,7 +113,7 @@ async def test_checks_failurecount_then_one_success_restores() -> None:
     script = Script({"127.0.0.1:1": [True, True, False, False, True, False, False, False, True]})
     reports = Reports()
     checker = Checker("n1", probe=script, rng=random.Random(1))
-    checker.observe(state(failurecount=3))
+    checker.on_state(state(failurecount=3))
     async with running(checker, reports):
         await until(lambda: script.count("127.0.0.1:1") >= 9)
     # up; two soft failures stay up; a success resets; three failures -> down; one success -> up
@@ -124,7 +124,7 @@ async def test_checks_only_transitions_are_reported() -> None:
     script = Script({"127.0.0.1:1": [True] * 5 + [False] * 5 + [True]})
     reports = Reports()
     checker = Checker("n1", probe=script)
-    checker.observe(state())
+    checker.on_state(state())
     async with running(checker, reports):
         await until(lambda: script.count("127.0.0.1:1") >= 14)
     assert reports.of("127.0.0.1:1") == [True, False, True]
@@ -135,7 +135,7 @@ async def test_checks_first_failure_is_reported_at_once_even_with_failurecount()
     script = Script({"127.0.0.1:1": [False]})
     reports = Reports()
     checker = Checker("n1", probe=script)
-    checker.observe(state(failurecount=5))
+    checker.on_state(state(failurecount=5))
     async with running(checker, reports):
         await until(lambda: reports.items)
     assert reports.of("127.0.0.1:1") == [False]
@@ -145,10 +145,10 @@ async def test_checks_config_change_keeps_unchanged_reals() -> None:
     script = Script()
     reports = Reports()
     checker = Checker("n1", probe=script)
-    checker.observe(state([1, 2]))
+    checker.on_state(state([1, 2]))
     async with running(checker, reports):
         await until(lambda: len(reports.items) == 2)
-        checker.observe(state([2, 3]))
+        checker.on_state(state([2, 3]))
         await until(lambda: script.count("127.0.0.1:3") >= 2)
         gone = script.count("127.0.0.1:1")
         await asyncio.sleep(INTERVAL * 3)
@@ -162,10 +162,10 @@ async def test_checks_changed_check_is_rescheduled_and_keeps_verdict() -> None:
     script = Script()
     reports = Reports()
     checker = Checker("n1", probe=script)
-    checker.observe(state([1]))
+    checker.on_state(state([1]))
     async with running(checker, reports):
         await until(lambda: reports.items)
-        checker.observe(state([1], request="/other"))
+        checker.on_state(state([1], request="/other"))
         n = len(script.calls)
         await until(lambda: len(script.calls) > n + 1)
     assert reports.of("127.0.0.1:1") == [True]
@@ -175,7 +175,7 @@ async def test_checks_resync_reports_everything_again() -> None:
     script = Script()
     reports = Reports()
     checker = Checker("n1", probe=script)
-    checker.observe(state(3))
+    checker.on_state(state(3))
     async with running(checker, reports):
         await until(lambda: len(reports.items) == 3)
         checker.resync()
@@ -187,7 +187,7 @@ async def test_checks_refused_report_is_retried() -> None:
     script = Script()
     reports = Reports(refuse=2)
     checker = Checker("n1", probe=script)
-    checker.observe(state(1))
+    checker.on_state(state(1))
     async with running(checker, reports):
         await until(lambda: reports.items, within=5)
     assert reports.of("127.0.0.1:1") == [True]
@@ -201,7 +201,7 @@ async def test_checks_log_view_seeds_the_verdict() -> None:
     script = Script({"127.0.0.1:1": [True], "127.0.0.1:2": [True]})
     reports = Reports()
     checker = Checker("n1", probe=script)
-    checker.observe(st)
+    checker.on_state(st)
     async with running(checker, reports):
         await until(lambda: script.count("127.0.0.1:1") >= 2 and reports.items)
     assert [r for r, *_ in reports.items] == ["127.0.0.1:2"]
@@ -211,10 +211,10 @@ async def test_checks_on_and_off_need_no_probe() -> None:
     script = Script()
     reports = Reports()
     checker = Checker("n1", probe=script)
-    checker.observe(state(2, checktype="off"))
+    checker.on_state(state(2, checktype="off"))
     async with running(checker, reports):
         await until(lambda: len(reports.items) == 2)
-        checker.observe(state(2, checktype="on"))
+        checker.on_state(state(2, checktype="on"))
         await until(lambda: len(reports.items) == 4)
     assert script.calls == []
     assert [up for _, up, _, _ in reports.items] == [False, False, True, True]
@@ -242,7 +242,7 @@ async def test_checks_combined_runs_n_connects_then_negotiate() -> None:
 
     async with tcp_server(close) as port:
         v = replace(v, reals=(RealServer("127.0.0.1", port),), check=replace(v.check, service="none"))
-        checker.observe(State(config=Config(GlobalSettings(checkinterval=INTERVAL), (v,))))
+        checker.on_state(State(config=Config(GlobalSettings(checkinterval=INTERVAL), (v,))))
         async with running(checker, reports):
             await until(lambda: len(kinds) >= 7)
     assert kinds[:7] == ["negotiate", "connect", "connect", "negotiate", "connect", "connect", "negotiate"]
@@ -253,7 +253,7 @@ async def test_checks_concurrency_is_bounded() -> None:
     script = Script(delay=0.05)
     reports = Reports()
     checker = Checker("n1", probe=script, max_concurrency=3)
-    checker.observe(state(20))
+    checker.on_state(state(20))
     async with running(checker, reports):
         await until(lambda: len(reports.items) == 20)
     assert script.peak == 3
@@ -266,7 +266,7 @@ async def test_checks_hung_probe_is_cancelled_at_its_timeout() -> None:
 
     reports = Reports()
     checker = Checker("n1", probe=forever)
-    checker.observe(state(1, negotiatetimeout=0.1, checktimeout=0.1))
+    checker.on_state(state(1, negotiatetimeout=0.1, checktimeout=0.1))
     async with running(checker, reports):
         await until(lambda: reports.items)
     assert reports.items[0][1] is False
@@ -288,7 +288,7 @@ async def test_checks_first_checks_are_spread_over_the_interval() -> None:
 
     st = State(config=Config(GlobalSettings(checkinterval=0.5), (replace(v),)))
     checker = Checker("n1", probe=stamp, rng=random.Random(7))
-    checker.observe(st)
+    checker.on_state(st)
     t0 = loop.time()
     async with running(checker, Reports()):
         await until(lambda: len(times) >= 200)
@@ -306,7 +306,7 @@ async def test_checks_achieved_interval_is_the_checkinterval() -> None:
         return Result(True)
 
     checker = Checker("n1", probe=stamp)
-    checker.observe(state(1))
+    checker.on_state(state(1))
     async with running(checker, Reports()):
         await until(lambda: len(times) >= 10)
     gaps = [b - a for a, b in itertools.pairwise(times)]

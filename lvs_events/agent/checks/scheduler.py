@@ -138,7 +138,7 @@ class Checker:
 
     # -- HealthChecker -------------------------------------------------------------------------
 
-    def observe(self, state: State) -> None:
+    def on_state(self, state: State) -> None:
         if state.config is self._config and self._targets:
             return
         self._config = state.config

@@ -12,8 +12,8 @@ here, with ``struct``, for two reasons:
   and ``IPVS_SVC_ATTR_NETMASK`` is declared ``ip4addr``, so an IPv6 service's netmask (a prefix
   length) can be neither sent nor read. Here every ``SET`` carries the full attribute set, the
   forwarding method is read from the raw ``IPVS_DEST_ATTR_FWD_METHOD`` and the netmask is a u32.
-* speed -- pyroute2's generic message machinery costs about 0.6 ms per message on the host (about
-  4 ms in the emulated VM), 20 times the cost of the kernel's work; ``struct`` packing is ~10 us.
+* speed -- pyroute2's generic message machinery costs many times the kernel's own work per
+  message; ``struct`` packing a small fraction of it (figures: ``docs/kernel-dataplane.md``).
   Writes go out in batches: up to ``batch_size`` requests in one ``send``, one ack each, refusals
   matched to their request by sequence number; the kernel processes a datagram's requests in
   order and does not stop at a refusal.

@@ -14,18 +14,17 @@
 * **A shadow of the owned table.** After one real dump the dataplane keeps what it last wrote
   (the kernel acked every request), so the steady-state path (one event, one weight change) costs
   one netlink round trip, not a dump of every service; :meth:`reconcile_services` (the agent's
-  per-event path) diffs and updates only the services named, O(changed). :meth:`drift` dumps the
-  kernel for real, reports what differs from the desired table and resets the shadow to the
-  kernel's truth; the agent's periodic check (``Agent.check_drift``) records the difference as a
-  ``DataplaneDrift`` event, then applies the repair. Any refusal by the kernel drops the shadow.
-  The check's dump does not hold up applies: :meth:`dump_unlocked` reads the kernel on a netlink
-  socket and a thread of its own, with no lock, recording the services applies touch meanwhile,
-  and ``drift(desired, since=dump)`` reads those again before comparing (under the lock, at the
-  table applied then). Nor does its comparison: :meth:`observe` is that re-read alone (the lock
-  held for a few services), :func:`compare` (the whole table: a sort and a diff of 1,000
-  services took a quarter of a second of Python in an emulated VM; now one comparison per
-  service, the sort and the diff only when something differs) is pure and runs in a thread, and
-  :meth:`recheck` reads again, under the lock, only the services found different.
+  per-event path) diffs and updates only the services named, O(changed). Any refusal by the
+  kernel drops the shadow.
+* **The drift check** (:mod:`lvs_events.agent.drift` drives it) never holds up applies for more
+  than a few services' netlink reads: :meth:`begin_drift_check` reads the whole kernel on a
+  netlink socket and a thread of its own, a few services per job, with no lock, recording the
+  services applies touch meanwhile; :meth:`snapshot_kernel` reads those again under the lock
+  (and resets the shadow to the kernel's truth); :meth:`compare` runs the pure
+  :func:`lvs_events.agent.dataplane.compare` in a thread (one comparison per service, the sort
+  and the diff only when something differs); :meth:`recheck` reads again, under the lock, only
+  the services found different. :meth:`drift` does a check's dump and comparison in one call
+  (for tests and tools). Measurements: ``docs/kernel-dataplane.md``.
 * **Idempotent against races.** An add of something that already exists becomes a set (the
   service is then adopted: it is in the desired table); a delete of something already gone is
   success; a set of a destination that vanished becomes an add. Anything else the kernel refuses
@@ -47,7 +46,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
-from lvs_events.agent.dataplane import reconcile
+from lvs_events.agent.dataplane import Drift, KernelDump, compare, reconcile
 from lvs_events.domain.ipvsadm_save import sorted_like_ipvsadm
 from lvs_events.domain.table import Op, Service, Table, apply_ops_to, diff, diff_services, same_service
 from lvs_events.errors import DataplaneError
@@ -60,35 +59,7 @@ T = TypeVar("T")
 
 _INLINE_MAX_OPS = 8  # destination edits sent from the event loop (see IpvsDataplane._inline_ok)
 _DEST_KINDS = frozenset(("add-dest", "edit-dest", "del-dest"))
-_DUMP_CHUNK = 8  # services read per lock by dump_unlocked: an apply waits for one chunk at most
-
-
-@dataclass(frozen=True, slots=True)
-class KernelDump:
-    """The whole kernel table read without holding up applies (:meth:`IpvsDataplane.dump_unlocked`):
-    every service (owned or not) with its destinations, by key; ``unread``: listed, but its
-    destinations could not be read (gone meanwhile)."""
-
-    services: Mapping[str, Service]
-    unread: frozenset[str] = frozenset()
-    listed: Mapping[str, Service] = field(default_factory=dict)  # the unread ones as listed
-
-
-@dataclass(frozen=True, slots=True)
-class Drift:
-    """What the kernel holds that the desired table does not (owned services only)."""
-
-    ops: tuple[Op, ...]  # the operations that repair it, in apply order
-    actual: Table  # the owned part of the kernel table as dumped
-    foreign: tuple[str, ...] = ()  # keys of services this agent does not own (left alone)
-
-    @property
-    def clean(self) -> bool:
-        return not self.ops
-
-    def lines(self) -> list[str]:
-        """One line per repair, e.g. ``edit-dest TCP 203.0.113.10:80 -> 192.0.2.11:80 w=10``."""
-        return [str(op) for op in self.ops]
+_DUMP_CHUNK = 8  # services read per job by begin_drift_check: an apply waits for one chunk at most
 
 
 @dataclass(slots=True)
@@ -128,7 +99,8 @@ class IpvsDataplane:
         self._lock = asyncio.Lock()
         self._closed = False
         self._owned_dirty = True  # the owned set is written at the first apply, then when it changed
-        # While a dump_unlocked is under way (until the observe or drift(since=) that follows it):
+        # While a drift check is under way (from begin_drift_check to the snapshot_kernel or
+        # drift(since=) that follows it):
         # the services every apply touched, by key, to be read again.
         self._touched: dict[str, Service] | None = None
         self.stats = _Stats()
@@ -240,7 +212,7 @@ class IpvsDataplane:
     async def drift(self, desired: Table, *, since: KernelDump | None = None) -> Drift:
         """Dump the kernel (for real), diff it against ``desired``: the repair, not yet applied.
 
-        With ``since`` (a :meth:`dump_unlocked` taken before): that dump, with the services an
+        With ``since`` (a :meth:`begin_drift_check` taken before): that dump, with the services an
         apply touched since it began read again now, stands for the kernel; the lock is held only
         for that re-read. The caller makes sure ``desired`` is what was applied last (the agent
         holds its apply lock around this call, not around the dump).
@@ -250,26 +222,26 @@ class IpvsDataplane:
             if since is None:
                 actual, foreign = await self._run(self._dump_split_sync)
             else:
-                seen = await self._observe_locked(since)
+                seen = await self._read_touched_locked(since)
                 actual, foreign = self._split(seen.services.values())
             self._set_shadow({s.key: s for s in actual.services}, actual)
         return Drift(tuple(diff(actual, desired)), actual, tuple(s.key for s in foreign.services))
 
-    async def observe(self, desired: Table, since: KernelDump) -> KernelDump:
+    async def snapshot_kernel(self, desired: Table, since: KernelDump) -> KernelDump:
         """The kernel as it is now, for a drift check that compares off the lock: ``since`` (a
-        :meth:`dump_unlocked`) with the services applies touched since it began read again (the
-        lock is held for those only), owned or not. The shadow becomes what it says of the owned
-        services. Compare it with :func:`compare` (in a thread), confirm a difference with
+        :meth:`begin_drift_check`) with the services applies touched since it began read again
+        (the lock is held for those only), owned or not. The shadow becomes what it says of the
+        owned services. Compare it with :meth:`compare` (in a thread), confirm a difference with
         :meth:`recheck`. The caller holds its own apply lock around this call (``desired`` is
         the table it applied last), not around the comparison."""
         self.claim(desired)
         async with self._lock:
-            seen = await self._observe_locked(since)
+            seen = await self._read_touched_locked(since)
             owned = self._owned
             self._set_shadow({k: s for k, s in seen.services.items() if k in owned})
         return seen
 
-    async def _observe_locked(self, since: KernelDump) -> KernelDump:
+    async def _read_touched_locked(self, since: KernelDump) -> KernelDump:
         touched, self._touched = self._touched or {}, None
         again = dict(touched)
         again.update((k, since.listed[k]) for k in since.unread if k in since.listed and k not in again)
@@ -279,13 +251,13 @@ class IpvsDataplane:
         return KernelDump(services)
 
     async def compare(self, seen: KernelDump, desired: Table) -> Drift:
-        """:func:`compare` of an :meth:`observe` with ``desired``, in a thread (not the netlink
+        """:func:`compare` of a :meth:`snapshot_kernel` with ``desired``, in a thread (not the netlink
         one): no lock is held, applies go on meanwhile."""
         return await asyncio.to_thread(compare, seen, desired, frozenset(self._owned))
 
     async def recheck(self, desired: Table, services: Iterable[Service]) -> Drift:
         """The drift of these services alone (by key), read from the kernel now (under the lock):
-        :func:`compare` found them different in an observation that applies may have overtaken
+        :meth:`compare` found them different in a snapshot that applies may have overtaken
         since. The shadow takes what the kernel holds for them. ``foreign`` is left empty."""
         named = {s.key: s for s in services}
         self.claim(desired)
@@ -304,12 +276,12 @@ class IpvsDataplane:
         actual = Table(tuple(sort_ipvsadm(have.values())))
         return Drift(tuple(diff_services(have, want)), actual)
 
-    async def dump_unlocked(self, chunk: int = _DUMP_CHUNK) -> KernelDump:
+    async def begin_drift_check(self, chunk: int = _DUMP_CHUNK) -> KernelDump:
         """The whole kernel table, read on the check's own socket and thread, ``chunk`` services
-        per job, holding no lock: applies go on meanwhile (a full dump of 1,000 services is
-        seconds of netlink decoding in an emulated VM; under the lock, even its first listing of
-        the services held up a weight change for 0.1 s). From the start the services each apply
-        touches are recorded; :meth:`observe` and :meth:`drift` with ``since=`` read them again."""
+        per job, holding no lock: applies go on meanwhile (a dump is one netlink round trip per
+        service, far too long to hold up an event for). From the start the services each apply
+        touches are recorded; :meth:`snapshot_kernel` and :meth:`drift` with ``since=`` read
+        them again."""
         async with self._lock:  # every apply from now on is recorded
             self._touched = {}
         try:
@@ -401,7 +373,7 @@ class IpvsDataplane:
         return Table(tuple(sort_ipvsadm(out)))
 
     def _apply_sync(self, ops: list[Op]) -> None:
-        if self._touched is not None:  # a dump_unlocked is under way: these are read again
+        if self._touched is not None:  # a drift check is under way: these are read again
             self._touched.update((op.service.key, op.service) for op in ops)
         try:
             requests = [_request(op) for op in ops]
@@ -523,22 +495,6 @@ class IpvsDataplane:
             return await self._run(fn)
 
 
-def compare(seen: KernelDump, desired: Table, owned: Iterable[str]) -> Drift:
-    """What an observation of the kernel (:meth:`IpvsDataplane.observe`) holds that ``desired``
-    does not, for the ``owned`` services (the others are listed as foreign). Pure, O(table):
-    for a thread."""
-    owned = owned if isinstance(owned, (set, frozenset)) else set(owned)
-    mine = {k: s for k, s in seen.services.items() if k in owned}
-    theirs = [s for k, s in seen.services.items() if k not in owned]
-    foreign = tuple(s.key for s in sort_ipvsadm(theirs)) if theirs else ()
-    want = {s.key: s for s in desired.services}
-    # The common case, nothing changed: one comparison per service, no sort, no diff.
-    if len(want) == len(mine) and all(same_service(mine.get(k), s) for k, s in want.items()):
-        return Drift((), Table(tuple(mine.values())), foreign)
-    actual = Table(tuple(sort_ipvsadm(mine.values())))
-    return Drift(tuple(diff(actual, desired)), actual, foreign)
-
-
 def _guard(fn: Callable[[], T]) -> T:
     """Run ``fn``, turning pyroute2's netlink errors (not OSError subclasses) into OSError."""
     try:
@@ -547,6 +503,8 @@ def _guard(fn: Callable[[], T]) -> T:
         raise
     except Exception as e:
         if type(e).__name__ in ("NetlinkError", "NetlinkDecodeError"):
+            # pyroute2 ships no types: its NetlinkError carries the errno as ``code`` (data, read
+            # from an exception already known by its class name to be pyroute2's)
             code = int(getattr(e, "code", 0) or errno.EIO)
             raise OSError(code, f"{os.strerror(code)} ({e})") from e
         raise

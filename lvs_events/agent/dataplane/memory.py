@@ -4,6 +4,13 @@ It holds each service's destinations by key, so an operation costs O(1) whatever
 service (``apply_ops`` semantics, order included: a new destination goes last), and it reconciles
 the services the agent names (``reconcile_services``, the per-event path) in O(changes).
 
+It implements the whole :class:`lvs_events.agent.dataplane.Dataplane` protocol. Where a concept of
+the kernel's does not apply, trivially: every service in it is the agent's (``claim`` records
+nothing, a drift reports no foreign service), and nothing but :meth:`apply` changes it, except a
+test that replaces :attr:`table` the way an operator runs ``ipvsadm``: the drift check's steps
+read the table it holds (no I/O, so there is nothing to re-read after ``begin_drift_check``), and
+find such a change.
+
 It shows itself in two files in ``<dir>``, written atomically: ``table.txt`` (the ``ipvsadm -L -n``
 layout) and ``table.json`` (canonical JSON), so tests, the CLI and the demo can show each agent's
 table. They are written in the background after a change, at once when the last write is long
@@ -19,12 +26,13 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import structlog
 
+from lvs_events.agent.dataplane import Drift, KernelDump, compare
 from lvs_events.agent.persist import atomic_write
 from lvs_events.domain.table import (
     OP_RANK,
@@ -168,6 +176,32 @@ class MemoryDataplane:
             else:
                 ok = False
         return ops, ok
+
+    def claim(self, desired: Table) -> None:
+        """Every service of this table is the agent's: nothing to record."""
+
+    # -- the drift check -----------------------------------------------------------------------
+
+    def _snapshot(self) -> KernelDump:
+        return KernelDump({key: self._service(key) for key in self._attrs})
+
+    async def begin_drift_check(self) -> KernelDump:
+        return self._snapshot()
+
+    async def snapshot_kernel(self, desired: Table, since: KernelDump) -> KernelDump:
+        """The table held now (read whole: it costs no I/O, so ``since`` is not needed)."""
+        return self._snapshot()
+
+    async def compare(self, seen: KernelDump, desired: Table) -> Drift:
+        """:func:`lvs_events.agent.dataplane.compare` in a thread (O(table)); every service is owned."""
+        return await asyncio.to_thread(compare, seen, desired, frozenset(seen.services))
+
+    async def recheck(self, desired: Table, services: Iterable[Service]) -> Drift:
+        named = {s.key for s in services}
+        want: dict[str, Service | None] = dict.fromkeys(named)
+        want.update((s.key, s) for s in desired.services if s.key in named)
+        have = {key: self._service(key) for key in named if key in self._attrs}
+        return Drift(tuple(diff_services(have, want)), Table(tuple(have.values())))
 
     def _apply(self, ops: Sequence[Op]) -> None:
         """``table.apply_ops``, order included, all or nothing (on ``ValueError`` the table is as

@@ -1,5 +1,8 @@
 """The I/O shell of the HA machine: timers, the election calls, the peer heartbeat, the VIPs.
 
+It works on domain values: the Peer service's protobuf is converted at its gRPC edge,
+:mod:`lvs_events.agent.ha.peer` (the runner is that service's :class:`PeerHandler`).
+
 Everything that decides is in :mod:`lvs_events.agent.ha.machine`; this module only feeds it inputs stamped
 with ``time.monotonic()`` and carries out the actions it returns:
 
@@ -10,7 +13,7 @@ with ``time.monotonic()`` and carries out the actions it returns:
 * ``SendHandover``: the peer's ``Handover`` call (planned switchover), sent once our VIPs are
   silent; the peer answers once it holds and has announced them.
 
-Tasks (one TaskGroup): the ticker, the heartbeat sender, the leader observer, the VIP worker, the
+Tasks (one TaskGroup): the ticker, the heartbeat sender, the leader follower, the VIP worker, the
 hook worker, and the Peer gRPC server. ``stop()`` feeds ``Stop`` (VIPs removed, resign) and waits
 for the VIP worker to finish before the tasks are cancelled.
 """
@@ -20,22 +23,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-import grpc
-import grpc.aio
 import structlog
 
 from lvs_events.agent.ha import machine as m
 from lvs_events.agent.ha.hooks import Hooks
+from lvs_events.agent.ha.peer import HandoverAnswer, Heartbeat, PairStatus, PeerClient, serve_peer
 from lvs_events.agent.ha.timing import HaTiming
 from lvs_events.agent.ha.vips import VipManager
-from lvs_events.client.ha import LeaderElectionClient
+from lvs_events.client.ha import LeaderElectionClient, NodeView, PeerUnavailable
 from lvs_events.errors import DataplaneError, LvsEventsError
-from lvs_events.pb.v1 import leadership_pb2 as lpb
-from lvs_events.pb.v1 import leadership_pb2_grpc as lpb_grpc
 
 __all__ = ["HaRunner", "HaSettings"]
 
@@ -74,11 +74,10 @@ class HaRunner:
         self._hooks: asyncio.Queue[m.Notify] = asyncio.Queue(64)
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
-        self._handover_waiters: list[asyncio.Future[lpb.HandoverReply]] = []
+        self._handover_waiters: list[asyncio.Future[HandoverAnswer]] = []
         self._takeover_waiters: list[asyncio.Future[m.ElectionResult | None]] = []
-        self._peer_channel: grpc.aio.Channel | None = None
-        self._server: grpc.aio.Server | None = None
-        self.port = 0
+        self._peer = PeerClient(settings.peer)
+        self.port = 0  # our Peer service's, once it listens
         self._heartbeat_seen = 0.0  # send time of the newest heartbeat whose reply was fed
         self._heartbeat_ok = time.monotonic()  # when a heartbeat of ours was last answered
         self._peer_channel_at = 0.0  # when the peer channel was last replaced
@@ -125,7 +124,7 @@ class HaRunner:
         elif isinstance(a, m.SendHandover):
             self._spawn(self._send_handover(a.term))
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -188,16 +187,16 @@ class HaRunner:
         except LvsEventsError as e:
             self.log.warning("ha.resign_failed", term=term, error=str(e))
 
-    async def _observe(self) -> None:
+    async def _follow_leader(self) -> None:
         async for info in self.election.observe():
             self.feed(m.Observed(time.monotonic(), info.node or None, info.term))
 
     # -- the peer --------------------------------------------------------------------------
 
-    def _heartbeat(self, ack_term: int = 0) -> lpb.PeerHeartbeat:
+    def _heartbeat(self, ack_term: int = 0) -> Heartbeat:
         rev, digest = self.applied()
         s = self.state
-        return lpb.PeerHeartbeat(
+        return Heartbeat(
             node=s.node,
             role=s.role.value,
             term=s.term if s.role is not m.Role.STANDBY else 0,
@@ -206,13 +205,15 @@ class HaRunner:
             ack_term=ack_term,
         )
 
-    def _peer_stub(self) -> lpb_grpc.PeerAsyncStub:
-        if self._peer_channel is None:
-            self._peer_channel = grpc.aio.insecure_channel(
-                self.settings.peer,
-                options=[("grpc.initial_reconnect_backoff_ms", 20), ("grpc.max_reconnect_backoff_ms", 200)],
+    def heartbeat_received(self, beat: Heartbeat) -> Heartbeat:
+        """The peer's heartbeat (its Peer call): fed to the machine; our reply acknowledges the
+        term the machine acknowledges."""
+        self.feed(
+            m.PeerSeen(
+                time.monotonic(), beat.node, beat.role, beat.term, beat.revision, beat.digest, reply=True
             )
-        return lpb_grpc.PeerStub(self._peer_channel)
+        )
+        return self._heartbeat(ack_term=self.state.acked_term)
 
     async def _heartbeats(self) -> None:
         """One heartbeat every interval, each call on its own (not waiting for the one before):
@@ -229,18 +230,16 @@ class HaRunner:
     async def _reconnect_peer(self) -> None:
         """A new connection to the peer when no heartbeat of ours got an answer for a while.
         After a partition heals, the old connection's unacknowledged data waits for TCP's next
-        retransmission, backed off to seconds while the link was down (seen in the lab: the
-        healed node heard nothing from its peer for 10 s, took that for silence, and took over)."""
-        channel, self._peer_channel = self._peer_channel, None
+        retransmission, backed off to seconds while the link was down: longer than the silence
+        after which a standby takes over, so the old connection must not be waited for."""
         self._peer_channel_at = time.monotonic()
-        if channel is not None:
+        if await self._peer.reconnect():
             self.log.info("ha.peer_reconnect", silent=round(self._peer_channel_at - self._heartbeat_ok, 3))
-            await channel.close(grace=None)
 
     async def _heartbeat_once(self, sent: float) -> None:
         try:
-            r = await self._peer_stub().Heartbeat(self._heartbeat(), timeout=self.timing.silence)
-        except grpc.aio.AioRpcError:
+            r = await self._peer.heartbeat(self._heartbeat(), within=self.timing.silence)
+        except PeerUnavailable:
             return  # silence is the signal: the machine counts it
         now = time.monotonic()
         self._heartbeat_ok = now
@@ -256,98 +255,76 @@ class HaRunner:
         rev, digest = self.applied()
         return p.digest == digest and p.revision + READY_REVISION_SLACK >= rev
 
-    async def switchover(self, to: str, within: float) -> lpb.HandoverReply:
+    async def switchover(self, to: str, within: float) -> HandoverAnswer:
         started = time.monotonic()
         why = m.can_switchover(self.state, to, self.peer_ready())
         if why:
-            return lpb.HandoverReply(ok=False, error=why)
-        fut: asyncio.Future[lpb.HandoverReply] = asyncio.get_running_loop().create_future()
+            return HandoverAnswer(ok=False, error=why)
+        fut: asyncio.Future[HandoverAnswer] = asyncio.get_running_loop().create_future()
         self._handover_waiters.append(fut)
         self.feed(m.SwitchoverRequested(time.monotonic(), to))
         try:
             async with asyncio.timeout(within):
                 reply = await fut
         except TimeoutError:
-            return lpb.HandoverReply(ok=False, error=f"no handover within {within:g}s")
+            return HandoverAnswer(ok=False, error=f"no handover within {within:g}s")
         finally:
             if fut in self._handover_waiters:
                 self._handover_waiters.remove(fut)
-        reply.seconds = time.monotonic() - started
-        return reply
+        return replace(reply, seconds=time.monotonic() - started)
 
     async def _send_handover(self, term: int) -> None:
         # the successor's takeover (up to two retry deadlines), then its VIPs added and announced
         within = m.HANDOVER_RPC_DEADLINES * self.timing.retry_deadline
         # the peer adds the VIPs without waiting once told: ours must be ARP-silent first
         await self._vip_ops.join()
-        try:
-            r = await self._peer_stub().Handover(
-                lpb.HandoverRequest(from_node=self.settings.node, term=term), timeout=within
-            )
-        except grpc.aio.AioRpcError as e:
-            r = lpb.HandoverReply(ok=False, error=f"{e.code().name} {e.details() or ''}".strip())
+        r = await self._peer.handover(self.settings.node, term, within=within)
         self.feed(m.HandoverResult(time.monotonic(), r.ok, r.error))
         for fut in self._handover_waiters:
             if not fut.done():
-                fut.set_result(lpb.HandoverReply(ok=r.ok, error=r.error, term=r.term, node=r.node))
+                fut.set_result(r)
 
-    async def handover_asked(self, from_node: str, term: int) -> lpb.HandoverReply:
+    async def handover_asked(self, from_node: str, term: int) -> HandoverAnswer:
         fut: asyncio.Future[m.ElectionResult | None] = asyncio.get_running_loop().create_future()
         self._takeover_waiters.append(fut)
         self.feed(m.HandoverAsked(time.monotonic(), from_node, term))
         if self.state.handover_term != term:
             self._takeover_waiters.remove(fut)
-            return lpb.HandoverReply(ok=False, error=f"{self.settings.node} is {self.state.role.value}, busy")
+            return HandoverAnswer(ok=False, error=f"{self.settings.node} is {self.state.role.value}, busy")
         deadline = time.monotonic() + 2 * self.timing.retry_deadline
         try:
             async with asyncio.timeout(2 * self.timing.retry_deadline):
                 res = await fut
         except TimeoutError:
-            return lpb.HandoverReply(ok=False, error="takeover did not answer in time")
+            return HandoverAnswer(ok=False, error="takeover did not answer in time")
         finally:
             if fut in self._takeover_waiters:
                 self._takeover_waiters.remove(fut)
         if res is None or not res.acquired:
-            return lpb.HandoverReply(ok=False, error="takeover refused by etcd")
+            return HandoverAnswer(ok=False, error="takeover refused by etcd")
         # The old active drops its silent copy when we answer: answer once ours are held and
         # announced (the machine queued AddVips with the election result). Past the deadline we
         # answer anyway: the old copy then lingers `linger` more, it is ARP-silent either way.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                 await self._vip_ops.join()
-        return lpb.HandoverReply(ok=True, term=res.term, node=self.settings.node)
+        return HandoverAnswer(ok=True, term=res.term, node=self.settings.node)
 
     def _resolve_takeover(self, res: m.ElectionResult | None) -> None:
         for fut in self._takeover_waiters:
             if not fut.done():
                 fut.set_result(res)
 
-    def status(self) -> lpb.PeerStatus:
+    def status(self) -> PairStatus:
         s = self.state
         rev, digest = self.applied()
-        now = time.monotonic()
-        me = lpb.NodeStatusView(
-            node=s.node, role=s.role.value, term=s.term, revision=rev, digest=digest, vips=self.vips_held
-        )
-        peer = lpb.NodeStatusView()
+        me = NodeView(s.node, s.role.value, s.term, rev, digest, seen_ago=0.0, vips=self.vips_held)
+        peer = None
         if s.peer is not None:
             p = s.peer
-            peer = lpb.NodeStatusView(
-                node=p.node,
-                role=p.role,
-                term=p.term,
-                revision=p.revision,
-                digest=p.digest,
-                seen_ago=now - p.seen_at,
-            )
-        return lpb.PeerStatus(
-            self=me,
-            peer=peer,
-            leader=s.leader or "",
-            leader_term=s.leader_term,
-            reason=s.reason,
-            vips=list(self.vip_manager.vips),
-        )
+            seen_ago = time.monotonic() - p.seen_at
+            peer = NodeView(p.node, p.role, p.term, p.revision, p.digest, seen_ago=seen_ago, vips=False)
+        return PairStatus(me, peer, s.leader or "", s.leader_term, s.reason, tuple(self.vip_manager.vips))
 
     # -- workers -----------------------------------------------------------------------------
 
@@ -387,18 +364,11 @@ class HaRunner:
             await self.settings.hooks.run(n.hook, n.term, n.reason)
 
     async def _serve(self) -> None:
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        lpb_grpc.add_PeerServicer_to_server(PeerService(self), server)
-        self.port = server.add_insecure_port(self.settings.listen)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {self.settings.listen}")
-        await server.start()
-        self._server = server
-        self.log.info("ha.peer_serving", listen=self.settings.listen, port=self.port)
-        try:
-            await server.wait_for_termination()
-        finally:
-            await server.stop(0.5)
+        await serve_peer(self, self.settings.listen, self._serving)
+
+    def _serving(self, port: int) -> None:
+        self.port = port
+        self.log.info("ha.peer_serving", listen=self.settings.listen, port=port)
 
     async def run(self, stop: asyncio.Event, started: asyncio.Event | None = None) -> None:
         """Run until ``stop`` is set; then let go (VIPs, resign) within the retry deadline."""
@@ -413,7 +383,7 @@ class HaRunner:
                     tg.create_task(self._serve(), name="ha-peer-server"),
                     tg.create_task(self._vip_worker(), name="ha-vips"),
                     tg.create_task(self._hook_worker(), name="ha-hooks"),
-                    tg.create_task(self._observe(), name="ha-observe"),
+                    tg.create_task(self._follow_leader(), name="ha-leader"),
                     tg.create_task(self._heartbeats(), name="ha-heartbeat"),
                     tg.create_task(self._ticker(), name="ha-tick"),
                 ]
@@ -435,46 +405,5 @@ class HaRunner:
         finally:
             for t in list(self._tasks):
                 t.cancel()
-            if self._peer_channel is not None:
-                await self._peer_channel.close(grace=None)
-            close = getattr(self.vip_manager, "close", None)
-            if close is not None:
-                close()
-
-
-class PeerService(lpb_grpc.PeerServicer):
-    def __init__(self, runner: HaRunner) -> None:
-        self.runner = runner
-
-    async def Heartbeat(
-        self, request: lpb.PeerHeartbeat, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> lpb.PeerHeartbeat:
-        r = self.runner
-        r.feed(
-            m.PeerSeen(
-                time.monotonic(),
-                request.node,
-                request.role,
-                request.term,
-                request.revision,
-                request.digest,
-                reply=True,
-            )
-        )
-        return r._heartbeat(ack_term=r.state.acked_term)
-
-    async def Handover(
-        self, request: lpb.HandoverRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> lpb.HandoverReply:
-        return await self.runner.handover_asked(request.from_node, request.term)
-
-    async def Switchover(
-        self, request: lpb.SwitchoverRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> lpb.HandoverReply:
-        within = request.timeout if request.timeout > 0 else 5.0
-        return await self.runner.switchover(request.to, within)
-
-    async def Status(
-        self, request: lpb.PeerStatusRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> lpb.PeerStatus:
-        return self.runner.status()
+            await self._peer.close()
+            self.vip_manager.close()

@@ -60,13 +60,25 @@ def parse_vip(text: str) -> tuple[str, int]:
 
 
 class VipManager(Protocol):
+    """Where the VIPs go when this director becomes active (the HA runner's only way to them)."""
+
     vips: tuple[str, ...]
 
-    async def add(self) -> None: ...
+    async def add(self) -> None:
+        """Hold the VIPs: answer ARP / NDP for them, announce them."""
+        ...
 
-    async def silence(self) -> None: ...
+    async def silence(self) -> None:
+        """Keep accepting their traffic without answering ARP / NDP for them (a switchover)."""
+        ...
 
-    async def remove(self) -> None: ...
+    async def remove(self) -> None:
+        """Let go of them (idempotent: also removes what a crashed predecessor left)."""
+        ...
+
+    def close(self) -> None:
+        """At exit, after :meth:`remove`: release what the manager holds (its crash guard)."""
+        ...
 
 
 class ExternalVips:
@@ -82,6 +94,9 @@ class ExternalVips:
         return None
 
     async def remove(self) -> None:
+        return None
+
+    def close(self) -> None:
         return None
 
 
@@ -134,6 +149,8 @@ def _addr(ipr: Any, cmd: str, index: int, ip: str, prefix: int) -> None:
     try:
         ipr.addr(cmd, **kwargs)
     except Exception as e:
+        # pyroute2 ships no types: its NetlinkError carries the errno as ``code``; read as data
+        # (None for any other exception, which is then raised as it is)
         code = getattr(e, "code", None)
         if cmd == "add" and code == errno.EEXIST:
             return

@@ -373,8 +373,9 @@ async def case_refusal_is_typed() -> object:
 
 @case
 async def case_drift_dump_does_not_block_applies() -> object:
-    """The periodic check's dump (``dump_unlocked``) lets applies through between its chunks; a
-    change applied meanwhile is read again (not taken for drift), a change behind our back is."""
+    """The periodic check's dump (``begin_drift_check``) lets applies through between its
+    chunks; a change applied meanwhile is read again (not taken for drift), a change behind our
+    back is."""
     await fresh_kernel()
     table = masq_table(300)
     svc = table.services[150]
@@ -386,7 +387,7 @@ async def case_drift_dump_does_not_block_applies() -> object:
 
     async with dataplane() as dp:
         await dp.reconcile(table)
-        dump_task = asyncio.create_task(dp.dump_unlocked())
+        dump_task = asyncio.create_task(dp.begin_drift_check())
         during, w = 0, 1
         while not dump_task.done():
             w = w % 50 + 2
@@ -402,7 +403,7 @@ async def case_drift_dump_does_not_block_applies() -> object:
         check((await dp.dump()).digest() == with_weight(w).digest(), "the shadow after drift(since=)")
         # something behind our back is still found (and the services applied meanwhile are not)
         ipvsadm("-e", "-t", f"{other.address}:80", "-r", f"{other.dests[0].address}:80", "-m", "-w", "77")
-        dump = await dp.dump_unlocked()
+        dump = await dp.begin_drift_check()
         w += 1
         await dp.reconcile_services({svc.key: with_weight(w).service(svc.key)})
         drift = await dp.drift(with_weight(w), since=dump)
@@ -416,7 +417,7 @@ async def case_drift_dump_does_not_block_applies() -> object:
 
 @case
 async def case_drift_compare_off_the_lock() -> object:
-    """The agent's check: ``observe`` under the lock, ``compare`` (the whole table) in a thread
+    """The agent's check: ``snapshot_kernel`` under the lock, ``compare`` (the whole table) in a thread
     while applies go on, ``recheck`` of only the services found different: a change behind our
     back is found and its repair is read again from the kernel; one the agent's own apply put
     right meanwhile is not repaired twice."""
@@ -432,7 +433,7 @@ async def case_drift_compare_off_the_lock() -> object:
         await dp.reconcile(table)
         ipvsadm("-e", "-t", f"{other.address}:80", "-r", f"{other.dests[0].address}:80", "-m", "-w", "77")
         w = 2
-        seen = await dp.observe(table, await dp.dump_unlocked())
+        seen = await dp.snapshot_kernel(table, await dp.begin_drift_check())
         compare_task = asyncio.create_task(dp.compare(seen, table))
         during = 0
         while not compare_task.done():
@@ -449,14 +450,16 @@ async def case_drift_compare_off_the_lock() -> object:
         await dp.apply(list(again.ops))
         # found different, then put right by the agent before the recheck: nothing to repair
         ipvsadm("-e", "-t", f"{other.address}:80", "-r", f"{other.dests[0].address}:80", "-m", "-w", "55")
-        found = await dp.compare(await dp.observe(with_weight(w), await dp.dump_unlocked()), with_weight(w))
+        seen = await dp.snapshot_kernel(with_weight(w), await dp.begin_drift_check())
+        found = await dp.compare(seen, with_weight(w))
         check(len(found.ops) == 1, f"the second change behind our back: {found.lines()}")
         await dp.reconcile_services({other.key: other})  # the shadow is the kernel: 55 -> 1
         overtaken = await dp.recheck(with_weight(w), [op.service for op in found.ops])
         check(overtaken.clean, f"repaired twice: {overtaken.lines()}")
         # a service deleted behind our back: found missing, read again (absent), put back
         ipvsadm("-D", "-t", f"{other.address}:80")
-        found = await dp.compare(await dp.observe(with_weight(w), await dp.dump_unlocked()), with_weight(w))
+        seen = await dp.snapshot_kernel(with_weight(w), await dp.begin_drift_check())
+        found = await dp.compare(seen, with_weight(w))
         gone = await dp.recheck(with_weight(w), [op.service for op in found.ops])
         kinds = sorted({op.kind for op in gone.ops})
         check(kinds == ["add-dest", "add-service"], f"the deleted service's repair: {gone.lines()}")
