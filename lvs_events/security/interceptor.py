@@ -18,7 +18,7 @@ import collections
 import contextvars
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 import structlog
@@ -96,13 +96,18 @@ def _claimed_node(rpc: Rpc, request: object) -> str | None:
     return None
 
 
-Handler = grpc.RpcMethodHandler[Any, Any]
+if TYPE_CHECKING:  # grpc's classes are generic only in its type stubs
+    Handler = grpc.RpcMethodHandler[Any, Any]
+    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    Handler = grpc.RpcMethodHandler
+    _Interceptor = grpc.aio.ServerInterceptor
 _Context = grpc.aio.ServicerContext[Any, Any]
 _Requests = AsyncIterator[object]
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler]]
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
+class AuthInterceptor(_Interceptor):
     """``verified``: the server requires client certificates (TLS); False: every caller is
     :data:`UNVERIFIED`. ``peer``: the Peer service's configured peer node ("" = none)."""
 

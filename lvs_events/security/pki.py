@@ -180,13 +180,13 @@ def _write(path: Path, data: bytes, mode: int) -> None:
         raise
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
 
 
-def _cert_pem(cert: x509.Certificate) -> bytes:
+def cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
@@ -203,8 +203,8 @@ def write_identity(
 ) -> tuple[Path, Path]:
     """Write a pair, the key first (see the module docstring); returns (certificate, key)."""
     kp, cp = key_path(directory, name), cert_path(directory, name)
-    _write(kp, _key_pem(key), 0o600)
-    _write(cp, _cert_pem(cert), 0o644)
+    _write(kp, key_pem(key), 0o600)
+    _write(cp, cert_pem(cert), 0o644)
     return cp, kp
 
 
@@ -240,8 +240,8 @@ def init(
             f"{directory / CA_KEY} exists: use 'issue' for more identities, or --force for a new CA"
         )
     ca_key, ca_cert = new_ca(days=ca_days, now=now)
-    _write(directory / CA_KEY, _key_pem(ca_key), 0o600)
-    _write(directory / CA_CERT, _cert_pem(ca_cert), 0o644)
+    _write(directory / CA_KEY, key_pem(ca_key), 0o600)
+    _write(directory / CA_CERT, cert_pem(ca_cert), 0o644)
     written = [directory / CA_CERT, directory / CA_KEY]
     written += issue_all(directory, identities, ca=(ca_key, ca_cert), days=days, now=now)
     return written
