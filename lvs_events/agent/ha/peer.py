@@ -19,6 +19,7 @@ import grpc.aio
 from lvs_events.client.ha import NodeView, PeerUnavailable
 from lvs_events.pb.v1 import leadership_pb2 as lpb
 from lvs_events.pb.v1 import leadership_pb2_grpc as lpb_grpc
+from lvs_events.rpc import MalformedRequests
 
 __all__ = [
     "DEFAULT_SWITCHOVER_WITHIN",
@@ -182,7 +183,7 @@ class PeerService(lpb_grpc.PeerServicer):
 async def serve_peer(handler: PeerHandler, listen: str, serving: Callable[[int], None]) -> None:
     """Serve the Peer service on ``listen`` until cancelled; ``serving(port)`` once it listens.
     Raises ``OSError`` when it cannot listen."""
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(interceptors=[MalformedRequests()], options=[("grpc.so_reuseport", 0)])
     lpb_grpc.add_PeerServicer_to_server(PeerService(handler), server)
     port = server.add_insecure_port(listen)
     if port == 0:
