@@ -175,15 +175,36 @@ async def _ready(pair: Pair, within: float = 30.0) -> tuple[str, int]:
     return str(node), int(term)
 
 
-def _two_holders(log: list[tuple[float, str, bool]], since: float = 0.0) -> bool:
-    """Whether two nodes held the VIP at once at some time after ``since`` (the whole history is
-    replayed to know who held it at ``since``)."""
+def two_holders(log: list[tuple[float, str, bool]], since: float = 0.0) -> bool:
+    """Whether two nodes held the VIP at once at some time at or after ``since``.
+
+    ``log`` is every node's (time, node, holds) history; the whole of it is replayed, so a node
+    that took the VIP before ``since`` and still held it then counts. At equal times a gain is
+    applied before a release, whatever the node names: a tie cannot prove the old holder let go
+    first, and this verdict is about safety, so a tie counts as an overlap.
+    """
     held: set[str] = set()
-    for t, node, holds in sorted(log):
+    crossed = False
+    for t, node, holds in sorted(log, key=lambda e: (e[0], not e[2])):
+        if not crossed and t >= since:
+            crossed = True
+            if len(held) > 1:
+                return True
         (held.add if holds else held.discard)(node)
         if len(held) > 1 and t >= since:
             return True
-    return False
+    return not crossed and len(held) > 1
+
+
+def digests_agree(digests: dict[str, str]) -> bool:
+    """Every node reported a digest, and they are all the same one."""
+    return bool(digests) and "" not in digests.values() and len(set(digests.values())) == 1
+
+
+def fencing_held(ack: dict[str, Any]) -> bool:
+    """The old active's publish with its stale term was refused as fenced (not for any other
+    reason: a refusal for a malformed event or an unreachable coordinator proves nothing)."""
+    return ack.get("error_code") == "FAILED_PRECONDITION" and not ack.get("revision")
 
 
 async def _marker(pair: Pair, drill_id: str, scenario: str, phase: str, detail: str = "") -> None:
@@ -225,7 +246,7 @@ async def _finish(
     report.vip = (min(gained) - t0) if gained else None
     if check_fencing and new_term > old_term:
         ack = await pair.helper("publish", old, str(old_term))
-        report.fenced_refused = ack.get("error_code") == "FAILED_PRECONDITION"
+        report.fenced_refused = fencing_held(ack)
     return report
 
 
@@ -235,11 +256,11 @@ async def _digests(pair: Pair, report: DrillReport, within: float = 20.0) -> Non
 
     async def same() -> bool:
         report.digests = {n: pair.applied_digest(n) for n in pair.nodes}
-        return len(set(report.digests.values())) == 1 and "" not in report.digests.values()
+        return digests_agree(report.digests)
 
     report.digests_equal = await _wait_for(same, within, 0.1)
     await asyncio.sleep(0.5)  # let the restarted node settle: its first decisions count too
-    report.two_holders = _two_holders(pair.holder_log(), since=report.started)
+    report.two_holders = two_holders(pair.holder_log(), since=report.started)
 
 
 async def _fault_drill(
