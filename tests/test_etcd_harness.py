@@ -80,9 +80,18 @@ async def test_data_survives_graceful_restart(etcd: EtcdCluster) -> None:
     assert await _get(etcd.endpoints, "/harness/persist") == b"yes"
 
 
-def test_each_test_gets_fresh_data(etcd: EtcdCluster, etcdctl_bin: str) -> None:
-    out = _etcdctl(etcdctl_bin, etcd.endpoints, "get", "--prefix", "/harness/")
-    assert out.strip() == ""
+def test_each_test_gets_fresh_data(etcd_bin: str, etcdctl_bin: str) -> None:
+    """Two clusters started one after the other, as two tests' fixtures would be: what the first
+    wrote is not in the second (own data directory, own ports), whatever the order tests run in."""
+    with EtcdCluster(size=1, etcd_binary=etcd_bin) as first:
+        _etcdctl(etcdctl_bin, first.endpoints, "put", "/harness/leftover", "x")
+        got = _etcdctl(etcdctl_bin, first.endpoints, "get", "--print-value-only", "/harness/leftover")
+        assert got.strip() == "x"
+        first_dir = first[0].data_dir
+    assert not first_dir.exists(), "the first cluster's data directory is removed"
+    with EtcdCluster(size=1, etcd_binary=etcd_bin) as second:
+        assert second[0].data_dir != first_dir
+        assert _etcdctl(etcdctl_bin, second.endpoints, "get", "--prefix", "/harness/").strip() == ""
 
 
 @pytest.mark.slow

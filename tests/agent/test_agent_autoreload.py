@@ -55,3 +55,25 @@ async def test_watches_only_when_active_and_autoreload_is_on(tmp_path: Path) -> 
     assert await r.poll_once() is None  # unchanged file: not read again
     assert r.interval() == 1.0
     assert sink.sent == [changed]
+
+
+async def test_autoreload_no_in_the_config_in_force_never_watches(tmp_path: Path) -> None:
+    path = tmp_path / "ldirectord.cf"
+    path.write_text(GOOD.replace("autoreload=yes", "autoreload=no"))
+    in_force = load(path).config
+    assert in_force is not None
+    assert in_force.globals.autoreload is False
+    sink = Sink()
+    r = AutoReloader(path, sink, in_force=lambda: in_force, is_active=lambda: True)
+    path.write_text(GOOD.replace("gate 10", "gate 11"))  # a change, even one turning it on
+    assert await r.poll_once() is None
+    assert await r.poll_once() is None
+    assert sink.sent == []
+    # the same reloader, once the config in force says yes, does publish the change: the refusal
+    # above came from autoreload=no, not from anything else in the setup
+    before = tmp_path / "before.cf"
+    before.write_text(GOOD)
+    in_force = load(before).config
+    changed = await r.poll_once()
+    assert isinstance(changed, ConfigApplied)
+    assert sink.sent == [changed]

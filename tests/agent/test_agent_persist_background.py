@@ -95,12 +95,14 @@ def test_the_file_is_the_canonical_json_and_the_config_text_is_reused(tmp_path: 
 async def test_latest_writer_writes_the_newest_item_one_at_a_time() -> None:
     written: list[int] = []
     gate = asyncio.Event()
+    started = asyncio.Event()
     running = 0
 
     async def write(item: int) -> None:
         nonlocal running
         running += 1
         assert running == 1
+        started.set()
         await gate.wait()
         written.append(item)
         running -= 1
@@ -108,7 +110,8 @@ async def test_latest_writer_writes_the_newest_item_one_at_a_time() -> None:
     w: LatestWriter[int] = LatestWriter(write)
     task = asyncio.create_task(w.run())
     w.offer(1)
-    await asyncio.sleep(0.01)
+    async with asyncio.timeout(5):
+        await started.wait()  # the writer has taken 1 and is blocked in write(1)
     assert w.busy
     for i in (2, 3, 4):  # while 1 is being written: only the newest is kept
         w.offer(i)

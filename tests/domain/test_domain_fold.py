@@ -115,11 +115,23 @@ def test_the_table_follows_the_active_directors_view() -> None:
     log = Log().add(ConfigApplied(_cfg()))
     log.add(RealServerHealth(VIP, "192.0.2.11:80", True, "slave"))
     log.add(RealServerHealth(VIP, "192.0.2.11:80", False, "master"))
-    # no leader known: the latest observation wins
-    assert effective_health(log.state(), VIP, "192.0.2.11:80") is not None
+    # no leader known: the latest observation wins (the master's DOWN, revision 3)
+    seen = effective_health(log.state(), VIP, "192.0.2.11:80")
+    assert seen is not None
+    assert (seen.up, seen.revision) == (False, 3)
     assert _weights(log.state()) == {"127.0.0.1:80": 1}
+    # the slave becomes active: its view (UP) is followed although the master's is newer
     log.add(Leadership("slave", LeadershipChange.ACQUIRED, 1))
+    seen = effective_health(log.state(), VIP, "192.0.2.11:80")
+    assert seen is not None
+    assert (seen.up, seen.revision) == (True, 2)
     assert _weights(log.state()) == {"192.0.2.11:80": 10}
+    # and back: the master active again, its DOWN is followed
+    log.add(Leadership("master", LeadershipChange.ACQUIRED, 2))
+    seen = effective_health(log.state(), VIP, "192.0.2.11:80")
+    assert seen is not None
+    assert seen.up is False
+    assert _weights(log.state()) == {"127.0.0.1:80": 1}
 
 
 def test_stale_leadership_terms_are_ignored() -> None:
