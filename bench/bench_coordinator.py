@@ -49,7 +49,7 @@ from etcd3aio import Etcd3Client  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
 from lvs_events.coordinator.snapshots import StateService  # noqa: E402
-from lvs_events.etcd.store import EtcdEventStore  # noqa: E402
+from lvs_events.etcd.events import EtcdEventStore  # noqa: E402
 from lvs_events.pb.v1 import coordinator_pb2 as cpb  # noqa: E402
 from lvs_events.pb.v1 import coordinator_pb2_grpc as cpb_grpc  # noqa: E402
 from lvs_events.pb.v1 import events_pb2 as pb  # noqa: E402

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 import structlog
 
 from lvs_events import wire
+from lvs_events.coordinator.stores import Bounds, EventStore, SnapshotRecord
 from lvs_events.domain import codec
 from lvs_events.domain.render import render
 from lvs_events.domain.state import State, fold_all
 from lvs_events.domain.table import Table
 from lvs_events.errors import Compacted, LvsEventsError, StoreError
-from lvs_events.etcd.store import Bounds, EventStore, SnapshotRecord
 from lvs_events.pb.v1 import events_pb2 as pb
 
 log = structlog.get_logger(__name__)
