@@ -48,6 +48,7 @@ import grpc.aio  # noqa: E402
 from etcd3aio import Etcd3Client  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
+from lvs_events import logs  # noqa: E402
 from lvs_events.coordinator.snapshots import StateService  # noqa: E402
 from lvs_events.etcd.events import EtcdEventStore  # noqa: E402
 from lvs_events.pb.v1 import coordinator_pb2 as cpb  # noqa: E402
@@ -433,6 +434,7 @@ def main() -> None:
         help="start etcd (raw and coordinator alike) with this --max-txn-ops (default: etcd's 128)",
     )
     args = parser.parse_args()
+    logs.configure("console", "WARNING")  # on stderr: stdout is the JSON result
     result = asyncio.run(main_async(args.quick, args.batch, args.window, args.etcd_max_txn_ops))
     print(json.dumps(result, indent=2))
 

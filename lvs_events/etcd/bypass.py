@@ -29,7 +29,7 @@ from etcd3aio.kv import KVService
 from google.protobuf.message import Message
 
 from lvs_events.etcd.txn import Txn, encode
-from lvs_events.retry import RetryPolicy
+from lvs_events.retry import Backoff, RetryPolicy
 
 log = structlog.get_logger(__name__)
 
@@ -86,12 +86,15 @@ class BytesTxn:
 
     async def send(self, txn: Txn, within: float) -> Any:
         request = encode(txn)
-        backoff = _UNAVAILABLE_RETRY.start()
+        backoff: Backoff | None = None  # made on the first refusal: none on the common path
         while True:
             try:
                 return await self._call(request, timeout=within)
             except grpc.aio.AioRpcError as e:
-                if backoff.failures + 1 >= TXN_ATTEMPTS or e.code() != grpc.StatusCode.UNAVAILABLE:
+                if e.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                backoff = backoff or _UNAVAILABLE_RETRY.start()
+                if backoff.failures + 1 >= TXN_ATTEMPTS:
                     raise
                 await backoff.sleep()
 

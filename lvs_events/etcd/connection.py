@@ -14,7 +14,7 @@ Every call through a :class:`Connection` carries a deadline (``timeout``, or the
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -186,9 +186,10 @@ class Connection:
         """How append transactions are sent: "bytes" or "etcd3aio-txn" ("" while closed)."""
         return self._txn.name if self._txn is not None else ""
 
-    async def append_txn(self, txn: Txn) -> Any:
+    def append_txn(self, txn: Txn) -> Awaitable[Any]:
         """Send an append transaction (see :mod:`lvs_events.etcd.bypass`); the ``TxnResponse``.
-        Raises what etcd3aio and gRPC raise (:data:`ETCD_ERRORS`)."""
+        Raises what etcd3aio and gRPC raise (:data:`ETCD_ERRORS`). The sender's own coroutine,
+        not one more around it: this is every append's path."""
         if self._txn is None:
             raise StoreUnavailable(f"etcd connection ({self.name}) is not open")
-        return await self._txn.send(txn, self.timeout)
+        return self._txn.send(txn, self.timeout)
