@@ -134,8 +134,8 @@ class Appender:
         """:meth:`submit_many` if the queue has room now (no waiting); None if it has not.
 
         The append path's fast lane: the publish handler queues without the coroutines of
-        :meth:`submit_many` (about a tenth of the coordinator's own time per event, on a loop
-        that is mostly gRPC). Raises StoreUnavailable once closed."""
+        :meth:`submit_many`, which cost a visible share of the coordinator's own time per event.
+        Raises StoreUnavailable once closed."""
         if self._closed:
             raise StoreUnavailable("coordinator is shutting down")
         if len(self._queue) >= self._queue_size or self._waiting:

@@ -406,7 +406,7 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
             await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(e))
         except StoreError as e:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
-        # encoding a big state is CPU-bound (most of a second at 10,000 servers): not on the loop
+        # encoding a state is CPU-bound and grows with the table: not on the loop
         state, table, digest = await asyncio.to_thread(
             lambda: (folded.state_json(), folded.table_json(), folded.table.digest())
         )
