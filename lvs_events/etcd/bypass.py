@@ -123,5 +123,5 @@ def choose(channel: grpc.aio.Channel, kv: KVService, *, prefer_bytes: bool) -> T
     if decode is None:
         log.warning("etcd append transactions through etcd3aio's txn (slower)", reason=why)
         return PublicTxn(kv)
-    log.debug("etcd append transactions sent as encoded bytes")
+    log.info("etcd append transactions sent as encoded bytes")
     return BytesTxn(channel, decode)

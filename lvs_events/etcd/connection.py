@@ -117,10 +117,12 @@ class Connection:
         timeout: float = DEFAULT_TIMEOUT,
         rpc_max_attempts: int = 2,
         tuning: ChannelTuning = LOG_CHANNEL,
+        appends: bool = True,
         bytes_txn: bool = True,
     ) -> None:
         """``rpc_max_attempts``: etcd3aio's own retry of UNAVAILABLE per call (1: none).
-        ``bytes_txn``: send append transactions as encoded bytes when etcd3aio allows it."""
+        ``appends``: this connection sends append transactions (:meth:`append_txn`); then
+        ``bytes_txn``: as encoded bytes when etcd3aio allows it."""
         if not endpoints:
             raise ValueError("at least one etcd endpoint is needed")
         self.endpoints = list(endpoints)
@@ -128,6 +130,7 @@ class Connection:
         self.timeout = timeout
         self._rpc_max_attempts = rpc_max_attempts
         self._tuning = tuning
+        self._appends = appends
         self._bytes_txn = bytes_txn
         self._channel: grpc.aio.Channel | None = None
         self._kv: KVService | None = None
@@ -148,9 +151,10 @@ class Connection:
             self._kv = KVService(channel, max_attempts=attempts)
             self._lease = LeaseService(channel, max_attempts=attempts)
             self._watch = WatchService(channel, max_attempts=attempts)
-            self._txn = bypass.choose(channel, self._kv, prefer_bytes=self._bytes_txn)
+            if self._appends:
+                self._txn = bypass.choose(channel, self._kv, prefer_bytes=self._bytes_txn)
             self._channel = channel
-            log.debug("etcd connection open", connection=self.name, target=target, txn_path=self._txn.name)
+            log.debug("etcd connection open", connection=self.name, target=target, txn_path=self.txn_path)
 
     async def close(self) -> None:
         channel, self._channel = self._channel, None
@@ -183,7 +187,8 @@ class Connection:
 
     @property
     def txn_path(self) -> str:
-        """How append transactions are sent: "bytes" or "etcd3aio-txn" ("" while closed)."""
+        """How append transactions are sent: "bytes" or "etcd3aio-txn" ("": closed, or a
+        connection that sends none)."""
         return self._txn.name if self._txn is not None else ""
 
     def append_txn(self, txn: Txn) -> Awaitable[Any]:
@@ -191,5 +196,5 @@ class Connection:
         Raises what etcd3aio and gRPC raise (:data:`ETCD_ERRORS`). The sender's own coroutine,
         not one more around it: this is every append's path."""
         if self._txn is None:
-            raise StoreUnavailable(f"etcd connection ({self.name}) is not open")
+            raise StoreUnavailable(f"etcd connection ({self.name}) is not open for appends")
         return self._txn.send(txn, self.timeout)

@@ -53,7 +53,7 @@ class _LeaderView:
 
     @property
     def leader(self) -> LeaderRecord | None:
-        """The leader (the info key outlives nothing: it shares the leader key's lease)."""
+        """The leader's record while the leader key exists (the info key shares its lease)."""
         return self.info if self.leader_value is not None else None
 
 
@@ -71,6 +71,7 @@ class EtcdLeaderStore:
             timeout=events.timeout,
             rpc_max_attempts=1,
             tuning=ELECTION_CHANNEL,
+            appends=False,
         )
 
     async def connect(self) -> None:
