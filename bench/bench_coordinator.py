@@ -48,8 +48,9 @@ import grpc.aio  # noqa: E402
 from etcd3aio import Etcd3Client  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
+from lvs_events import logs  # noqa: E402
 from lvs_events.coordinator.snapshots import StateService  # noqa: E402
-from lvs_events.etcd.store import EtcdEventStore  # noqa: E402
+from lvs_events.etcd.events import EtcdEventStore  # noqa: E402
 from lvs_events.pb.v1 import coordinator_pb2 as cpb  # noqa: E402
 from lvs_events.pb.v1 import coordinator_pb2_grpc as cpb_grpc  # noqa: E402
 from lvs_events.pb.v1 import events_pb2 as pb  # noqa: E402
@@ -163,8 +164,7 @@ async def raw_etcd(endpoints: list[str], singles: int, txns: int) -> dict[str, A
 async def raw_txn_throughput(endpoints: list[str], txns: int, tag: str) -> float:
     """Raw batched-transaction throughput (puts/s, transactions of 64 puts, one in flight) now,
     on the etcd as it is: measured right before each windowed coordinator run, so that the pair
-    sees the same database size (etcd slows as its keyspace grows: both fell by half to three
-    quarters in the later rounds of a long run here) and the same background load."""
+    sees the same database size (etcd slows as its keyspace grows) and the same background load."""
     value = event(0, 0).SerializeToString()
     async with Etcd3Client(endpoints) as client:
         kv = client.kv
@@ -334,8 +334,8 @@ def start_coordinator(
                 "--log-format=json",
                 "--log-level=WARNING",
                 # snapshots out of the append figures: at the default (every 1,000 events) the
-                # coordinator also reads back and folds every event for its snapshots, which at
-                # 30,000 events/s costs about a fifth of the throughput (best pair 0.46-0.49)
+                # coordinator also reads back and folds every event for its snapshots, which
+                # competes with the appends for the same CPU
                 "--snapshot-every=100000",
                 *([f"--etcd-max-txn-ops={max_txn_ops}"] if max_txn_ops else []),
             ],
@@ -433,6 +433,7 @@ def main() -> None:
         help="start etcd (raw and coordinator alike) with this --max-txn-ops (default: etcd's 128)",
     )
     args = parser.parse_args()
+    logs.configure("console", "WARNING")  # on stderr: stdout is the JSON result
     result = asyncio.run(main_async(args.quick, args.batch, args.window, args.etcd_max_txn_ops))
     print(json.dumps(result, indent=2))
 

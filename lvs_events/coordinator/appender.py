@@ -1,7 +1,7 @@
 """The append path: validate, then group-commit concurrent appends into one etcd transaction.
 
 Every Publish stream of this coordinator submits into one bounded queue; one flusher task takes
-whatever is waiting (up to :data:`MAX_BATCH_EVENTS` events or about 1 MB) and appends it in a
+whatever is waiting (up to the store's ``max_batch_events`` or about 1 MB) and appends it in a
 single transaction, with up to :data:`DEFAULT_IN_FLIGHT` transactions in flight (the store
 pipelines them and keeps their order). There is no artificial delay: while transactions are in
 flight the next batch accumulates (group commit), so batches grow with load and latency stays
@@ -11,7 +11,7 @@ Queue overflow policy: **backpressure**. :meth:`Appender.submit` waits for room;
 handler stops reading its stream meanwhile, and gRPC flow control pushes back on the publisher.
 Nothing is dropped.
 
-Fencing seam (leadership issue): ``submit(..., require_term=T)`` appends only while the store's
+Fencing: ``submit(..., require_term=T)`` appends only while the store's
 ``leader`` key holds term ``T`` (else the ack says FAILED_PRECONDITION). Requests with different
 requirements never share a transaction.
 """
@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 import structlog
 
 from lvs_events import wire
+from lvs_events.coordinator.stores import Appended, EventStore
 from lvs_events.domain.validate import MAX_EVENT_BYTES, validate_event
 from lvs_events.errors import InvalidEvent, StoreUnavailable
-from lvs_events.etcd.store import MAX_BATCH_EVENTS, Appended, EventStore
 from lvs_events.pb.v1 import events_pb2 as pb
 
 log = structlog.get_logger(__name__)
@@ -73,21 +73,23 @@ class Appender:
     """Group commit in front of :meth:`EventStore.append`. Run :meth:`run` in a TaskGroup.
 
     Up to ``max_in_flight`` transactions are in flight at once (the store pipelines them and
-    keeps their order); while they are, the next batch accumulates.
+    keeps their order); while they are, the next batch accumulates. ``max_batch_events``: events
+    per transaction (0: as many as the store takes).
     """
 
     def __init__(
         self,
         store: EventStore,
         *,
-        max_batch_events: int = MAX_BATCH_EVENTS,
+        max_batch_events: int = 0,
         max_batch_bytes: int = MAX_BATCH_BYTES,
         queue_size: int = DEFAULT_QUEUE,
         max_in_flight: int = DEFAULT_IN_FLIGHT,
     ) -> None:
-        limit = int(getattr(store, "max_batch_events", MAX_BATCH_EVENTS))
+        limit = store.max_batch_events
+        max_batch_events = max_batch_events or limit
         if not 1 <= max_batch_events <= limit:
-            raise ValueError(f"max_batch_events: 1..{limit}")
+            raise ValueError(f"max_batch_events: 1..{limit} (the store's limit)")
         if max_in_flight < 1:
             raise ValueError("max_in_flight: at least 1")
         self.store = store
@@ -132,8 +134,8 @@ class Appender:
         """:meth:`submit_many` if the queue has room now (no waiting); None if it has not.
 
         The append path's fast lane: the publish handler queues without the coroutines of
-        :meth:`submit_many` (about a tenth of the coordinator's own time per event, on a loop
-        that is mostly gRPC). Raises StoreUnavailable once closed."""
+        :meth:`submit_many`, which cost a visible share of the coordinator's own time per event.
+        Raises StoreUnavailable once closed."""
         if self._closed:
             raise StoreUnavailable("coordinator is shutting down")
         if len(self._queue) >= self._queue_size or self._waiting:
@@ -295,7 +297,7 @@ class Appender:
             self.head = new_head
             for cb in self._listeners:
                 cb(new_head)
-        if _stdlog.isEnabledFor(logging.DEBUG):  # the call alone costs ~15 us per batch
+        if _stdlog.isEnabledFor(logging.DEBUG):  # structlog would build the entry only to drop it
             _log_batch(batch, new_head, started)
 
     def _fail_all(self, error: Exception) -> None:

@@ -1,8 +1,9 @@
 """``lvs_events.v1.LeaderElection``: the election of the active director, decided by etcd.
 
 Agents never talk to etcd; they ask the coordinator, which runs each request as one etcd
-transaction (:class:`lvs_events.etcd.store.EtcdLeaderStore`): the leader key bound to a lease, a term
-counter bumped in the same transaction, and the Leadership events appended to the log in it too.
+transaction (a :class:`~lvs_events.coordinator.stores.LeaderStore`, on etcd
+:class:`lvs_events.etcd.leader.EtcdLeaderStore`): the leader key bound to a lease, a term counter
+bumped in the same transaction, and the Leadership events appended to the log in it too.
 
 * ``Campaign``: create-if-absent. A fresh lease per campaign; revoked again if it lost (left to
   expire if the call failed: it may have won).
@@ -29,12 +30,13 @@ import structlog
 
 from lvs_events import wire
 from lvs_events.client.log import new_event_id
+from lvs_events.coordinator.stores import Appended, LeaderRecord, LeaderStore
 from lvs_events.domain.events import Event, Leadership, LeadershipChange
 from lvs_events.errors import StoreError
-from lvs_events.etcd.store import Appended, EtcdLeaderStore, LeaderRecord
 from lvs_events.pb.v1 import events_pb2 as pb
 from lvs_events.pb.v1 import leadership_pb2 as lpb
 from lvs_events.pb.v1 import leadership_pb2_grpc as lpb_grpc
+from lvs_events.retry import RetryPolicy
 
 __all__ = ["SERVICE_NAME", "LeaderElectionService", "add_leader_election"]
 
@@ -42,6 +44,8 @@ log = structlog.get_logger(__name__)
 
 SERVICE_NAME: str = lpb.DESCRIPTOR.services_by_name["LeaderElection"].full_name
 MAX_TTL = 3600
+OBSERVE_FAILURES = 3  # broken watches in a row (no change delivered between) before Observe fails
+_OBSERVE_RETRY = RetryPolicy(initial=0.1, cap=1.0)
 
 
 def leadership_event(cluster: str, node: str, change: LeadershipChange, term: int, reason: str) -> pb.Event:
@@ -73,7 +77,7 @@ def _info(record: LeaderRecord | None, term: int) -> lpb.LeaderInfo:
 
 
 class LeaderElectionService(lpb_grpc.LeaderElectionServicer):
-    def __init__(self, leaders: EtcdLeaderStore, cluster: str, *, timeout: float) -> None:
+    def __init__(self, leaders: LeaderStore, cluster: str, *, timeout: float) -> None:
         self.leaders = leaders
         self.cluster = cluster
         self.timeout = timeout
@@ -230,7 +234,7 @@ class LeaderElectionService(lpb_grpc.LeaderElectionServicer):
         self, request: lpb.GetLeaderRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[lpb.LeaderInfo]:
         last: tuple[str, int] | None = None
-        failures = 0
+        backoff = _OBSERVE_RETRY.start()
         while True:
             try:
                 leader, term, rev = await self.leaders.current(within=self.timeout)
@@ -239,7 +243,7 @@ class LeaderElectionService(lpb_grpc.LeaderElectionServicer):
                     last = (info.node, info.term)
                     yield info
                 async for record, _rev in self.leaders.watch(rev + 1):
-                    failures = 0
+                    backoff.reset()
                     if record is None:
                         # deleted: resign or lease expiry; the term counter is unchanged
                         info = lpb.LeaderInfo(term=last[1] if last else 0)
@@ -249,15 +253,12 @@ class LeaderElectionService(lpb_grpc.LeaderElectionServicer):
                         last = (info.node, info.term)
                         yield info
             except StoreError as e:
-                failures += 1
-                if failures > 3:
+                if backoff.failures >= OBSERVE_FAILURES:
                     await context.abort(grpc.StatusCode.UNAVAILABLE, f"observe: {e}")
-                await asyncio.sleep(0.05 * 2**failures)
+                await backoff.sleep()
 
 
-def add_leader_election(
-    server: grpc.aio.Server, leaders: EtcdLeaderStore, cluster: str, timeout: float
-) -> None:
+def add_leader_election(server: grpc.aio.Server, leaders: LeaderStore, cluster: str, timeout: float) -> None:
     """Register the LeaderElection service on a coordinator's server."""
     lpb_grpc.add_LeaderElectionServicer_to_server(
         LeaderElectionService(leaders, cluster, timeout=timeout), server

@@ -23,7 +23,7 @@ from lvs_events.coordinator.snapshots import (
     DEFAULT_SNAPSHOT_INTERVAL,
 )
 from lvs_events.errors import LvsEventsError
-from lvs_events.etcd.store import MAX_TXN_OPS
+from lvs_events.etcd.txn import MAX_TXN_OPS
 
 log = structlog.get_logger("coordinator")
 

@@ -1,7 +1,8 @@
 """The gRPC face of the coordinator: ``lvs_events.v1.Coordinator``, health and reflection.
 
-The coordinator is stateless: everything durable is in etcd (:mod:`lvs_events.etcd.store`), so any
-number of instances may serve one cluster. Start one in-process with :func:`serve_coordinator`::
+The coordinator is stateless: everything durable is in etcd (:mod:`lvs_events.etcd`, reached
+through the contracts of :mod:`lvs_events.coordinator.stores`), so any number of instances may
+serve one cluster. Start one in-process with :func:`serve_coordinator`::
 
     async with serve_coordinator(CoordinatorSettings(etcd_endpoints=eps, cluster="c1")) as c:
         channel = grpc.aio.insecure_channel(c.address)
@@ -45,8 +46,11 @@ from lvs_events.coordinator.snapshots import (
     RevisionAhead,
     StateService,
 )
+from lvs_events.coordinator.stores import Appended, EventStore, SnapshotRecord
 from lvs_events.errors import Compacted, Fenced, InvalidEvent, StoreError, StoreUnavailable
-from lvs_events.etcd.store import MAX_TXN_OPS, Appended, EtcdEventStore, EtcdLeaderStore, EventStore
+from lvs_events.etcd.events import EtcdEventStore
+from lvs_events.etcd.leader import EtcdLeaderStore
+from lvs_events.etcd.txn import MAX_TXN_OPS
 from lvs_events.pb.v1 import coordinator_pb2 as cpb
 from lvs_events.pb.v1 import coordinator_pb2_grpc as cpb_grpc
 from lvs_events.pb.v1 import events_pb2 as pb
@@ -381,7 +385,9 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
             else:
                 return
 
-    async def _snapshot_or_abort(self, e: Compacted, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def _snapshot_or_abort(
+        self, e: Compacted, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> SnapshotRecord:
         try:
             snap = await self.store.get_snapshot()
         except StoreError as err:
@@ -401,7 +407,7 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
             await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(e))
         except StoreError as e:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
-        # encoding a big state is CPU-bound (most of a second at 10,000 servers): not on the loop
+        # encoding a state is CPU-bound and grows with the table: not on the loop
         state, table, digest = await asyncio.to_thread(
             lambda: (folded.state_json(), folded.table_json(), folded.table.digest())
         )
@@ -422,7 +428,7 @@ class RunningCoordinator:
     settings: CoordinatorSettings
     server: grpc.aio.Server
     port: int
-    store: EtcdEventStore
+    store: EventStore
     appender: Appender
     states: StateService
     service: CoordinatorService
@@ -453,7 +459,7 @@ class RunningCoordinator:
         log.info("stopped", head=self.appender.head)
 
 
-async def _watch_health(store: EtcdEventStore, servicer: HealthServicer, interval: float) -> None:
+async def _watch_health(store: EventStore, servicer: HealthServicer, interval: float) -> None:
     serving: bool | None = None
     while True:
         try:
@@ -474,7 +480,7 @@ async def _watch_health(store: EtcdEventStore, servicer: HealthServicer, interva
 
 
 async def _background(
-    appender: Appender, states: StateService, store: EtcdEventStore, servicer: HealthServicer, interval: float
+    appender: Appender, states: StateService, store: EventStore, servicer: HealthServicer, interval: float
 ) -> None:
     try:
         async with asyncio.TaskGroup() as tg:
@@ -503,7 +509,7 @@ async def serve_coordinator(settings: CoordinatorSettings) -> AsyncIterator[Runn
     await store.connect()
     leaders = EtcdLeaderStore(store)  # the election's own etcd connection (connects on first use)
     try:
-        appender = Appender(store, max_batch_events=settings.max_batch_events or store.max_batch_events)
+        appender = Appender(store, max_batch_events=settings.max_batch_events)
         states = StateService(
             store,
             snapshot_every=settings.snapshot_every,

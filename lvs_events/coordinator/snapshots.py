@@ -17,12 +17,12 @@ from dataclasses import dataclass
 import structlog
 
 from lvs_events import wire
+from lvs_events.coordinator.stores import Bounds, EventStore, SnapshotRecord
 from lvs_events.domain import codec
 from lvs_events.domain.render import render
 from lvs_events.domain.state import State, fold_all
 from lvs_events.domain.table import Table
 from lvs_events.errors import Compacted, LvsEventsError, StoreError
-from lvs_events.etcd.store import Bounds, EventStore, SnapshotRecord
 from lvs_events.pb.v1 import events_pb2 as pb
 
 log = structlog.get_logger(__name__)
@@ -102,8 +102,8 @@ class StateService:
             state = await self._fold_to(target, bounds)
             if self._latest is None or state.revision >= self._latest.revision:
                 self._latest = state
-            # CPU-bound on a big state (about 80 ms for 10,000 servers): off the event loop, which
-            # keeps acknowledging appends meanwhile (the state is immutable, the render pure)
+            # CPU-bound, growing with the table: off the event loop, which keeps acknowledging
+            # appends meanwhile (the state is immutable, the render pure)
             return Folded(state, await asyncio.to_thread(render, state), bounds)
 
     async def _fold_to(self, target: int, bounds: Bounds) -> State:
@@ -135,7 +135,7 @@ class StateService:
     async def _decode_snapshot(self, snap: SnapshotRecord) -> State:
         if self._snap_cache is not None and self._snap_cache[0] == snap.revision:
             return self._snap_cache[1]
-        try:  # a 10,000-server state takes about 0.35 s to decode: not on the event loop
+        try:  # CPU-bound, growing with the table: not on the event loop
             state = await asyncio.to_thread(codec.loads, State, snap.state)
         except ValueError as e:
             raise StoreError(f"snapshot at revision {snap.revision} does not decode: {e}") from e
@@ -177,7 +177,7 @@ class StateService:
         written: SnapshotRecord | None = None
         if bounds.head > current:
             folded = await self.state_at(bounds.head)
-            # encoding a 10,000-server state takes most of a second: in a thread, not on the loop
+            # CPU-bound, growing with the table: in a thread, not on the loop
             state_json, digest = await asyncio.to_thread(lambda: (folded.state_json(), folded.table.digest()))
             record = SnapshotRecord(folded.revision, state_json, digest)
             if await self.store.put_snapshot(record):

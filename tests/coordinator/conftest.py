@@ -12,7 +12,7 @@ import grpc.aio
 import pytest
 
 from lvs_events.coordinator.server import CoordinatorSettings, RunningCoordinator, serve_coordinator
-from lvs_events.etcd.store import EtcdEventStore
+from lvs_events.etcd.events import EtcdEventStore
 from lvs_events.pb.v1 import coordinator_pb2_grpc as cpb_grpc
 from tests.coordinator.helpers import CLUSTER
 from tests.support.etcd import EtcdCluster

@@ -9,7 +9,7 @@ import grpc.aio
 import pytest
 
 from lvs_events.errors import Fenced
-from lvs_events.etcd.store import EtcdEventStore
+from lvs_events.etcd.events import EtcdEventStore
 from lvs_events.pb.v1 import coordinator_pb2 as cpb
 from lvs_events.pb.v1 import coordinator_pb2_grpc as cpb_grpc
 from lvs_events.pb.v1 import events_pb2 as pb

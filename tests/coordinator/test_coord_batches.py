@@ -7,7 +7,8 @@ import asyncio
 from lvs_events.client import log as client_mod
 from lvs_events.coordinator import server
 from lvs_events.coordinator.appender import Appender
-from lvs_events.etcd.store import Appended, EtcdEventStore
+from lvs_events.etcd.events import EtcdEventStore
+from lvs_events.etcd.records import Appended
 from lvs_events.pb.v1 import coordinator_pb2 as cpb
 from tests.coordinator.helpers import CLUSTER, health_event, read_log
 

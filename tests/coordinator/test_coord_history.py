@@ -13,20 +13,20 @@ import grpc
 import pytest
 
 from lvs_events.coordinator.snapshots import StateService
-from lvs_events.etcd.store import EtcdEventStore
+from lvs_events.etcd.events import EtcdEventStore
 from tests.coordinator.conftest import fresh_cluster
 from tests.coordinator.helpers import health_event
 from tests.support.etcd import EtcdCluster
 
 
 async def _etcd_revision(store: EtcdEventStore) -> int:
-    resp = await store._kv.get(store.k_head)
+    resp = await store.connection.kv.get(store.keys.head)
     return int(resp.header.revision)
 
 
 async def _old_version_readable(store: EtcdEventStore, revision: int) -> bool:
     try:
-        await store._kv.get(store.k_head, revision=revision)
+        await store.connection.kv.get(store.keys.head, revision=revision)
     except grpc.aio.AioRpcError as e:
         if e.code() != grpc.StatusCode.OUT_OF_RANGE:  # only "compacted" means "not readable"
             raise

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from lvs_events.errors import Compacted, StoreError
-from lvs_events.etcd.store import EtcdEventStore
+from lvs_events.etcd.events import EtcdEventStore
 from tests.coordinator.conftest import fresh_cluster
 from tests.coordinator.helpers import health_event
 from tests.support.etcd import EtcdCluster
@@ -35,7 +35,8 @@ async def _read(store: EtcdEventStore, frm: int, to: int = 0) -> list[tuple[int,
 
 
 async def _count(store: EtcdEventStore, prefix: bytes) -> int:
-    resp = await store._kv.get(prefix, range_end=prefix[:-1] + bytes([prefix[-1] + 1]), count_only=True)
+    end = prefix[:-1] + bytes([prefix[-1] + 1])
+    resp = await store.connection.kv.get(prefix, range_end=end, count_only=True)
     return int(resp.count)
 
 
@@ -53,10 +54,10 @@ async def test_a_hole_in_the_log_is_reported(etcd: EtcdCluster) -> None:
     cluster = fresh_cluster()
     async with EtcdEventStore(etcd.endpoints, cluster, page_size=PAGE) as store:
         await _fill(store, 120, cluster)
-        await store._kv.delete(store.log_key(77))  # in the middle of a page
+        await store.connection.kv.delete(store.log_key(77))  # in the middle of a page
         with pytest.raises(StoreError, match="expected revision 77, found 78"):
             await _read(store, 1)
-        await store._kv.delete(store.log_key(120))  # the last entry: the page ends early
+        await store.connection.kv.delete(store.log_key(120))  # the last entry: the page ends early
         with pytest.raises(StoreError, match="expected revision 120, found nothing"):
             await _read(store, 100)
 
@@ -66,8 +67,8 @@ async def test_trim_removes_exactly_what_lies_below_first(etcd: EtcdCluster) -> 
     async with EtcdEventStore(etcd.endpoints, cluster, page_size=PAGE) as store:
         ids = await _fill(store, 400, cluster)
         assert await store.trim(256) == 255
-        assert await _count(store, store.k_log) == 145
-        assert await _count(store, store.k_ids) == 145
+        assert await _count(store, store.keys.log) == 145
+        assert await _count(store, store.keys.ids) == 145
         with pytest.raises(Compacted):
             await _read(store, 200)
         assert await _read(store, 256) == [(r, ids[r - 1]) for r in range(256, 401)]
@@ -75,9 +76,9 @@ async def test_trim_removes_exactly_what_lies_below_first(etcd: EtcdCluster) -> 
         # trim finds them from the bottom and finishes the job
         leftover = health_event("left-behind", cluster=cluster)
         leftover.revision = 3
-        await store._kv.put(store.log_key(3), leftover.SerializeToString())
-        await store._kv.put(store.id_key("left-behind"), b"3")
+        await store.connection.kv.put(store.log_key(3), leftover.SerializeToString())
+        await store.connection.kv.put(store.id_key("left-behind"), b"3")
         assert await store.trim(300) == 45
-        assert await _count(store, store.k_log) == 101
-        assert await _count(store, store.k_ids) == 101
+        assert await _count(store, store.keys.log) == 101
+        assert await _count(store, store.keys.ids) == 101
         assert await _read(store, 300) == [(r, ids[r - 1]) for r in range(300, 401)]

@@ -13,7 +13,8 @@ import pytest
 
 from lvs_events.coordinator.snapshots import StateService
 from lvs_events.errors import StoreError
-from lvs_events.etcd.store import EtcdEventStore, SnapshotRecord
+from lvs_events.etcd.events import EtcdEventStore
+from lvs_events.etcd.records import SnapshotRecord
 from lvs_events.pb.v1 import events_pb2 as pb
 from tests.coordinator.conftest import fresh_cluster
 from tests.coordinator.helpers import health_event
@@ -28,7 +29,7 @@ def _state(nbytes: int) -> bytes:
 
 
 async def _keys(store: EtcdEventStore, prefix: bytes) -> list[bytes]:
-    kv = store._kv
+    kv = store.connection.kv
     resp = await kv.get(prefix, range_end=prefix[:-1] + bytes([prefix[-1] + 1]), keys_only=True)
     return [bytes(k.key) for k in resp.kvs]
 
@@ -38,7 +39,7 @@ async def test_a_snapshot_over_the_etcd_request_limit_round_trips(etcd: EtcdClus
     record = SnapshotRecord(7, _state(3 * MIB), "d" * 64)
     async with EtcdEventStore(etcd.endpoints, cluster) as writer:
         assert await writer.put_snapshot(record)
-        chunks = await _keys(writer, writer.k_snapshots)
+        chunks = await _keys(writer, writer.keys.snapshots)
         assert len(chunks) >= 3  # random hex compresses to about half: still over 1.5 MiB
     async with EtcdEventStore(etcd.endpoints, cluster) as reader:  # nothing cached
         assert await reader.snapshot_revision() == 7
@@ -52,13 +53,13 @@ async def test_a_newer_snapshot_replaces_the_old_chunks_and_an_older_one_is_refu
     cluster = fresh_cluster()
     async with EtcdEventStore(etcd.endpoints, cluster) as store:
         assert await store.put_snapshot(SnapshotRecord(5, _state(MIB), "a" * 64))
-        first = await _keys(store, store.k_snapshots)
+        first = await _keys(store, store.keys.snapshots)
         assert await store.put_snapshot(SnapshotRecord(9, _state(MIB), "b" * 64))
-        second = await _keys(store, store.k_snapshots)
+        second = await _keys(store, store.keys.snapshots)
         assert second
         assert not set(first) & set(second)  # the revision-5 chunks are gone
         assert not await store.put_snapshot(SnapshotRecord(8, _state(MIB), "c" * 64))
-        assert await _keys(store, store.k_snapshots) == second  # the refused one left nothing
+        assert await _keys(store, store.keys.snapshots) == second  # the refused one left nothing
     async with EtcdEventStore(etcd.endpoints, cluster) as reader:
         got = await reader.get_snapshot()
     assert got is not None
@@ -69,22 +70,30 @@ async def test_a_damaged_chunk_is_an_error_not_a_wrong_state(etcd: EtcdCluster) 
     cluster = fresh_cluster()
     async with EtcdEventStore(etcd.endpoints, cluster) as store:
         assert await store.put_snapshot(SnapshotRecord(3, _state(MIB), "a" * 64))
-        key = (await _keys(store, store.k_snapshots))[0]
-        await store._kv.put(key, b"not what was written")
+        key = (await _keys(store, store.keys.snapshots))[0]
+        await store.connection.kv.put(key, b"not what was written")
     async with EtcdEventStore(etcd.endpoints, cluster) as reader:
         with pytest.raises(StoreError, match="sha256"):
             await reader.get_snapshot()
 
 
-async def test_a_format_1_snapshot_is_still_read(etcd: EtcdCluster) -> None:
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        b'{"revision":4,"state":{"a":1},"table_digest":"eeee"}',  # the state inline: no format 2
+        b'{"format":3,"encoding":"zlib","revision":4}',
+        b"[1, 2]",
+        b"not json",
+    ],
+)
+async def test_a_manifest_other_than_format_2_is_refused(etcd: EtcdCluster, manifest: bytes) -> None:
     cluster = fresh_cluster()
-    record = SnapshotRecord(4, b'{"a":1}', "e" * 64)
     async with EtcdEventStore(etcd.endpoints, cluster) as store:
-        await store._kv.put(store.k_snapshot, record.to_json())  # what earlier versions wrote
-        assert await store.snapshot_revision() == 4
-        assert await store.get_snapshot() == record
-        assert await store.put_snapshot(SnapshotRecord(6, _state(MIB), "f" * 64))
-        assert await store.snapshot_revision() == 6
+        await store.connection.kv.put(store.keys.snapshot, manifest)
+        with pytest.raises(StoreError, match="snapshot manifest"):
+            await store.snapshot_revision()
+        with pytest.raises(StoreError, match="snapshot manifest"):
+            await store.get_snapshot()
 
 
 def _big_config(cluster: str, virtuals: int, reals: int) -> pb.Event:

@@ -19,7 +19,8 @@ from lvs_events.domain.events import Event
 from lvs_events.domain.render import render
 from lvs_events.domain.state import State, fold_all
 from lvs_events.domain.table import table_from_json
-from lvs_events.etcd.store import EtcdEventStore, SnapshotRecord
+from lvs_events.etcd.events import EtcdEventStore
+from lvs_events.etcd.records import SnapshotRecord
 from lvs_events.pb.v1 import coordinator_pb2 as cpb
 from lvs_events.pb.v1 import coordinator_pb2_grpc as cpb_grpc
 from tests.coordinator.conftest import fresh_cluster

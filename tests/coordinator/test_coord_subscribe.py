@@ -11,7 +11,7 @@ import pytest
 from lvs_events.coordinator.server import RunningCoordinator
 from lvs_events.domain import codec
 from lvs_events.domain.state import State
-from lvs_events.etcd.store import EtcdEventStore
+from lvs_events.etcd.events import EtcdEventStore
 from lvs_events.pb.v1 import coordinator_pb2 as cpb
 from lvs_events.pb.v1 import coordinator_pb2_grpc as cpb_grpc
 from tests.coordinator.helpers import config_event, health_event, publish_all
