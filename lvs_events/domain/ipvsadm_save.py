@@ -26,55 +26,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 from lvs_events.domain.config import Family, Forwarding, Protocol, endpoint_text
-from lvs_events.domain.table import Dest, Service, Table
+from lvs_events.domain.table import Dest, Service, Table, sched_flag_bits, sched_flag_names
 
 __all__ = [
-    "SCHED_FLAG_BITS",
     "format_ipvsadm_save",
     "normalized_schedflags",
-    "sched_flag_bits",
-    "sched_flag_names",
     "sorted_like_ipvsadm",
 ]
 
-_SCHED1, _SCHED2, _SCHED3 = 0x0008, 0x0010, 0x0020  # IP_VS_SVC_F_SCHED1..3
-
-# ipvsadm's names for the scheduler flags (``-b``): sh and mh name the first two their own way.
-SCHED_FLAG_BITS: dict[str, int] = {
-    "flag-1": _SCHED1,
-    "flag-2": _SCHED2,
-    "flag-3": _SCHED3,
-    "sh-fallback": _SCHED1,
-    "sh-port": _SCHED2,
-    "mh-fallback": _SCHED1,
-    "mh-port": _SCHED2,
-}
-
 _FORWARD_SWITCH = {Forwarding.GATE: "-g", Forwarding.MASQ: "-m", Forwarding.IPIP: "-i"}
-
-
-def sched_flag_bits(flags: Iterable[str]) -> int:
-    """The IP_VS_SVC_F_SCHED* bits for flag names; ``ValueError`` on an unknown name."""
-    bits = 0
-    for name in flags:
-        try:
-            bits |= SCHED_FLAG_BITS[name]
-        except KeyError:
-            raise ValueError(f"unknown scheduler flag {name!r}") from None
-    return bits
-
-
-def sched_flag_names(scheduler: str, bits: int) -> tuple[str, ...]:
-    """The names ipvsadm prints for ``bits`` under ``scheduler``, in its order."""
-    prefix = scheduler if scheduler in ("sh", "mh") else None
-    names: list[str] = []
-    if bits & _SCHED1:
-        names.append(f"{prefix}-fallback" if prefix else "flag-1")
-    if bits & _SCHED2:
-        names.append(f"{prefix}-port" if prefix else "flag-2")
-    if bits & _SCHED3:
-        names.append("flag-3")
-    return tuple(names)
 
 
 def normalized_schedflags(scheduler: str, flags: Sequence[str]) -> tuple[str, ...]:

@@ -39,14 +39,16 @@ from lvs_events.domain.events import (
     Leadership,
     RealServerHealth,
 )
-from lvs_events.domain.ipvsadm_save import SCHED_FLAG_BITS, sched_flag_bits, sched_flag_names
 from lvs_events.domain.state import RealKey, State, effective_health
 from lvs_events.domain.table import (
+    SCHED_FLAG_BITS,
     Dest,
     Service,
     Table,
     dest_digest_part,
     digest_of_parts,
+    sched_flag_bits,
+    sched_flag_names,
     service_digest_frame,
 )
 

@@ -15,6 +15,46 @@ from lvs_events.domain.config import Family, Forwarding, Protocol, endpoint_text
 FORWARD_NAMES = {Forwarding.GATE: "Route", Forwarding.MASQ: "Masq", Forwarding.IPIP: "Tunnel"}
 
 
+# --- scheduler flags (``-b``; Service.schedflags) ------------------------------------------------
+
+_SCHED1, _SCHED2, _SCHED3 = 0x0008, 0x0010, 0x0020  # the kernel's IP_VS_SVC_F_SCHED1..3
+
+# ipvsadm's names for the scheduler flags (``-b``): sh and mh name the first two their own way.
+SCHED_FLAG_BITS: dict[str, int] = {
+    "flag-1": _SCHED1,
+    "flag-2": _SCHED2,
+    "flag-3": _SCHED3,
+    "sh-fallback": _SCHED1,
+    "sh-port": _SCHED2,
+    "mh-fallback": _SCHED1,
+    "mh-port": _SCHED2,
+}
+
+
+def sched_flag_bits(flags: Iterable[str]) -> int:
+    """The IP_VS_SVC_F_SCHED* bits for flag names; ``ValueError`` on an unknown name."""
+    bits = 0
+    for name in flags:
+        try:
+            bits |= SCHED_FLAG_BITS[name]
+        except KeyError:
+            raise ValueError(f"unknown scheduler flag {name!r}") from None
+    return bits
+
+
+def sched_flag_names(scheduler: str, bits: int) -> tuple[str, ...]:
+    """The names ipvsadm prints for ``bits`` under ``scheduler``, in its order."""
+    prefix = scheduler if scheduler in ("sh", "mh") else None
+    names: list[str] = []
+    if bits & _SCHED1:
+        names.append(f"{prefix}-fallback" if prefix else "flag-1")
+    if bits & _SCHED2:
+        names.append(f"{prefix}-port" if prefix else "flag-2")
+    if bits & _SCHED3:
+        names.append("flag-3")
+    return tuple(names)
+
+
 @dataclass(frozen=True, slots=True, order=True)
 class Dest:
     address: str

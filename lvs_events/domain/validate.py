@@ -41,7 +41,7 @@ def _need(cond: bool, field: str, expected: str, found: object) -> None:
         raise InvalidEvent(f"{field}: expected {expected}, found {found!r}")
 
 
-def validate_event(event: Event, *, max_bytes: int = MAX_EVENT_BYTES, size: int = 0) -> None:  # noqa: PLR0912
+def validate_event(event: Event, *, max_bytes: int = MAX_EVENT_BYTES, size: int = 0) -> None:  # noqa: PLR0912 -- one check per payload
     """Raise :class:`InvalidEvent` if ``event`` must not be appended. ``size``: its encoded size."""
     # The checks that format their expectation run it only on failure (this is the append path).
     if size > max_bytes:

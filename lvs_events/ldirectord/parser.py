@@ -378,7 +378,7 @@ class _Parser:
 
     # -- virtual blocks --------------------------------------------------------------------------
 
-    def virtual_block(self, raw: str, m: re.Match[str]) -> str | None:  # noqa: PLR0912
+    def virtual_block(self, raw: str, m: re.Match[str]) -> str | None:  # noqa: PLR0912 -- one branch per line kind
         """Read one block; return the line that ended it (to be read again), None at end of file."""
         line = self.pos
         af = Family.INET6 if m.group(1) else Family.INET

@@ -15,7 +15,8 @@ of its state (the snapshot codec) at every ``table``, as an agent recovering fro
 snapshot does, and folds the tail. ``table`` prints one table when both replicas render the same
 (``digest ... (master = slave)``), and both tables when they differ (a failure).
 
-Rewrite the expectations with ``UPDATE_GOLDEN=1 pytest tests/golden``.
+Rewrite the expectations with ``UPDATE_GOLDEN=1 pytest tests/golden`` (outside CI): the files that
+changed are rewritten and their tests fail, naming them; review the diff and run again.
 """
 
 from __future__ import annotations

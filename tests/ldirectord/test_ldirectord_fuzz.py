@@ -15,7 +15,7 @@ from lvs_events.ldirectord import ConfigError, StaticResolver, SystemResolver, f
 from .corpus import require_corpus
 from .mutate import mutations
 
-FUZZ_COUNT = 50_000  # per mode: 100,000 mutated corpus files in all (issue 3)
+FUZZ_COUNT = 50_000  # per mode: 100,000 mutated corpus files in all
 HARNESS = Path(__file__).with_name("ldirectord_harness.pl")
 LDIRECTORD = Path("/usr/sbin/ldirectord")
 

@@ -41,8 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lvs_events.domain.config import Family, Forwarding, Protocol
-from lvs_events.domain.ipvsadm_save import sched_flag_bits, sched_flag_names
-from lvs_events.domain.table import Dest, Service
+from lvs_events.domain.table import Dest, Service, sched_flag_bits, sched_flag_names
 
 __all__ = [
     "IpvsSocket",

@@ -556,8 +556,8 @@ def _tick_role(s: HaState, now: float, t: HaTiming) -> tuple[HaState, list[Actio
     if peer_silent(s, now, t) and s.heard_term >= s.leader_term:
         # Only a leader we heard active and then stopped hearing. One we never heard (we learned
         # it from etcd coming back from a partition, before the peer link reconnected) is alive
-        # as far as we know: taking over would flap the VIPs (the term rose by 2-3 after a heal).
-        # Should it die before we hear it, its lease expires and we campaign.
+        # as far as we know: taking over would move the VIPs off a live active for nothing, a new
+        # term each time. Should it die before we hear it, its lease expires and we campaign.
         return replace(s, inflight="takeover", handover_term=0), [*out, Takeover(s.leader_term)]
     return s, out
 
