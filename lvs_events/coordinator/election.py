@@ -28,7 +28,7 @@ import grpc.aio
 import structlog
 
 from lvs_events import wire
-from lvs_events.client.log import new_event_id
+from lvs_events.client.events import new_event_id
 from lvs_events.domain.events import Event, Leadership, LeadershipChange
 from lvs_events.errors import StoreError
 from lvs_events.etcd.store import Appended, EtcdLeaderStore, LeaderRecord
