@@ -14,9 +14,9 @@ import grpc.aio
 import pytest
 
 from lvs_events import wire
-from lvs_events.client.events import new_event
+from lvs_events.client.events import new_event, new_event_id
 from lvs_events.client.log import CoordinatorClient
-from lvs_events.domain.events import ConfigApplied, Event
+from lvs_events.domain.events import ConfigApplied, Event, format_event_id
 from lvs_events.domain.filters import EventFilter
 from lvs_events.domain.snapshot import Snapshot
 from lvs_events.errors import CoordinatorUnavailable
@@ -138,3 +138,13 @@ async def test_subscribe_sends_every_filter_and_since_then_resumes_after_the_las
     # resumed after revision 4: from 5, no new search for ``since``, the same filter
     assert (resumed.from_revision, resumed.since_wall_time) == (5, 0.0)
     assert list(resumed.types) == list(first.types)
+
+
+def test_event_ids_sort_by_time_and_differ_within_a_millisecond() -> None:
+    t = 1_764_429_600.123
+    same_ms = {new_event_id(t) for _ in range(200)}
+    assert len(same_ms) == 200
+    assert all(len(i) == 26 and i.isalnum() and i.isupper() for i in same_ms)
+    assert max(same_ms) < new_event_id(t + 0.01)
+    assert format_event_id(0, b"") == "0" * 26
+    assert format_event_id(1, b"\xff" * 10).startswith("000000000" + "1")
