@@ -51,7 +51,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Final, NoReturn, Self
@@ -467,7 +467,7 @@ class Subscription:
         self._snapshot = snapshot
         self.last_revision = max(0, from_revision - 1)
         self.head_revision = 0
-        self._gen: AsyncIterator[Event | Snapshot] | None = None
+        self._gen: AsyncGenerator[Event | Snapshot, None] | None = None
         self._call: grpc.aio.UnaryStreamCall[cpb.SubscribeRequest, cpb.SubscribeResponse] | None = None
 
     @property
@@ -491,7 +491,7 @@ class Subscription:
         if self._call is not None:
             self._call.cancel()
         gen = self._gen
-        if gen is not None and hasattr(gen, "aclose"):
+        if gen is not None:
             await gen.aclose()
 
     def _request(self) -> cpb.SubscribeRequest:
@@ -508,7 +508,7 @@ class Subscription:
             since_wall_time=0.0 if resumed else self._since,
         )
 
-    async def _items(self) -> AsyncIterator[Event | Snapshot]:  # noqa: PLR0912 -- one loop, many exits
+    async def _items(self) -> AsyncGenerator[Event | Snapshot, None]:  # noqa: PLR0912 -- one loop, many exits
         client = self._client
         attempt = _Attempt(client, "Subscribe", client.timeout)
         loop = asyncio.get_running_loop()
