@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -158,7 +160,18 @@ def test_a_filter_is_the_and_of_its_dimensions(log: list[Event], dims: dict[str,
     whole = EventFilter(**dims)
     parts = [EventFilter(**{k: v}) for k, v in dims.items()]
     for e in log:
-        assert whole(e) == all(p(e) for p in parts)
+        if not isinstance(e.payload, ConfigApplied):
+            assert whole(e) == all(p(e) for p in parts)
+            continue
+        # a configuration: one of its services must match the vip and the real dimensions together
+        service_wise = EventFilter(virtuals=dims["virtuals"], reals=dims["reals"])
+        one_service = any(
+            service_wise(replace(e, payload=ConfigApplied(Config(virtuals=(v,)))))
+            for v in e.payload.config.virtuals
+        )
+        head = EventFilter(types=dims["types"], nodes=dims["nodes"])
+        assert whole(e) == (head(e) and (service_wise.everything or one_service))
+        assert not whole(e) or all(p(e) for p in parts)
 
 
 @given(event_logs(max_size=20), _dims)
