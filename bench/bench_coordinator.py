@@ -213,13 +213,9 @@ async def publishers(
     """
     channels = [grpc.aio.insecure_channel(address) for _ in range(min(count, 4))]
     events = [[event(i, p) for i in range(per_publisher)] for p in range(count)]
-    if batch > 1 or window > 1:
-        requests = [
-            [cpb.PublishRequest(events=evs[i : i + batch]) for i in range(0, len(evs), batch)]
-            for evs in events
-        ]
-    else:
-        requests = [[cpb.PublishRequest(event=e) for e in evs] for evs in events]
+    requests = [
+        [cpb.PublishRequest(events=evs[i : i + batch]) for i in range(0, len(evs), batch)] for evs in events
+    ]
     latencies: list[float] = []
     start = asyncio.Event()
     in_flight = max(1, window // batch)
@@ -239,11 +235,11 @@ async def publishers(
             await call.done_writing()
 
         w = asyncio.create_task(writer())
-        for req in requests[p]:
+        for _ in requests[p]:
             ack = await call.read()
             t = time.perf_counter() - await sent.get()
             room.release()
-            acks = list(ack.acks) if req.events else [ack]
+            acks = list(ack.acks)
             latencies.extend([t] * len(acks))
             for a in acks:
                 if a.error_code:

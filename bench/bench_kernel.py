@@ -165,7 +165,8 @@ async def from_log(cfg: Config, n: int, m: int, changes: int, drift_interval: st
     from stack import Stack, environment_ok  # noqa: PLC0415 -- the VM job's layout
 
     from lvs_events import logs  # noqa: PLC0415
-    from lvs_events.client.log import CoordinatorClient, new_event  # noqa: PLC0415
+    from lvs_events.client.events import new_event  # noqa: PLC0415
+    from lvs_events.client.log import CoordinatorClient  # noqa: PLC0415
 
     logs.configure("json", "WARNING", stream=sys.stderr)  # stdout is the report
     why = environment_ok()

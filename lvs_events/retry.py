@@ -14,7 +14,10 @@ Invariants:
   ``[1 - jitter, 1]``: never more than ``cap``, never negative;
 * with a deadline, :meth:`Backoff.next_delay` never returns a delay that would end after it:
   it raises :class:`RetryDeadline` instead, so the caller fails with its own error in time;
-* :meth:`Backoff.reset` after a success starts the sequence again from ``initial``.
+* :meth:`Backoff.reset` after a success starts the sequence again from ``initial``;
+* :func:`call_over_endpoints` runs one call on an :class:`EndpointRing`'s current endpoint,
+  moving to the next after a retryable failure, until the call succeeds or the deadline would
+  be passed; every attempt has its own timeout, never past the deadline.
 
 Pure apart from the clock and the random source, both injectable (tests pass fixed ones).
 """
@@ -24,10 +27,15 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Final, TypeVar
 
-__all__ = ["Backoff", "EndpointRing", "RetryDeadline", "RetryPolicy"]
+__all__ = ["Backoff", "EndpointRing", "RetryDeadline", "RetryPolicy", "call_over_endpoints"]
+
+T = TypeVar("T")
+# The shortest timeout an attempt is given: an RPC with less would fail before reaching a server.
+MIN_ATTEMPT: Final = 0.05
 
 
 class RetryDeadline(Exception):
@@ -134,3 +142,50 @@ class EndpointRing:
         """``endpoint`` did not answer: move it behind the others (no-op if already moved)."""
         if self._order[0] == endpoint and len(self._order) > 1:
             self._order.append(self._order.pop(0))
+
+
+async def call_over_endpoints(
+    ring: EndpointRing,
+    attempt: Callable[[str, float], Awaitable[T]],
+    *,
+    policy: RetryPolicy,
+    within: float,
+    retryable: Callable[[Exception], bool],
+    attempt_timeout: float | None = None,
+    spread: bool = False,
+    on_failure: Callable[[str, Exception], None] | None = None,
+) -> T:
+    """``await attempt(endpoint, seconds)`` on ``ring.current`` until one returns, within
+    ``within`` seconds (on the running loop's clock).
+
+    An exception for which ``retryable`` is true moves the endpoint behind the others
+    (``ring.failed``), is reported to ``on_failure`` and is followed by ``policy``'s next delay;
+    any other exception propagates at once. When the next attempt would start past the
+    deadline, :class:`RetryDeadline` is raised from the last failure.
+
+    ``seconds``, the attempt's own timeout, is what is left of ``within``, at most
+    ``attempt_timeout``; with ``spread``, the first round divides what is left among the
+    endpoints not tried yet, so one unreachable endpoint cannot use up the whole deadline.
+    It is never below :data:`MIN_ATTEMPT`.
+    """
+    backoff = policy.start(within, clock=asyncio.get_running_loop().time)
+    n = len(ring.endpoints)
+    while True:
+        endpoint = ring.current
+        left = within if backoff.deadline is None else backoff.deadline - backoff.clock()
+        seconds = left / (n - backoff.failures) if spread and backoff.failures < n else left
+        if attempt_timeout is not None:
+            seconds = min(seconds, attempt_timeout)
+        try:
+            return await attempt(endpoint, max(MIN_ATTEMPT, seconds))
+        except Exception as e:
+            if not retryable(e):
+                raise
+            ring.failed(endpoint)
+            if on_failure is not None:
+                on_failure(endpoint, e)
+            try:
+                delay = backoff.next_delay()
+            except RetryDeadline as gave_up:
+                raise RetryDeadline(f"{gave_up}; the last from {endpoint}: {e}") from e
+            await asyncio.sleep(delay)

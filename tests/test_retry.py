@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lvs_events.retry import EndpointRing, RetryDeadline, RetryPolicy
+from lvs_events.retry import MIN_ATTEMPT, EndpointRing, RetryDeadline, RetryPolicy, call_over_endpoints
 
 
 class Clock:
@@ -84,3 +86,96 @@ def test_a_failed_endpoint_goes_behind_the_others_once() -> None:
     assert ring.endpoints == ("b:1", "c:1", "a:1")
     with pytest.raises(ValueError, match="endpoint"):
         EndpointRing([])
+
+
+class Down(Exception):
+    """A transient failure (retryable in these tests)."""
+
+
+class Refused(Exception):
+    """A final answer (not retryable)."""
+
+
+def _transient(e: Exception) -> bool:
+    return isinstance(e, Down)
+
+
+async def test_a_call_moves_past_failing_endpoints_and_the_next_call_starts_on_the_good_one() -> None:
+    ring = EndpointRing(["a:1", "b:1", "c:1"])
+    tried: list[tuple[str, float]] = []
+    failures: list[str] = []
+
+    async def attempt(endpoint: str, seconds: float) -> str:
+        tried.append((endpoint, seconds))
+        if endpoint != "c:1":
+            raise Down(endpoint)
+        return f"answer from {endpoint}"
+
+    policy = RetryPolicy(initial=0.01, cap=0.02, immediate=3)
+    got = await call_over_endpoints(
+        ring,
+        attempt,
+        policy=policy,
+        within=5.0,
+        retryable=_transient,
+        attempt_timeout=1.0,
+        on_failure=lambda ep, e: failures.append(ep),
+    )
+    assert got == "answer from c:1"
+    assert [ep for ep, _ in tried] == ["a:1", "b:1", "c:1"]
+    assert all(s == 1.0 for _, s in tried)  # attempt_timeout bounds each attempt
+    assert failures == ["a:1", "b:1"]
+    tried.clear()
+    await call_over_endpoints(ring, attempt, policy=policy, within=5.0, retryable=_transient)
+    assert [ep for ep, _ in tried] == ["c:1"]
+
+
+async def test_spread_shares_the_deadline_among_the_endpoints_not_tried_yet() -> None:
+    ring = EndpointRing(["a:1", "b:1", "c:1", "d:1"])
+    seconds: list[float] = []
+
+    async def attempt(endpoint: str, s: float) -> None:
+        seconds.append(s)
+        if endpoint != "d:1":
+            raise Down(endpoint)
+
+    policy = RetryPolicy(initial=0.01, cap=0.02, immediate=4)
+    await call_over_endpoints(ring, attempt, policy=policy, within=4.0, retryable=_transient, spread=True)
+    # 4 s over 4 endpoints, then what is left over 3, 2, 1 (failures are instant here)
+    assert [round(s, 1) for s in seconds] == [1.0, 1.3, 2.0, 4.0]
+
+
+async def test_a_final_answer_is_not_retried() -> None:
+    ring = EndpointRing(["a:1", "b:1"])
+    calls = 0
+
+    async def attempt(endpoint: str, seconds: float) -> None:
+        nonlocal calls
+        calls += 1
+        raise Refused(endpoint)
+
+    with pytest.raises(Refused):
+        await call_over_endpoints(ring, attempt, policy=RetryPolicy(), within=5.0, retryable=_transient)
+    assert calls == 1
+    assert ring.current == "a:1"
+
+
+async def test_the_deadline_ends_the_retries_with_the_last_failure_as_cause() -> None:
+    ring = EndpointRing(["a:1", "b:1"])
+    seconds: list[float] = []
+
+    async def attempt(endpoint: str, s: float) -> None:
+        seconds.append(s)
+        await asyncio.sleep(0.01)
+        raise Down(endpoint)
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(RetryDeadline) as err:
+        await call_over_endpoints(
+            ring, attempt, policy=RetryPolicy(initial=0.02, cap=0.05), within=0.3, retryable=_transient
+        )
+    assert loop.time() - started < 0.3 + 0.05  # never slept past the deadline
+    assert isinstance(err.value.__cause__, Down)
+    assert len(seconds) >= 3
+    assert min(seconds) >= MIN_ATTEMPT  # never below the floor, even near the deadline

@@ -28,9 +28,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from lvs_events.client.log import Snapshot
 from lvs_events.domain.events import Event, TableApplied
 from lvs_events.domain.render import TableRenderer, expiring_reals, touched_reals, virtual_positions
+from lvs_events.domain.snapshot import Snapshot
 from lvs_events.domain.state import RealKey, State, fold
 from lvs_events.domain.table import DestChanges, Service, ServiceChanges, Table, digest_of_parts
 

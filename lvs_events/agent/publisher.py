@@ -18,7 +18,8 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
-from lvs_events.client.log import Ack, CoordinatorClient, CoordinatorRejected, new_event
+from lvs_events.client.events import new_event
+from lvs_events.client.log import Ack, CoordinatorClient, CoordinatorRejected
 from lvs_events.domain.events import Event, Payload
 from lvs_events.errors import CoordinatorUnavailable
 from lvs_events.retry import RetryPolicy

@@ -49,8 +49,9 @@ from lvs_events.agent.health import HealthChecker, PublisherReporter
 from lvs_events.agent.maintenance import MaintenanceWatcher
 from lvs_events.agent.persist import StateStore
 from lvs_events.agent.publisher import Publisher
-from lvs_events.client.log import CoordinatorClient, Snapshot
+from lvs_events.client.log import CoordinatorClient
 from lvs_events.domain.events import ConfigApplied, Event, Payload
+from lvs_events.domain.snapshot import Snapshot
 from lvs_events.domain.state import State
 from lvs_events.domain.table import Op, Table
 from lvs_events.errors import CoordinatorUnavailable, DataplaneError

@@ -25,14 +25,16 @@ from typing import NoReturn
 import structlog
 
 from lvs_events.cli import views
+from lvs_events.client.events import new_event
 from lvs_events.client.ha import HaStatus, PeerUnavailable, SwitchoverFailed, ha_status, switchover
-from lvs_events.client.log import CoordinatorClient, CoordinatorRejected, Snapshot, new_event
-from lvs_events.client.log import Filters as ServerFilters
+from lvs_events.client.log import CoordinatorClient, CoordinatorRejected
 from lvs_events.domain.config import Config
 from lvs_events.domain.config_diff import diff_configs
 from lvs_events.domain.events import AdminAction, AdminOverride, ConfigApplied
+from lvs_events.domain.filters import EventFilter, InvalidFilter
 from lvs_events.domain.ipvsadm_save import format_ipvsadm_save
 from lvs_events.domain.render import render
+from lvs_events.domain.snapshot import Snapshot
 from lvs_events.domain.table import format_ipvsadm
 from lvs_events.domain.validate import validate_config
 from lvs_events.errors import CoordinatorUnavailable, InvalidEvent, LvsEventsError
@@ -61,13 +63,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster", default=os.environ.get("LVS_EVENTS_CLUSTER", "default"), help="cluster name")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    t = sub.add_parser("tail", help="the audit log: who changed what, when and why")
+    t = sub.add_parser(
+        "tail",
+        help="the audit log: who changed what, when and why",
+        description="Print the log. Filters are applied by the coordinator: a filter given twice "
+        "means either value, different filters must all match. --vip and --real also show the "
+        "ConfigApplied events whose configuration defines that service or server.",
+    )
     start = t.add_mutually_exclusive_group()
     start.add_argument("--rev", type=int, default=0, help="start at this log revision")
-    start.add_argument("--since", help="start at this time (ISO 8601, or a duration like 10m, 2h, 1d)")
+    start.add_argument(
+        "--since",
+        help="start at the first event of this time or later (ISO 8601, or a duration back "
+        "from now like 10m, 2h, 1d)",
+    )
     t.add_argument("-f", "--follow", action="store_true", help="keep printing new events as they come")
-    t.add_argument("--vip", action="append", default=[], help="only this virtual service (address or key)")
-    t.add_argument("--real", action="append", default=[], help="only this real server (address or ip:port)")
+    t.add_argument(
+        "--vip", action="append", default=[], help="only this virtual service (key, ip:port or IP)"
+    )
+    t.add_argument("--real", action="append", default=[], help="only this real server (ip:port or IP)")
     t.add_argument("--type", action="append", default=[], help="only this event type (e.g. RealServerHealth)")
     t.add_argument("--node", action="append", default=[], help="only events from or about this node")
     t.add_argument("-o", "--output", choices=["text", "json"], default="text")
@@ -194,22 +208,13 @@ def _full_key(text: str) -> str:
 
 async def _tail(client: CoordinatorClient, args: argparse.Namespace) -> int:
     since = parse_since(args.since, time.time()) if args.since else 0.0
-    local = views.Filters(
-        types=frozenset(args.type),
-        nodes=frozenset(args.node),
-        virtuals=frozenset(args.vip),
-        reals=frozenset(args.real),
-        since=since,
-    )
-    server = ServerFilters(types=tuple(args.type))
+    wanted = EventFilter(types=args.type, nodes=args.node, virtuals=args.vip, reals=args.real)
     out = sys.stdout
-    async with client.subscribe(args.rev, follow=args.follow, filters=server) as sub:
+    async with client.subscribe(args.rev, follow=args.follow, filters=wanted, since=since) as sub:
         async for item in sub:
             if isinstance(item, Snapshot):
                 if args.output == "text":
                     out.write(f"# events up to revision {item.revision} were compacted into a snapshot\n")
-                continue
-            if not local.match(item):
                 continue
             out.write((views.event_json(item) if args.output == "json" else views.event_line(item)) + "\n")
             out.flush()
@@ -462,7 +467,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(0)
     except CoordinatorUnavailable as e:
         _fail(EXIT_UNAVAILABLE, str(e).splitlines()[0])
-    except (UsageError, InvalidEvent, ConfigError) as e:
+    except (UsageError, InvalidEvent, InvalidFilter, ConfigError) as e:
         _fail(EXIT_USAGE, str(e))
     except LvsEventsError as e:
         _fail(EXIT_FAILED, str(e).splitlines()[0])

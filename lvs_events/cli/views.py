@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable
-from dataclasses import dataclass
 
 from lvs_events.domain import codec
 from lvs_events.domain.events import (
@@ -87,44 +85,6 @@ def event_json(event: Event) -> str:
         },
         sort_keys=True,
     )
-
-
-@dataclass(frozen=True, slots=True)
-class Filters:
-    types: frozenset[str] = frozenset()
-    nodes: frozenset[str] = frozenset()
-    virtuals: frozenset[str] = frozenset()
-    reals: frozenset[str] = frozenset()
-    since: float = 0.0
-
-    def match(self, e: Event) -> bool:
-        p = e.payload
-        if self.types and e.type_name not in self.types:
-            return False
-        if self.since and e.wall_time < self.since:
-            return False
-        if self.nodes:
-            node = getattr(p, "observer", None) or getattr(p, "node", None)
-            if e.origin not in self.nodes and node not in self.nodes:
-                return False
-        if self.virtuals and not _vip_match(getattr(p, "virtual", None), self.virtuals):
-            return False
-        return not (self.reals and not _real_match(getattr(p, "real", None), self.reals))
-
-
-def _vip_match(key: str | None, wanted: Iterable[str]) -> bool:
-    """``--vip 203.0.113.10`` matches every service on that address; a full key matches exactly."""
-    if key is None:
-        return False
-    return any(
-        w == key or key.split(" ", 1)[-1].startswith(w.rstrip(":") + ":") or key.endswith(w) for w in wanted
-    )
-
-
-def _real_match(key: str | None, wanted: Iterable[str]) -> bool:
-    if key is None:
-        return False
-    return any(w == key or key.startswith(w + ":") or key.startswith(f"[{w}]:") for w in wanted)
 
 
 def status_text(state: State, head: int, now_digest: str) -> str:

@@ -8,12 +8,12 @@ Operator API (for ``lvs-events status`` / ``lvs-events switchover``)::
     st = await ha_status(["10.0.0.1:7420", "10.0.0.2:7420"])      # -> HaStatus
     rep = await switchover(["10.0.0.1:7420"], to="lb2")            # -> SwitchoverReport
 
-Every call has a deadline; a coordinator that does not answer is skipped for the next one.
+Every call has a deadline; a coordinator that does not answer is skipped for the next one
+(the shared failover of :mod:`lvs_events.retry`: an endpoint ring, one backoff policy).
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -25,6 +25,7 @@ import grpc.aio
 from lvs_events.errors import CoordinatorUnavailable, LvsEventsError
 from lvs_events.pb.v1 import leadership_pb2 as lpb
 from lvs_events.pb.v1 import leadership_pb2_grpc as lpb_grpc
+from lvs_events.retry import EndpointRing, RetryDeadline, RetryPolicy, call_over_endpoints
 
 __all__ = [
     "ElectionReply",
@@ -45,6 +46,10 @@ _RETRYABLE: Final = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
 )
 T = TypeVar("T")
+# After the first round over the coordinators (at once), retries wait 20 ms doubling to 1 s: an
+# election call's deadline is about a second, and a leader watch must come back quickly.
+_BACKOFF_INITIAL: Final = 0.02
+_BACKOFF_CAP: Final = 1.0
 
 
 class PeerUnavailable(LvsEventsError):
@@ -81,6 +86,16 @@ class KeepAliveReply:
     leader: LeaderInfo
 
 
+def _retryable(e: Exception) -> bool:
+    return isinstance(e, grpc.aio.AioRpcError) and e.code() in _RETRYABLE
+
+
+def _describe(e: Exception) -> str:
+    if isinstance(e, grpc.aio.AioRpcError):
+        return f"{e.code().name} {e.details() or ''}".strip()
+    return str(e) or type(e).__name__
+
+
 def _leader(msg: lpb.LeaderInfo) -> LeaderInfo:
     return LeaderInfo(msg.node, msg.term, msg.lease_id, msg.address, msg.revision)
 
@@ -95,7 +110,10 @@ class LeaderElectionClient:
         self.endpoints = tuple(endpoints)
         self.timeout = timeout
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._preferred = 0
+        self._ring = EndpointRing(self.endpoints)
+        self._policy = RetryPolicy(
+            initial=_BACKOFF_INITIAL, cap=_BACKOFF_CAP, immediate=len(self._ring.endpoints)
+        )
 
     async def close(self) -> None:
         channels, self._channels = self._channels, {}
@@ -118,28 +136,30 @@ class LeaderElectionClient:
         fn: Callable[[lpb_grpc.LeaderElectionAsyncStub, float], Awaitable[T]],
         within: float | None,
     ) -> T:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + (within or self.timeout)
         last = "no attempt"
-        n = len(self.endpoints)
-        for i in range(2 * n):
-            endpoint = self.endpoints[(self._preferred + i) % n]
-            left = deadline - loop.time()
-            if left <= 0.005:
-                break
-            # share what is left among the endpoints not tried yet in this round: an unreachable
-            # one (a partitioned coordinator) must not use up the whole deadline
-            per = left / (n - i % n) if i < n else left
-            try:
-                result = await fn(self._stub(endpoint), max(0.05, per))
-            except grpc.aio.AioRpcError as e:
-                if e.code() not in _RETRYABLE:
-                    raise LvsEventsError(f"{what}: {e.code().name}: {e.details()}") from e
-                last = f"{endpoint}: {e.code().name} {e.details() or ''}".strip()
-                continue
-            self._preferred = (self._preferred + i) % n
-            return result
-        raise CoordinatorUnavailable(f"{what}: no coordinator answered in time (last: {last})")
+
+        async def attempt(endpoint: str, seconds: float) -> T:
+            return await fn(self._stub(endpoint), seconds)
+
+        def failed(endpoint: str, e: Exception) -> None:
+            nonlocal last
+            last = f"{endpoint}: {_describe(e)}"
+
+        try:
+            # spread: an unreachable coordinator (partitioned) must not use up the whole deadline
+            return await call_over_endpoints(
+                self._ring,
+                attempt,
+                policy=self._policy,
+                within=within or self.timeout,
+                retryable=_retryable,
+                spread=True,
+                on_failure=failed,
+            )
+        except grpc.aio.AioRpcError as e:
+            raise LvsEventsError(f"{what}: {e.code().name}: {e.details()}") from e
+        except RetryDeadline as e:
+            raise CoordinatorUnavailable(f"{what}: no coordinator answered in time (last: {last})") from e
 
     async def campaign(
         self, node: str, ttl: int, address: str = "", *, within: float | None = None
@@ -189,26 +209,28 @@ class LeaderElectionClient:
 
         return await self._call("get leader", call, within)
 
-    async def observe(self, *, max_age: float = 300.0) -> AsyncIterator[LeaderInfo]:
-        """The leader, then each change; reconnects to the next coordinator when a stream breaks
-        (the current leader is sent again first). Runs until cancelled."""
-        n = len(self.endpoints)
-        i = self._preferred
-        failures = 0
+    async def watch_leader(self, *, max_age: float = 300.0) -> AsyncIterator[LeaderInfo]:
+        """The leader, then each change, from the election's ``Observe`` stream; runs until
+        cancelled. A stream is renewed after ``max_age`` seconds on the same coordinator; a
+        broken one moves to the next coordinator, with backoff while none answers (the current
+        leader is sent again first on every new stream)."""
+        backoff = RetryPolicy(initial=_BACKOFF_INITIAL, cap=_BACKOFF_CAP, immediate=1).start()
         while True:
-            endpoint = self.endpoints[i % n]
+            endpoint = self._ring.current
             call = self._stub(endpoint).Observe(lpb.GetLeaderRequest(), timeout=max_age)
+            renewed = False
             try:
                 async for msg in call:
-                    failures = 0
+                    backoff.reset()
                     yield _leader(msg)
             except grpc.aio.AioRpcError as e:
-                if e.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
-                    failures += 1
-                    i += 1
+                renewed = e.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                if not renewed:
+                    self._ring.failed(endpoint)
             finally:
                 call.cancel()
-            await asyncio.sleep(min(1.0, 0.02 * 2 ** min(failures, 6)))
+            if not renewed:  # a broken stream, or one the coordinator ended
+                await backoff.sleep()
 
 
 # --- the Peer service, as operators call it -----------------------------------------------------

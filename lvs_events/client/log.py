@@ -3,10 +3,12 @@
 It speaks domain types only (``lvs_events.domain``): conversion to and from protobuf happens
 here, at the edge (``lvs_events.wire``); nothing it returns is a protobuf message.
 
-Failover. The client holds a list of coordinator endpoints (``host:port``) and uses one at a
-time. When a call fails with a transient status (UNAVAILABLE, DEADLINE_EXCEEDED, ...), it moves
-to the next endpoint, with exponential backoff and jitter, until the call's deadline; then it
-raises :class:`~lvs_events.errors.CoordinatorUnavailable` with a one-line message.
+Failover. The client holds a ring of coordinator endpoints (``host:port``,
+:class:`~lvs_events.retry.EndpointRing`) and uses one at a time. When a call fails with a
+transient status (UNAVAILABLE, DEADLINE_EXCEEDED, ...), it moves to the next endpoint, the
+first time at once and then with exponential backoff and jitter (:mod:`lvs_events.retry`),
+until the call's deadline; then it raises :class:`~lvs_events.errors.CoordinatorUnavailable`
+with a one-line message.
 
 Deadlines. Every RPC has one: unary calls ``attempt_timeout`` per attempt within ``timeout``
 overall; the long-lived streams (``Publish``, ``Subscribe`` with ``follow``) a gRPC deadline of
@@ -17,8 +19,7 @@ Dead connections under a quiet following stream are found by HTTP/2 keepalive pi
 (the coordinator accepts pings every 5 s or more), and at the latest by ``stream_max_age``.
 
 Batches. ``publish`` sends its events in batch requests (``PublishRequest.events``, up to
-``batch_events`` events or about ``batch_bytes`` each), answered by one ack message per request;
-against a coordinator that predates batches it falls back to one event per request.
+``batch_events`` events or about ``batch_bytes`` each), answered by one ack message per request.
 
 Exactly once. ``publish`` keeps one long-lived bidirectional ``Publish`` stream. If it breaks,
 the events not yet acknowledged are sent again, with the same ``event_id``, on the next endpoint;
@@ -29,10 +30,16 @@ No gap, no duplicate. ``subscribe`` remembers the last revision it yielded; afte
 stream it resumes from the next revision on another endpoint and drops anything at or below
 the last one yielded.
 
+Filters. ``subscribe(filters=EventFilter(...))`` sends the filter to the coordinator, which
+applies it (:mod:`lvs_events.domain.filters`): only matching events cross the wire.
+``subscribe(since=t)`` starts at the first revision whose event's wall time is ``t`` or later;
+the coordinator finds it, nothing older is sent.
+
 Typical use::
 
     async with CoordinatorClient(["10.0.0.1:7400", "10.0.0.2:7400"]) as client:
-        acks = await client.publish([new_event(payload, cluster="c", origin="lb1", actor="lvs-agent")])
+        event = new_event(payload, cluster="c", origin="lb1", actor="lvs-agent")  # lvs_events.client.events
+        acks = await client.publish([event])
         view = await client.get_state()
         async with client.subscribe(from_revision=view.revision + 1, follow=True) as sub:
             async for item in sub:
@@ -43,10 +50,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import random
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Final, NoReturn, Self
@@ -56,25 +61,18 @@ import structlog
 
 from lvs_events import wire
 from lvs_events.domain import codec
-from lvs_events.domain.events import Event, Payload
+from lvs_events.domain.events import Event
+from lvs_events.domain.filters import EventFilter
+from lvs_events.domain.snapshot import Snapshot, StateView
 from lvs_events.domain.state import State
 from lvs_events.domain.table import Table, table_from_json
 from lvs_events.errors import CoordinatorUnavailable, InvalidEvent, LvsEventsError
 from lvs_events.pb.v1 import coordinator_pb2 as cpb
 from lvs_events.pb.v1 import coordinator_pb2_grpc as cpb_grpc
 from lvs_events.pb.v1 import events_pb2 as pb
+from lvs_events.retry import EndpointRing, RetryDeadline, RetryPolicy, call_over_endpoints
 
-__all__ = [
-    "Ack",
-    "CoordinatorClient",
-    "CoordinatorRejected",
-    "Filters",
-    "Snapshot",
-    "StateView",
-    "Subscription",
-    "new_event",
-    "new_event_id",
-]
+__all__ = ["Ack", "CoordinatorClient", "CoordinatorRejected", "Subscription"]
 
 log = structlog.get_logger("lvs_events.client.log")
 
@@ -128,88 +126,6 @@ class Ack:
         return not self.error_code
 
 
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """A folded state standing in for every event up to ``revision`` (sent when the requested
-    start of a subscription was compacted away, or by the agent's own resync)."""
-
-    revision: int
-    state: State
-    table_digest: str
-
-
-@dataclass(frozen=True, slots=True)
-class StateView:
-    """``GetState``: the folded state and its rendered table at ``revision``."""
-
-    revision: int
-    state: State
-    table: Table
-    table_digest: str
-    head_revision: int
-    first_revision: int
-
-
-@dataclass(frozen=True, slots=True)
-class Filters:
-    """Server-side subscription filters; empty tuples mean "all". Values are ORed within a field
-    and ANDed across fields. ``types`` are payload type names (``"RealServerHealth"``)."""
-
-    types: tuple[str, ...] = ()
-    nodes: tuple[str, ...] = ()
-    virtuals: tuple[str, ...] = ()
-    reals: tuple[str, ...] = ()
-
-    @property
-    def empty(self) -> bool:
-        return not (self.types or self.nodes or self.virtuals or self.reals)
-
-
-# --- events -----------------------------------------------------------------------------------
-
-_CROCKFORD: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-
-
-def new_event_id(now: float | None = None) -> str:
-    """A fresh, ULID-like event id: 26 characters of Crockford base32, 48 bits of milliseconds
-    then 80 random bits. Ids sort by creation time; collisions are negligible."""
-    ms = int((time.time() if now is None else now) * 1000) & ((1 << 48) - 1)
-    value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
-
-
-def new_event(
-    payload: Payload,
-    *,
-    cluster: str,
-    origin: str,
-    actor: str,
-    reason: str = "",
-    term: int = 0,
-    wall_time: float | None = None,
-    event_id: str | None = None,
-) -> Event:
-    """An :class:`Event` ready to publish: fresh ``event_id``, wall time now, revision 0.
-
-    Keep the returned value to retry it: publishing the same event again is a no-op in the log.
-    """
-    now = time.time() if wall_time is None else wall_time
-    return Event(
-        event_id=event_id or new_event_id(now),
-        cluster=cluster,
-        origin=origin,
-        actor=actor,
-        reason=reason,
-        wall_time=now,
-        payload=payload,
-        term=term,
-    )
-
-
 # --- the client -------------------------------------------------------------------------------
 
 
@@ -217,44 +133,33 @@ class _StreamEnded(Exception):
     """The server closed a stream we expected more from."""
 
 
-class _NoBatches(Exception):
-    """The coordinator does not know batch Publish requests (an older version)."""
-
-
 class _Attempt:
-    """Failover bookkeeping for one logical call: deadline, backoff, last error."""
+    """Failover bookkeeping for one logical streaming call (Publish, Subscribe): the client's
+    endpoint ring, one :class:`~lvs_events.retry.Backoff` to the call's deadline, the last error.
+    Unary calls use :func:`~lvs_events.retry.call_over_endpoints` instead."""
 
     def __init__(self, client: CoordinatorClient, what: str, timeout: float) -> None:
         self.client = client
         self.what = what
-        self.deadline = asyncio.get_running_loop().time() + timeout
         self.timeout = timeout
-        self.failures = 0
+        self.backoff = client.retry_policy.start(timeout, clock=asyncio.get_running_loop().time)
         self.last_error = ""
 
     def remaining(self) -> float:
-        return self.deadline - asyncio.get_running_loop().time()
+        left = self.backoff.remaining()
+        return self.timeout if left is None else left
 
     async def failed(self, endpoint: str, error: str) -> None:
         """Record a transient failure on ``endpoint``, move to the next one and back off;
-        raise CoordinatorUnavailable when the deadline has passed."""
-        self.failures += 1
+        raise CoordinatorUnavailable when the next attempt would start past the deadline."""
         self.last_error = f"{endpoint}: {error}"
-        log.info(
-            "coordinator.failover", what=self.what, endpoint=endpoint, error=error, failures=self.failures
-        )
-        self.client._rotate(endpoint)
-        delay = self.client._backoff(self.failures)
-        if self.remaining() <= delay:
-            raise CoordinatorUnavailable(self.unavailable_message())
+        self.client._failed_over(self.what, endpoint, error)
+        try:
+            delay = self.backoff.next_delay()
+        except RetryDeadline as e:
+            message = _unavailable(self.client, self.what, self.timeout, self.last_error)
+            raise CoordinatorUnavailable(message) from e
         await asyncio.sleep(delay)
-
-    def unavailable_message(self) -> str:
-        eps = ",".join(self.client.endpoints)
-        return (
-            f"no coordinator answered {self.what} within {self.timeout:g}s "
-            f"(endpoints {eps}; last error {self.last_error or 'none'})"
-        )
 
 
 class CoordinatorClient:
@@ -287,11 +192,10 @@ class CoordinatorClient:
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout
         self.stream_max_age = stream_max_age
-        self.backoff_initial = backoff_initial
-        self.backoff_max = backoff_max
+        # the first failover is immediate (another endpoint may well be fine), then the delays grow
+        self.retry_policy = RetryPolicy(initial=backoff_initial, cap=backoff_max, jitter=0.5, immediate=1)
         self.batch_events = max(1, batch_events)
         self.batch_bytes = batch_bytes
-        self._batch_requests = True  # False after meeting a coordinator that predates batches
         self._options: list[tuple[str, int]] = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -306,7 +210,7 @@ class CoordinatorClient:
                 ("grpc.keepalive_permit_without_calls", 0),
                 ("grpc.http2.max_pings_without_data", 0),
             ]
-        self._current = 0
+        self._ring = EndpointRing(self.endpoints)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._pub_lock = asyncio.Lock()
         self._pub_call: grpc.aio.StreamStreamCall[cpb.PublishRequest, cpb.PublishAck] | None = None
@@ -335,19 +239,13 @@ class CoordinatorClient:
     @property
     def endpoint(self) -> str:
         """The endpoint currently in use."""
-        return self.endpoints[self._current]
+        return self._ring.current
 
-    def _rotate(self, failed: str) -> None:
-        """Move past ``failed`` (if it is still the current endpoint: concurrent calls fail over once)."""
-        if self.endpoints[self._current] == failed:
-            self._current = (self._current + 1) % len(self.endpoints)
-
-    def _backoff(self, failures: int) -> float:
-        """No wait for the first failover (another endpoint may be fine), then exponential with jitter."""
-        if failures < 2:
-            return 0.0
-        base = min(self.backoff_max, self.backoff_initial * 2.0 ** (failures - 2))
-        return base * random.uniform(0.5, 1.0)
+    def _failed_over(self, what: str, endpoint: str, error: str) -> None:
+        """``endpoint`` failed ``what`` transiently: the next call starts on the next endpoint
+        (once, however many concurrent calls saw the same failure)."""
+        log.info("coordinator.failover", what=what, endpoint=endpoint, error=error)
+        self._ring.failed(endpoint)
 
     def _channel(self, endpoint: str) -> grpc.aio.Channel:
         if self._closed:
@@ -365,21 +263,36 @@ class CoordinatorClient:
 
     async def get_state(self, revision: int = 0, *, within: float | None = None) -> StateView:
         """The folded state and rendered table at ``revision`` (0: the newest)."""
-        attempt = _Attempt(self, "GetState", within or self.timeout)
-        while True:
-            endpoint = self.endpoint
-            stub = self._stub(endpoint)
-            try:
-                resp = await stub.GetState(
-                    cpb.GetStateRequest(revision=revision),
-                    timeout=max(0.05, min(self.attempt_timeout, attempt.remaining())),
-                )
-            except grpc.aio.AioRpcError as e:
-                _raise_unless_retryable(e)
-                await attempt.failed(endpoint, _describe(e))
-                continue
-            # decoding a big state is CPU-bound (0.35 s at 10,000 servers): not on the event loop
-            return await asyncio.to_thread(_state_view, resp)
+        request = cpb.GetStateRequest(revision=revision)
+        timeout = within or self.timeout
+
+        async def call(endpoint: str, seconds: float) -> cpb.GetStateResponse:
+            resp: cpb.GetStateResponse = await self._stub(endpoint).GetState(request, timeout=seconds)
+            return resp
+
+        last_error = ""
+
+        def failed(endpoint: str, e: Exception) -> None:
+            nonlocal last_error
+            last_error = f"{endpoint}: {_describe(e)}"
+            self._failed_over("GetState", endpoint, _describe(e))
+
+        try:
+            resp = await call_over_endpoints(
+                self._ring,
+                call,
+                policy=self.retry_policy,
+                within=timeout,
+                retryable=_retryable,
+                attempt_timeout=self.attempt_timeout,
+                on_failure=failed,
+            )
+        except grpc.aio.AioRpcError as e:  # not retryable: the coordinator refused
+            raise CoordinatorRejected(e.code().name, e.details() or "") from e
+        except RetryDeadline as e:
+            raise CoordinatorUnavailable(_unavailable(self, "GetState", timeout, last_error)) from e
+        # decoding a big state is CPU-bound: not on the event loop
+        return await asyncio.to_thread(_state_view, resp)
 
     # -- Publish -------------------------------------------------------------------------------
 
@@ -406,11 +319,6 @@ class CoordinatorClient:
                     requests = self._requests([msgs[i] for i in pending])
                     async with asyncio.timeout(max(0.05, min(self.attempt_timeout, attempt.remaining()))):
                         await self._exchange(call, requests, acks)
-                except _NoBatches:
-                    self._drop_publish_stream()
-                    log.info("coordinator.publish.no_batches", endpoint=endpoint)
-                    self._batch_requests = False  # an older coordinator: one event per request
-                    continue
                 except (grpc.aio.AioRpcError, _StreamEnded, TimeoutError) as e:
                     self._drop_publish_stream()
                     if isinstance(e, grpc.aio.AioRpcError):
@@ -429,11 +337,8 @@ class CoordinatorClient:
             return [acks[e.event_id] for e in events]
 
     def _requests(self, msgs: list[pb.Event]) -> list[tuple[cpb.PublishRequest, list[str]]]:
-        """The Publish requests for ``msgs``: batches (``events``) of up to ``batch_events``
-        events and about ``batch_bytes``, or one event each for a coordinator without batches.
-        Each with the event ids it carries, in order."""
-        if not self._batch_requests:
-            return [(cpb.PublishRequest(event=m), [m.event_id]) for m in msgs]
+        """The Publish requests for ``msgs``: batches of up to ``batch_events`` events and about
+        ``batch_bytes``, each with the event ids it carries, in order."""
         out: list[tuple[cpb.PublishRequest, list[str]]] = []
         chunk: list[pb.Event] = []
         nbytes = 0
@@ -488,23 +393,21 @@ class CoordinatorClient:
             except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
                 call.cancel()  # the reader sees the failure and reports it
 
-        failure: grpc.aio.AioRpcError | _StreamEnded | _NoBatches | None = None
+        failure: grpc.aio.AioRpcError | _StreamEnded | None = None
         async with asyncio.TaskGroup() as tg:
             task = tg.create_task(writer())
             try:
-                for req, ids in requests:
+                for _, ids in requests:
                     resp = await call.read()
                     if not isinstance(resp, cpb.PublishAck):  # grpc.aio.EOF
                         _publish_ended()
-                    if req.events and not resp.acks:  # an older coordinator: it saw no event
-                        _no_batches()
-                    for one in resp.acks if req.events else (resp,):
+                    for one in resp.acks:
                         acks[one.event_id] = Ack(
                             one.event_id, one.revision, one.duplicate, one.error_code, one.error
                         )
-                    if req.events and len(resp.acks) != len(ids):
+                    if len(resp.acks) != len(ids):  # a reply that is not this request's answer
                         _publish_ended()
-            except (grpc.aio.AioRpcError, _StreamEnded, _NoBatches) as e:
+            except (grpc.aio.AioRpcError, _StreamEnded) as e:
                 failure = e  # raised below, outside the group (which would wrap it)
                 task.cancel()
                 call.cancel()
@@ -518,15 +421,27 @@ class CoordinatorClient:
         from_revision: int = 0,
         *,
         follow: bool = False,
-        filters: Filters | None = None,
+        filters: EventFilter | None = None,
+        since: float = 0.0,
         snapshot_if_compacted: bool = True,
     ) -> Subscription:
         """The log from ``from_revision`` (0: from the start, or the snapshot), as an async
         iterator of :class:`Event` and :class:`Snapshot` items. Without ``follow`` it ends at the
         head; with ``follow`` it goes on with new events. It resumes on another endpoint after a
         failure, with no gap and no duplicate, and raises CoordinatorUnavailable when no endpoint
-        has answered for ``timeout`` seconds."""
-        return Subscription(self, from_revision, follow, filters or Filters(), snapshot_if_compacted)
+        has answered for ``timeout`` seconds.
+
+        ``filters``: only the events it matches are sent (the coordinator applies it).
+        ``since`` (unix seconds, 0: unset): start instead at the first revision, at or after
+        ``from_revision``, whose event's wall time is ``since`` or later."""
+        return Subscription(
+            self,
+            from_revision,
+            follow=follow,
+            filters=filters or EventFilter(),
+            since=since,
+            snapshot=snapshot_if_compacted,
+        )
 
 
 class Subscription:
@@ -535,16 +450,24 @@ class Subscription:
     (``last_revision >= head_revision``: caught up). Close it with :meth:`aclose` or ``async with``."""
 
     def __init__(
-        self, client: CoordinatorClient, from_revision: int, follow: bool, filters: Filters, snapshot: bool
+        self,
+        client: CoordinatorClient,
+        from_revision: int,
+        *,
+        follow: bool,
+        filters: EventFilter,
+        since: float,
+        snapshot: bool,
     ) -> None:
         self._client = client
         self._from = from_revision
         self._follow = follow
         self._filters = filters
+        self._since = since
         self._snapshot = snapshot
         self.last_revision = max(0, from_revision - 1)
         self.head_revision = 0
-        self._gen: AsyncIterator[Event | Snapshot] | None = None
+        self._gen: AsyncGenerator[Event | Snapshot, None] | None = None
         self._call: grpc.aio.UnaryStreamCall[cpb.SubscribeRequest, cpb.SubscribeResponse] | None = None
 
     @property
@@ -568,23 +491,24 @@ class Subscription:
         if self._call is not None:
             self._call.cancel()
         gen = self._gen
-        if gen is not None and hasattr(gen, "aclose"):
+        if gen is not None:
             await gen.aclose()
 
     def _request(self) -> cpb.SubscribeRequest:
-        start = self.last_revision + 1 if self.last_revision > 0 else self._from
+        resumed = self.last_revision > 0  # a resumed stream starts after what was yielded: no search
         f = self._filters
         return cpb.SubscribeRequest(
-            from_revision=start,
+            from_revision=self.last_revision + 1 if resumed else self._from,
             follow=self._follow,
-            types=list(f.types),
-            nodes=list(f.nodes),
-            virtuals=list(f.virtuals),
-            reals=list(f.reals),
+            types=sorted(f.types),
+            nodes=sorted(f.nodes),
+            virtuals=sorted(f.virtuals),
+            reals=sorted(f.reals),
             snapshot_if_compacted=self._snapshot,
+            since_wall_time=0.0 if resumed else self._since,
         )
 
-    async def _items(self) -> AsyncIterator[Event | Snapshot]:  # noqa: PLR0912 -- one loop, many exits
+    async def _items(self) -> AsyncGenerator[Event | Snapshot, None]:  # noqa: PLR0912 -- one loop, many exits
         client = self._client
         attempt = _Attempt(client, "Subscribe", client.timeout)
         loop = asyncio.get_running_loop()
@@ -652,7 +576,7 @@ class Subscription:
             rev = resp.event.revision
             if rev <= self.last_revision:
                 return None  # already yielded (a resumed stream overlapping): no duplicate
-            if self._filters.empty and self.last_revision > 0 and rev != self.last_revision + 1:
+            if self._filters.everything and self.last_revision > 0 and rev != self.last_revision + 1:
                 log.warning(
                     "coordinator.subscribe.gap", expected=self.last_revision + 1, got=rev, revision=rev
                 )
@@ -667,10 +591,6 @@ class Subscription:
 
 def _publish_ended() -> NoReturn:
     raise _StreamEnded("the coordinator closed the Publish stream")
-
-
-def _no_batches() -> NoReturn:
-    raise _NoBatches
 
 
 def _settled(ack: Ack | None) -> bool:
@@ -688,6 +608,17 @@ def _describe(e: BaseException) -> str:
 def _raise_unless_retryable(e: grpc.aio.AioRpcError) -> None:
     if e.code() not in RETRYABLE:
         raise CoordinatorRejected(e.code().name, e.details() or "") from e
+
+
+def _retryable(e: Exception) -> bool:
+    return isinstance(e, grpc.aio.AioRpcError) and e.code() in RETRYABLE
+
+
+def _unavailable(client: CoordinatorClient, what: str, timeout: float, last_error: str) -> str:
+    return (
+        f"no coordinator answered {what} within {timeout:g}s "
+        f"(endpoints {','.join(client.endpoints)}; last error {last_error or 'none'})"
+    )
 
 
 def _decode_state(blob: bytes) -> State:

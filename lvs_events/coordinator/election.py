@@ -29,7 +29,7 @@ import grpc.aio
 import structlog
 
 from lvs_events import wire
-from lvs_events.client.log import new_event_id
+from lvs_events.client.events import new_event_id
 from lvs_events.coordinator.stores import Appended, LeaderRecord, LeaderStore
 from lvs_events.domain.events import Event, Leadership, LeadershipChange
 from lvs_events.errors import StoreError

@@ -1,112 +1,84 @@
-"""Subscribe filters: which events of the log a subscriber wants.
+"""A Subscribe request at the edge: its filter on protobuf events, and where ``since`` starts.
 
-Within one dimension the values are alternatives (OR); across dimensions all must match (AND); an
-empty dimension matches everything.
-
-* ``types``: payload type names, ``RealServerHealth`` or the field name ``real_server_health``.
-* ``nodes``: the origin node, or the node a payload is about (observer, TableApplied/Leadership
-  node).
-* ``virtuals``: a virtual service key (``TCP 203.0.113.10:80``, ``FWM 5``), or its ``ip:port`` or
-  its bare IP. A ``ConfigApplied`` matches when its configuration has such a service.
-* ``reals``: a real server ``ip:port`` or bare IP. A ``ConfigApplied`` matches when one of its
-  services has such a real server.
+The matching rule is the domain's (:class:`lvs_events.domain.filters.EventFilter`); this module
+only applies it to the log's protobuf events: the type is checked on the message (no decoding),
+and only an event of a wanted type is converted to its domain value and matched.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable
 
 from lvs_events import wire
+from lvs_events.coordinator.stores import EventStore
 from lvs_events.domain.events import PAYLOAD_TYPES
-from lvs_events.domain.events import ConfigApplied as DomainConfigApplied
-from lvs_events.errors import InvalidEvent
+from lvs_events.domain.filters import EventFilter
+from lvs_events.errors import Compacted, InvalidEvent
+from lvs_events.pb.v1 import coordinator_pb2 as cpb
 from lvs_events.pb.v1 import events_pb2 as pb
 
-_TYPE_NAMES = {field: PAYLOAD_TYPES[tp] for tp, field in wire.PAYLOAD_FIELDS.items()}
+__all__ = ["first_revision_since", "request_filter", "wire_matcher"]
+
+# oneof field name -> type name
+_TYPE_OF_FIELD = {field: PAYLOAD_TYPES[tp] for tp, field in wire.PAYLOAD_FIELDS.items()}
 
 
-def _endpoint_forms(text: str) -> set[str]:
-    """``ip:port`` -> {``ip:port``, ``ip``}; IPv6 ``[ip]:port`` -> {``[ip]:port``, ``ip``}."""
-    forms = {text}
-    if text.startswith("["):
-        forms.add(text[1:].split("]", 1)[0])
-    elif ":" in text:
-        forms.add(text.rsplit(":", 1)[0])
-    return forms
+def request_filter(request: cpb.SubscribeRequest) -> EventFilter:
+    """The request's filter; raises :class:`~lvs_events.domain.filters.InvalidFilter`."""
+    return EventFilter(
+        types=request.types, nodes=request.nodes, virtuals=request.virtuals, reals=request.reals
+    )
 
 
-def _virtual_forms(key: str) -> set[str]:
-    forms = {key}
-    proto, _, rest = key.partition(" ")
-    if proto in ("TCP", "UDP") and rest:
-        forms |= _endpoint_forms(rest)
-    return forms
+def _everything(_msg: pb.Event) -> bool:
+    return True
 
 
-class EventFilter:
-    def __init__(
-        self,
-        types: Sequence[str] = (),
-        nodes: Sequence[str] = (),
-        virtuals: Sequence[str] = (),
-        reals: Sequence[str] = (),
-    ) -> None:
-        known = set(_TYPE_NAMES) | set(_TYPE_NAMES.values())
-        unknown = [t for t in types if t not in known]
-        if unknown:
-            raise InvalidEvent(
-                f"types: unknown payload type(s) {unknown}; known: {sorted(_TYPE_NAMES.values())}"
-            )
-        self.types = {_TYPE_NAMES.get(t, t) for t in types}
-        self.nodes = set(nodes)
-        self.virtuals = set(virtuals)
-        self.reals = set(reals)
-        self.everything = not (self.types or self.nodes or self.virtuals or self.reals)
+def wire_matcher(wanted: EventFilter) -> Callable[[pb.Event], bool]:
+    """``wanted`` as a predicate on protobuf events. An event that does not decode matches
+    nothing but an empty filter (it is in the log: a reader without filters gets it all)."""
+    if wanted.everything:
+        return _everything
 
-    def __call__(self, event: pb.Event) -> bool:  # noqa: PLR0911 -- one early exit per dimension
-        if self.everything:
-            return True
-        which = event.WhichOneof("payload")
-        if which is None:
+    def match(msg: pb.Event) -> bool:
+        which = msg.WhichOneof("payload")
+        if which is None or not wanted.wants_type(_TYPE_OF_FIELD[which]):
             return False
-        if self.types and _TYPE_NAMES[which] not in self.types:
-            return False
-        payload = getattr(event, which)
-        if self.nodes and not self._node_match(event, which, payload):
-            return False
-        if self.virtuals or self.reals:
-            if which == "config_applied":
-                return self._config_match(event)
-            if which not in ("real_server_health", "admin_override"):
-                return False
-            if self.virtuals and not (_virtual_forms(payload.virtual) & self.virtuals):
-                return False
-            if self.reals and not (_endpoint_forms(payload.real) & self.reals):
-                return False
-        return True
-
-    def _node_match(self, event: pb.Event, which: str, payload: object) -> bool:
-        names = {event.origin}
-        if which == "real_server_health":
-            names.add(getattr(payload, "observer", ""))
-        elif which in ("table_applied", "leadership"):
-            names.add(getattr(payload, "node", ""))
-        return bool(names & self.nodes)
-
-    def _config_match(self, event: pb.Event) -> bool:
         try:
-            domain = wire.event_from_pb(event).payload
+            event = wire.event_from_pb(msg)
         except InvalidEvent:
             return False
-        if not isinstance(domain, DomainConfigApplied):
-            return False
-        for v in domain.config.virtuals:
-            if self.virtuals and not (_virtual_forms(v.key) & self.virtuals):
-                continue
-            if not self.reals or _any(_endpoint_forms(r.key) & self.reals for r in v.reals):
-                return True
-        return False
+        return wanted(event)
+
+    return match
 
 
-def _any(sets: Iterable[set[str]]) -> bool:
-    return any(bool(s) for s in sets)
+async def _wall_time(store: EventStore, revision: int) -> float | None:
+    """The wall time of the event at ``revision``; None when it is no longer (or not yet) kept."""
+    try:  # read to its end (one item): the reader is closed before we return
+        items = [item async for item in store.read(revision, follow=False, to_revision=revision)]
+    except Compacted:
+        return None
+    return items[0].event.wall_time if items else None
+
+
+async def first_revision_since(store: EventStore, since: float, from_revision: int = 1) -> int:
+    """The first revision at or after ``from_revision`` whose event's wall time is ``since`` or
+    later; the head + 1 when no kept event is that recent.
+
+    A binary search over the dense revisions, reading one event per step (O(log n) reads).
+    Wall times are the publishers' clocks, so the log is only nearly ordered by them: the
+    search assumes it is ordered, and the revision it finds is where a reader starts (every
+    later event is sent, whatever its wall time). A revision trimmed away during the search
+    counts as older than ``since``.
+    """
+    bounds = await store.bounds()
+    lo, hi = max(from_revision, bounds.first, 1), bounds.head + 1
+    while lo < hi:  # invariant: every revision below lo is older than since; hi's is not (or hi = head + 1)
+        mid = (lo + hi) // 2
+        wall = await _wall_time(store, mid)
+        if wall is None or wall < since:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo

@@ -7,8 +7,8 @@ serve one cluster. Start one in-process with :func:`serve_coordinator`::
     async with serve_coordinator(CoordinatorSettings(etcd_endpoints=eps, cluster="c1")) as c:
         channel = grpc.aio.insecure_channel(c.address)
 
-Publish: one ack per event, in the order the events arrived on the stream; a request carrying a
-batch (``PublishRequest.events``) is answered by one ``PublishAck`` whose ``acks`` hold the
+Publish: one ack per event, in the order the events arrived on the stream; each request (a
+batch, ``PublishRequest.events``) is answered by one ``PublishAck`` whose ``acks`` hold its
 events' acks in order. A refused event
 (malformed, oversized, invalid, wrong cluster) gets an ack with ``error_code=INVALID_ARGUMENT``
 and nothing of it is stored; the stream goes on. A publisher may keep up to
@@ -37,7 +37,7 @@ from grpc_reflection.v1alpha import reflection
 from lvs_events.coordinator.appender import Appender, check_event
 from lvs_events.coordinator.election import SERVICE_NAME as LEADER_ELECTION
 from lvs_events.coordinator.election import add_leader_election, publisher_may_not, submit_fenced
-from lvs_events.coordinator.filters import EventFilter
+from lvs_events.coordinator.filters import first_revision_since, request_filter, wire_matcher
 from lvs_events.coordinator.snapshots import (
     DEFAULT_ETCD_HISTORY,
     DEFAULT_RETENTION,
@@ -47,6 +47,7 @@ from lvs_events.coordinator.snapshots import (
     StateService,
 )
 from lvs_events.coordinator.stores import Appended, EventStore, SnapshotRecord
+from lvs_events.domain.filters import InvalidFilter
 from lvs_events.errors import Compacted, Fenced, InvalidEvent, StoreError, StoreUnavailable
 from lvs_events.etcd.events import EtcdEventStore
 from lvs_events.etcd.leader import EtcdLeaderStore
@@ -107,8 +108,9 @@ def _consume(fut: asyncio.Future[Appended]) -> None:
 
 
 _Entry = tuple[str, asyncio.Future[Appended]]
-# what the ack writer of a Publish stream waits for: an ack ready now, one event's append, or
-# the entries of a batch request (answered by one PublishAck with ``acks``)
+# what the ack writer of a Publish stream waits for: the answer to a request without events,
+# the append of a one-event request, or the entries of a request (each answered by one
+# PublishAck with ``acks``)
 _Pending = cpb.PublishAck | _Entry | list[cpb.PublishAck | _Entry]
 
 
@@ -220,7 +222,7 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
                         with contextlib.suppress(Exception):
                             await fut
                     window.release(1)
-                    yield _ack_for(event_id, fut)
+                    yield cpb.PublishAck(acks=[_ack_for(event_id, fut)])
                 elif isinstance(item, list):
                     yield await _batch_ack(item)
                     window.release(len(item))
@@ -246,20 +248,25 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
     ) -> None:
         try:
             async for req in requests:
-                if req.events:
+                if len(req.events) == 1:
+                    if not window.try_acquire(1):
+                        await window.acquire(1)
+                    # one event: checked once, then queued without a coroutine when the queue
+                    # has room (the latency path), else by waiting for room; its entry is
+                    # answered as a one-ack batch
+                    checked = self._check(req.events[0])
+                    if isinstance(checked, cpb.PublishAck):
+                        pending.append([checked])
+                    else:
+                        entry = self._queue_now(checked)
+                        pending.append(entry if entry is not None else await self._queue_waiting(checked))
+                elif req.events:
                     await window.acquire(len(req.events))
                     pending.append(await self._admit_batch(req))
                 else:
                     if not window.try_acquire(1):
                         await window.acquire(1)
-                    # one event: checked once, then queued without a coroutine when the queue
-                    # has room (the latency path), else by waiting for room
-                    checked = self._check(req)
-                    if isinstance(checked, cpb.PublishAck):
-                        pending.append(checked)
-                    else:
-                        entry = self._queue_now(checked)
-                        pending.append(entry if entry is not None else await self._queue_waiting(checked))
+                    pending.append(_ack_error("", "INVALID_ARGUMENT", "PublishRequest without events"))
                 ready.set()
         except grpc.RpcError:
             pass  # the client went away: the writer side ends with it
@@ -267,11 +274,8 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
             pending.append(None)
             ready.set()
 
-    def _check(self, req: cpb.PublishRequest) -> cpb.PublishAck | tuple[pb.Event, int]:
-        """A single-event request checked: its refusal, or (event, encoded size)."""
-        if not req.HasField("event"):
-            return _ack_error("", "INVALID_ARGUMENT", "PublishRequest without an event")
-        msg = req.event
+    def _check(self, msg: pb.Event) -> cpb.PublishAck | tuple[pb.Event, int]:
+        """A single-event request's event checked: its refusal, or (event, encoded size)."""
         try:
             size = check_event(msg, self.cluster)
         except InvalidEvent as e:
@@ -306,14 +310,10 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
     async def _admit_batch(self, req: cpb.PublishRequest) -> list[cpb.PublishAck | _Entry]:
         """A batch request: each event checked on its own (a refused one does not stop the
         others), the valid ones queued together. One entry per event, in order."""
-        both = req.HasField("event")
         out: list[cpb.PublishAck | _Entry | None] = []
         valid: list[tuple[pb.Event, int]] = []
         slots: list[int] = []
         for msg in req.events:
-            if both:
-                out.append(_ack_error(msg.event_id, "INVALID_ARGUMENT", "set event or events, not both"))
-                continue
             try:
                 size = check_event(msg, self.cluster)
             except InvalidEvent as e:
@@ -355,10 +355,15 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
         self, request: cpb.SubscribeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[cpb.SubscribeResponse]:
         try:
-            wanted = EventFilter(request.types, request.nodes, request.virtuals, request.reals)
-        except InvalidEvent as e:
+            wanted = wire_matcher(request_filter(request))
+        except InvalidFilter as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         nxt = max(request.from_revision, 1)
+        if request.since_wall_time > 0:
+            try:
+                nxt = await first_revision_since(self.store, request.since_wall_time, nxt)
+            except StoreError as e:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         restarts = 0
         while True:
             try:

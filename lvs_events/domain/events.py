@@ -136,3 +136,18 @@ class Event:
     @property
     def type_name(self) -> str:
         return PAYLOAD_TYPES[type(self.payload)]
+
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def format_event_id(ms: int, entropy: bytes) -> str:
+    """A ULID-like event id: 26 characters of Crockford base32, the low 48 bits of ``ms``
+    (milliseconds) then 80 bits of ``entropy`` (its first 10 bytes, zero-padded). Ids sort by
+    ``ms``. The caller brings the clock and the randomness (the domain has neither)."""
+    value = ((ms & ((1 << 48) - 1)) << 80) | int.from_bytes(entropy[:10].ljust(10, b"\0"), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))

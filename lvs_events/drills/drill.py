@@ -47,9 +47,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from lvs_events.agent.ha.vips import ETH_P_ARP
+from lvs_events.client.events import new_event
 from lvs_events.client.ha import LeaderElectionClient, ha_status, switchover
-from lvs_events.client.log import CoordinatorClient, Filters, Snapshot, new_event
+from lvs_events.client.log import CoordinatorClient
 from lvs_events.domain.events import DrillMarker, Leadership, RealServerHealth
+from lvs_events.domain.filters import EventFilter
+from lvs_events.domain.snapshot import Snapshot
 
 __all__ = [
     "SCENARIOS",
@@ -486,7 +489,7 @@ async def _helper(args: argparse.Namespace) -> Any:  # noqa: PLR0911 -- one retu
 async def _log(c: CoordinatorClient, since: int) -> list[dict[str, Any]]:
     """The Leadership and DrillMarker events from revision ``since`` to the head, as dicts."""
     out: list[dict[str, Any]] = []
-    async with c.subscribe(since, filters=Filters(types=("Leadership", "DrillMarker"))) as sub:
+    async with c.subscribe(since, filters=EventFilter(types=("Leadership", "DrillMarker"))) as sub:
         async for item in sub:
             if isinstance(item, Snapshot):
                 continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import time
 
@@ -12,8 +13,12 @@ import grpc
 import grpc.aio
 import pytest
 
-from lvs_events.client.log import CoordinatorClient, Snapshot, new_event
-from lvs_events.domain.events import ConfigApplied, Event
+from lvs_events import wire
+from lvs_events.client.events import new_event, new_event_id
+from lvs_events.client.log import CoordinatorClient
+from lvs_events.domain.events import ConfigApplied, Event, format_event_id
+from lvs_events.domain.filters import EventFilter
+from lvs_events.domain.snapshot import Snapshot
 from lvs_events.errors import CoordinatorUnavailable
 from lvs_events.pb.v1 import coordinator_pb2 as cpb
 from lvs_events.pb.v1 import coordinator_pb2_grpc as cpb_grpc
@@ -86,39 +91,60 @@ async def test_publish_and_follow_survive_a_coordinator_stopping(etcd: EtcdClust
             await c2.drain(grace=1.0)
 
 
-class _OldCoordinator(cpb_grpc.CoordinatorServicer):
-    """A coordinator from before batch requests: one ack per request, ``events`` unknown."""
+class _RecordingCoordinator(cpb_grpc.CoordinatorServicer):
+    """Serves Subscribe from a list of events and records each request; the first stream breaks
+    (UNAVAILABLE) after two events."""
 
-    def __init__(self) -> None:
-        self.revision = 0
-        self.requests = 0
+    def __init__(self, events: list[Event]) -> None:
+        self.events = events
+        self.requests: list[cpb.SubscribeRequest] = []
 
-    async def Publish(self, request_iterator, context):  # type: ignore[no-untyped-def]
-        async for req in request_iterator:
-            self.requests += 1
-            if not req.HasField("event"):
-                yield cpb.PublishAck(error_code="INVALID_ARGUMENT", error="PublishRequest without an event")
+    async def Subscribe(self, request, context):  # type: ignore[no-untyped-def]
+        self.requests.append(request)
+        sent = 0
+        for e in self.events:
+            if e.revision < request.from_revision:
                 continue
-            self.revision += 1
-            yield cpb.PublishAck(event_id=req.event.event_id, revision=self.revision)
+            if len(self.requests) == 1 and sent == 2:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "going away")
+            sent += 1
+            yield cpb.SubscribeResponse(event=wire.event_to_pb(e), head_revision=self.events[-1].revision)
 
 
-async def test_publish_falls_back_to_one_event_per_request_for_an_older_coordinator() -> None:
-    old = _OldCoordinator()  # type: ignore[abstract]  # Publish is all it serves
+async def test_subscribe_sends_every_filter_and_since_then_resumes_after_the_last_event() -> None:
+    events = [
+        dataclasses.replace(e, revision=r, wall_time=1000.0 + r) for r, e in enumerate(_events(6), start=1)
+    ]
+    fake = _RecordingCoordinator(events[2:])  # as if the server had found revision 3 for since
     server = grpc.aio.server()
-    cpb_grpc.add_CoordinatorServicer_to_server(old, server)
+    cpb_grpc.add_CoordinatorServicer_to_server(fake, server)  # type: ignore[arg-type]
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
+    wanted = EventFilter(
+        types=["real_server_health", "ConfigApplied"], nodes=["lb1"], virtuals=["203.0.113.10"], reals=["x:1"]
+    )
     try:
         async with CoordinatorClient([f"127.0.0.1:{port}"], timeout=5.0) as client:
-            events = [
-                new_event(p, cluster=CLUSTER, origin="lb1", actor="test")
-                for p in mixed_payloads(5, random.Random(2), "lb1")
-            ]
-            acks = await client.publish(events)
-            assert [a.revision for a in acks] == [1, 2, 3, 4, 5]
-            assert all(a.ok for a in acks)
-            more = await client.publish(events[:2])  # stays in the one-event mode
-            assert [a.revision for a in more] == [6, 7]
+            sub = client.subscribe(0, filters=wanted, since=1002.5)
+            got = [item.revision async for item in sub if isinstance(item, Event)]
     finally:
         await server.stop(None)
+    assert got == [3, 4, 5, 6]  # no gap, no duplicate across the broken stream
+    first, resumed = fake.requests
+    assert (first.from_revision, first.since_wall_time) == (0, 1002.5)
+    assert list(first.types) == ["ConfigApplied", "RealServerHealth"]
+    assert list(first.nodes) == ["lb1"]
+    assert (list(first.virtuals), list(first.reals)) == (["203.0.113.10"], ["x:1"])
+    # resumed after revision 4: from 5, no new search for ``since``, the same filter
+    assert (resumed.from_revision, resumed.since_wall_time) == (5, 0.0)
+    assert list(resumed.types) == list(first.types)
+
+
+def test_event_ids_sort_by_time_and_differ_within_a_millisecond() -> None:
+    t = 1_764_429_600.123
+    same_ms = {new_event_id(t) for _ in range(200)}
+    assert len(same_ms) == 200
+    assert all(len(i) == 26 and i.isalnum() and i.isupper() for i in same_ms)
+    assert max(same_ms) < new_event_id(t + 0.01)
+    assert format_event_id(0, b"") == "0" * 26
+    assert format_event_id(1, b"\xff" * 10).startswith("000000000" + "1")

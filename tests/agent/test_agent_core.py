@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from lvs_events.agent.core import ApplyCore, Policy, Ready, render_full
-from lvs_events.client.log import Snapshot
 from lvs_events.domain.render import render
+from lvs_events.domain.snapshot import Snapshot
 from lvs_events.domain.state import fold_all
 from tests.agent.helpers import REALS, applied, cfg_event, drain, ev, health
 

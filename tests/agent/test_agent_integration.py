@@ -21,7 +21,8 @@ from lvs_events.agent.core import Policy
 from lvs_events.agent.dataplane.memory import MemoryDataplane
 from lvs_events.agent.publisher import Publisher
 from lvs_events.agent.runtime import Agent, AgentSettings
-from lvs_events.client.log import CoordinatorClient, new_event
+from lvs_events.client.events import new_event
+from lvs_events.client.log import CoordinatorClient
 from lvs_events.domain.config import Config
 from lvs_events.domain.events import ConfigApplied
 from lvs_events.domain.table import table_from_json

@@ -330,3 +330,35 @@ def test_autoreload_applies_a_changed_file_and_records_a_broken_one(stack: Stack
     assert "last refused config" in stack.cli("status").stdout
     shown = stack.cli("config", "show").stdout
     assert "real=192.0.2.12:80 gate 25" in shown.replace(" = ", "=")
+
+
+def test_tail_filters_are_the_servers_and_a_vip_shows_the_config_that_defines_it(
+    stack: Stack, tmp_path: Path
+) -> None:
+    _wait(lambda: stack.cli("status", check=False).returncode == 0, what="coordinator")
+    stack.cli("config", "apply", str(SEED), "--reason", "initial", "--operator", "alice")
+    stack.cli("drain", "TCP 203.0.113.10:80", "192.0.2.13:80", "--reason", "disk", "--operator", "bob")
+    stack.cli("drain", "TCP 203.0.113.20:80", "198.51.100.11:80", "--reason", "nic", "--operator", "bob")
+
+    def kinds(*args: str) -> list[tuple[str, str]]:
+        docs = [json.loads(x) for x in stack.cli("tail", "-o", "json", *args).stdout.splitlines()]
+        return [(d["type"], d["reason"]) for d in docs]
+
+    assert kinds("--vip", "203.0.113.10") == [("ConfigApplied", "initial"), ("AdminOverride", "disk")]
+    assert kinds("--vip", "TCP 203.0.113.20:80") == [("ConfigApplied", "initial"), ("AdminOverride", "nic")]
+    assert kinds("--vip", "203.0.113.20:443", "--type", "AdminOverride") == []
+    assert kinds("--real", "198.51.100.11") == [("ConfigApplied", "initial"), ("AdminOverride", "nic")]
+    assert kinds("--real", "192.0.2.13:80", "--vip", "203.0.113.20") == []
+    assert kinds("--vip", "203.0.113.10", "--vip", "203.0.113.20", "--type", "AdminOverride") == [
+        ("AdminOverride", "disk"),
+        ("AdminOverride", "nic"),
+    ]
+    assert kinds("--node", "no-such-node") == []
+    # --since: an hour back is everything, a time after the last event is nothing
+    assert len(kinds("--since", "1h")) == 3
+    later = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+    assert kinds("--since", later) == []
+    bad = stack.cli("tail", "--type", "Healthz", check=False)
+    assert bad.returncode == 2
+    assert "Healthz" in bad.stderr
+    assert "RealServerHealth" in bad.stderr

@@ -9,11 +9,11 @@ from typing import ClassVar
 import pytest
 
 from lvs_events.cli import main as cli
-from lvs_events.client.log import StateView
 from lvs_events.domain.config import CheckSettings, Config, Forwarding, Protocol, RealServer, VirtualService
 from lvs_events.domain.events import AdminAction, AdminOverride, ConfigApplied, Event
 from lvs_events.domain.ipvsadm_save import format_ipvsadm_save
 from lvs_events.domain.render import render
+from lvs_events.domain.snapshot import StateView
 from lvs_events.domain.state import State, fold
 
 VS = VirtualService(

@@ -57,20 +57,6 @@ def test_json_lines_are_valid_json_with_the_payload() -> None:
     assert doc["time"].endswith("Z")
 
 
-def test_filters_match_vip_by_address_real_by_address_and_node_by_observer() -> None:
-    e = _e(RealServerHealth("TCP 203.0.113.10:80", "192.0.2.11:80", True, "slave"), origin="slave")
-    assert views.Filters(virtuals=frozenset({"203.0.113.10"})).match(e)
-    assert views.Filters(virtuals=frozenset({"TCP 203.0.113.10:80"})).match(e)
-    assert not views.Filters(virtuals=frozenset({"203.0.113.1"})).match(e)
-    assert views.Filters(reals=frozenset({"192.0.2.11"})).match(e)
-    assert not views.Filters(reals=frozenset({"192.0.2.1"})).match(e)
-    assert views.Filters(nodes=frozenset({"slave"})).match(e)
-    assert not views.Filters(nodes=frozenset({"master"})).match(e)
-    assert views.Filters(types=frozenset({"RealServerHealth"})).match(e)
-    assert not views.Filters(types=frozenset({"TableApplied"})).match(e)
-    assert not views.Filters(since=2e9).match(e)
-
-
 def test_status_shows_lag_sync_and_disagreeing_views() -> None:
     s = State(
         cluster="c1",

@@ -56,8 +56,8 @@ def config_event(event_id: str | None = None, *, reals: int = 2, cluster: str = 
 
 async def publish_all(stub: Any, events: list[pb.Event], deadline: float = 30.0) -> list[cpb.PublishAck]:
     """Publish on one stream (pipelined), half-close, collect every ack in order."""
-    call = stub.Publish((cpb.PublishRequest(event=e) for e in events), timeout=deadline)
-    return [ack async for ack in call]
+    call = stub.Publish((cpb.PublishRequest(events=[e]) for e in events), timeout=deadline)
+    return [ack async for reply in call for ack in reply.acks]
 
 
 async def read_log(store: Any, from_revision: int = 1) -> list[pb.Event]:

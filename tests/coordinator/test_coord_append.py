@@ -59,7 +59,7 @@ async def test_invalid_events_are_refused_and_nothing_is_appended(stub, store: E
     assert [e.event_id for e in await read_log(store)] == ["good"]
 
 
-async def test_publish_request_without_event_is_refused(stub, store: EtcdEventStore) -> None:
+async def test_publish_request_without_events_is_refused(stub, store: EtcdEventStore) -> None:
     call = stub.Publish(iter([cpb.PublishRequest()]), timeout=10)
     acks = [a async for a in call]
     assert acks[0].error_code == "INVALID_ARGUMENT"
@@ -70,9 +70,9 @@ async def test_unary_use_of_the_stream(stub) -> None:
     """One event, wait for its ack, next event: the ack comes without closing the stream."""
     call = stub.Publish(timeout=10)
     for i in range(3):
-        await call.write(cpb.PublishRequest(event=health_event(f"u{i}")))
-        ack = await call.read()
-        assert (ack.event_id, ack.revision) == (f"u{i}", i + 1)
+        await call.write(cpb.PublishRequest(events=[health_event(f"u{i}")]))
+        reply = await call.read()
+        assert [(a.event_id, a.revision) for a in reply.acks] == [(f"u{i}", i + 1)]
     await call.done_writing()
     assert await call.read() is grpc.aio.EOF
 

@@ -103,14 +103,15 @@ async def test_sigkill_one_coordinator_mid_stream(etcd: EtcdCluster, two_coordin
         async def send() -> None:
             try:
                 for e in events:
-                    await call.write(cpb.PublishRequest(event=e))
+                    await call.write(cpb.PublishRequest(events=[e]))
                     await asyncio.sleep(0)
             except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
                 pass
 
         sender = asyncio.create_task(send())
         try:
-            async for ack in call:
+            async for reply in call:
+                (ack,) = reply.acks
                 assert ack.error_code == ""
                 acked[ack.event_id] = ack.revision
                 if len(acked) == 600:

@@ -7,8 +7,9 @@ import asyncio
 
 import pytest
 
+from lvs_events.client.events import new_event
 from lvs_events.client.ha import LeaderElectionClient
-from lvs_events.client.log import CoordinatorClient, new_event
+from lvs_events.client.log import CoordinatorClient
 from lvs_events.coordinator.server import RunningCoordinator
 from lvs_events.domain.events import DrillMarker, Event, Leadership, LeadershipChange, RealServerHealth
 from tests.coordinator.helpers import CLUSTER
@@ -141,7 +142,7 @@ async def test_observe_sees_every_change(coordinator: RunningCoordinator) -> Non
     seen: list[tuple[str, int]] = []
 
     async def watch() -> None:
-        async for info in election.observe():
+        async for info in election.watch_leader():
             seen.append((info.node, info.term))
 
     task = asyncio.create_task(watch())

@@ -82,6 +82,88 @@ async def test_subscribe_filters(stub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await ids(types=["NoSuchType"])
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "NoSuchType" in (err.value.details() or "")
+    assert "RealServerHealth" in (err.value.details() or "")  # the known types are listed
+
+
+async def test_every_filter_is_applied_by_the_server_over_the_wire(stub) -> None:
+    """A subscriber receives only the matching events (what tail --vip/--real/--node send)."""
+    other_vip = "TCP 203.0.113.20:80"
+    await publish_all(
+        stub,
+        [
+            config_event("cfg"),  # defines TCP 203.0.113.10:80 with 192.0.2.11 and .12
+            health_event("a-11", node="lvs-a", real="192.0.2.11:80"),
+            health_event("b-12", node="lvs-b", real="192.0.2.12:80"),
+            health_event("b-other", node="lvs-b", virtual=other_vip, real="192.0.2.11:80"),
+            health_event("a-other", node="lvs-a", virtual=other_vip, real="192.0.2.50:80"),
+        ],
+    )
+
+    async def received(**filters: list[str]) -> list[str]:
+        req = cpb.SubscribeRequest(from_revision=1, **filters)
+        return [r.event.event_id async for r in stub.Subscribe(req, timeout=10)]
+
+    # the vip filter includes the ConfigApplied that defines the service (in its place in the log)
+    assert await received(virtuals=["203.0.113.10:80"]) == ["cfg", "a-11", "b-12"]
+    assert await received(virtuals=["203.0.113.20"]) == ["b-other", "a-other"]
+    assert await received(virtuals=["203.0.113.20"], nodes=["lvs-b"]) == ["b-other"]
+    assert await received(reals=["192.0.2.11"], nodes=["lvs-b"]) == ["b-other"]
+    assert await received(reals=["192.0.2.11:80"]) == ["cfg", "a-11", "b-other"]
+    assert await received(reals=["192.0.2.50"], virtuals=["203.0.113.10"]) == []
+    assert await received(nodes=["lvs-a"], types=["real_server_health"]) == ["a-11", "a-other"]
+
+
+async def _publish_timed(stub, n: int, t0: float) -> None:
+    events = []
+    for i in range(n):
+        e = health_event(f"t{i}", up=i % 2 == 0)
+        e.wall_time = t0 + i  # revision i + 1 at t0 + i
+        events.append(e)
+    await publish_all(stub, events)
+
+
+async def test_since_starts_at_the_first_revision_of_that_time(stub, coordinator: RunningCoordinator) -> None:
+    t0 = 1_700_000_000.0
+    await _publish_timed(stub, 700, t0)
+    reads: list[int] = []
+    store = coordinator.service.store
+    original = store.read
+
+    def counting_read(from_revision: int, *, follow: bool, to_revision: int = 0):  # type: ignore[no-untyped-def]
+        reads.append(from_revision)
+        return original(from_revision, follow=follow, to_revision=to_revision)
+
+    store.read = counting_read  # type: ignore[method-assign]
+    try:
+
+        async def revisions(**fields: object) -> list[int]:
+            req = cpb.SubscribeRequest(**fields)  # type: ignore[arg-type]
+            return [r.event.revision async for r in stub.Subscribe(req, timeout=10)]
+
+        assert await revisions(since_wall_time=t0 + 377.5) == list(range(379, 701))
+        # a binary search: about log2(700) one-event reads, then the one read of the tail
+        assert len(reads) <= 12
+        assert reads[-1] == 379
+        assert await revisions(since_wall_time=t0 + 377) == list(range(378, 701))
+        assert await revisions(since_wall_time=t0 - 5) == list(range(1, 701))
+        assert await revisions(since_wall_time=t0 + 10_000) == []
+        # from_revision still bounds the start; filters apply after it
+        assert await revisions(since_wall_time=t0 + 10, from_revision=600) == list(range(600, 701))
+        odd = await revisions(since_wall_time=t0 + 689.5, nodes=["lvs-a"])
+        assert odd == list(range(691, 701))
+    finally:
+        store.read = original  # type: ignore[method-assign]
+
+
+async def test_since_while_following_gets_new_events(stub) -> None:
+    t0 = 1_700_000_000.0
+    await _publish_timed(stub, 50, t0)
+    req = cpb.SubscribeRequest(since_wall_time=t0 + 1_000, follow=True)
+    sub = asyncio.create_task(_collect(stub, req, 52))
+    await asyncio.sleep(0.2)
+    await publish_all(stub, [health_event("new-1"), health_event("new-2")])  # wall time: now
+    assert await asyncio.wait_for(sub, 30) == [51, 52]
 
 
 async def test_follow_survives_etcd_compaction(stub, store: EtcdEventStore) -> None:

@@ -188,7 +188,7 @@ class HaRunner:
             self.log.warning("ha.resign_failed", term=term, error=str(e))
 
     async def _follow_leader(self) -> None:
-        async for info in self.election.observe():
+        async for info in self.election.watch_leader():
             self.feed(m.Observed(time.monotonic(), info.node or None, info.term))
 
     # -- the peer --------------------------------------------------------------------------

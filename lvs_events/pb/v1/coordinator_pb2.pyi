@@ -23,25 +23,19 @@ DESCRIPTOR: _descriptor.FileDescriptor
 class PublishRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    EVENT_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def event(self) -> _events_pb2.Event:
-        """one event (the original form)"""
-
-    @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.Event]:
-        """or a batch of events (set one of the two, not both)"""
+        """a batch of events, appended in this order"""
 
     def __init__(
         self,
         *,
-        event: _events_pb2.Event | None = ...,
         events: _abc.Iterable[_events_pb2.Event] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "events", b"events"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -67,8 +61,9 @@ class PublishAck(_message.Message):
     error: _builtins.str
     @_builtins.property
     def acks(self) -> _containers.RepeatedCompositeFieldContainer[Global___PublishAck]:
-        """The answer to a batch request (PublishRequest.events): one ack per event, in order; the
-        fields above are then empty.
+        """The answer to a PublishRequest: one ack per event, in order (the fields above describe one
+        event; in the answer itself they are empty, but for a request without events, refused
+        with INVALID_ARGUMENT).
         """
 
     def __init__(
@@ -100,24 +95,35 @@ class SubscribeRequest(_message.Message):
     VIRTUALS_FIELD_NUMBER: _builtins.int
     REALS_FIELD_NUMBER: _builtins.int
     SNAPSHOT_IF_COMPACTED_FIELD_NUMBER: _builtins.int
+    SINCE_WALL_TIME_FIELD_NUMBER: _builtins.int
     from_revision: _builtins.int
     """first revision wanted; 0 = from the start (or the snapshot)"""
     follow: _builtins.bool
     """keep the stream open for new events"""
     snapshot_if_compacted: _builtins.bool
     """else a compacted start fails with OUT_OF_RANGE"""
+    since_wall_time: _builtins.float
+    """> 0: start at the first revision (at or after from_revision) whose event's wall_time is at
+    least this (unix seconds), found by the coordinator; the head + 1 when there is none.
+    """
     @_builtins.property
     def types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """payload type names (e.g. "RealServerHealth"); empty = all"""
+        """Filters: OR within a field, AND across fields, empty = all (lvs_events.domain.filters).
+        payload type names ("RealServerHealth" or "real_server_health")
+        """
 
     @_builtins.property
     def nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """origin or observer node"""
+        """origin, or the node the payload is about"""
 
     @_builtins.property
-    def virtuals(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def virtuals(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """service key, ip:port or bare IP (a ConfigApplied defining it too)"""
+
     @_builtins.property
-    def reals(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def reals(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """ip:port or bare IP (a ConfigApplied defining it too)"""
+
     def __init__(
         self,
         *,
@@ -128,10 +134,11 @@ class SubscribeRequest(_message.Message):
         virtuals: _abc.Iterable[_builtins.str] | None = ...,
         reals: _abc.Iterable[_builtins.str] | None = ...,
         snapshot_if_compacted: _builtins.bool = ...,
+        since_wall_time: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "from_revision", b"from_revision", "nodes", b"nodes", "reals", b"reals", "snapshot_if_compacted", b"snapshot_if_compacted", "types", b"types", "virtuals", b"virtuals"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "from_revision", b"from_revision", "nodes", b"nodes", "reals", b"reals", "since_wall_time", b"since_wall_time", "snapshot_if_compacted", b"snapshot_if_compacted", "types", b"types", "virtuals", b"virtuals"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

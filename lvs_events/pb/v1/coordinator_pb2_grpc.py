@@ -55,9 +55,9 @@ class CoordinatorServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Publish(self, request_iterator, context):
-        """Events in, acks out (one per event, in order of arrival). A refused event gets an ack with
-        an error and the stream goes on. A request with `event` gets one PublishAck; a request with
-        `events` (a batch) gets one PublishAck whose `acks` hold one ack per event, in order.
+        """Events in, acks out. Each request (a batch of events) gets one PublishAck whose `acks` hold
+        one ack per event, in order of arrival. A refused event gets an ack with an error and the
+        stream goes on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -65,7 +65,8 @@ class CoordinatorServicer:
 
     def Subscribe(self, request, context):
         """The log from a revision: catches up, then follows, with no gap or duplicate at the seam.
-        If the revision was compacted away the stream starts with the snapshot.
+        If the revision was compacted away the stream starts with the snapshot. Only the events
+        matching the request's filters are sent (lvs_events.domain.filters states the rule).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -32,13 +32,14 @@ class CoordinatorStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> CoordinatorAsyncStub: ...
     Publish: _grpc.StreamStreamMultiCallable[_coordinator_pb2.PublishRequest, _coordinator_pb2.PublishAck]
-    """Events in, acks out (one per event, in order of arrival). A refused event gets an ack with
-    an error and the stream goes on. A request with `event` gets one PublishAck; a request with
-    `events` (a batch) gets one PublishAck whose `acks` hold one ack per event, in order.
+    """Events in, acks out. Each request (a batch of events) gets one PublishAck whose `acks` hold
+    one ack per event, in order of arrival. A refused event gets an ack with an error and the
+    stream goes on.
     """
     Subscribe: _grpc.UnaryStreamMultiCallable[_coordinator_pb2.SubscribeRequest, _coordinator_pb2.SubscribeResponse]
     """The log from a revision: catches up, then follows, with no gap or duplicate at the seam.
-    If the revision was compacted away the stream starts with the snapshot.
+    If the revision was compacted away the stream starts with the snapshot. Only the events
+    matching the request's filters are sent (lvs_events.domain.filters states the rule).
     """
     GetState: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.GetStateRequest, _coordinator_pb2.GetStateResponse]
     """Folded state and rendered table at a revision (0 = now)."""
@@ -47,13 +48,14 @@ class CoordinatorStub:
 class CoordinatorAsyncStub(CoordinatorStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Publish: _aio.StreamStreamMultiCallable[_coordinator_pb2.PublishRequest, _coordinator_pb2.PublishAck]  # type: ignore[assignment]
-    """Events in, acks out (one per event, in order of arrival). A refused event gets an ack with
-    an error and the stream goes on. A request with `event` gets one PublishAck; a request with
-    `events` (a batch) gets one PublishAck whose `acks` hold one ack per event, in order.
+    """Events in, acks out. Each request (a batch of events) gets one PublishAck whose `acks` hold
+    one ack per event, in order of arrival. A refused event gets an ack with an error and the
+    stream goes on.
     """
     Subscribe: _aio.UnaryStreamMultiCallable[_coordinator_pb2.SubscribeRequest, _coordinator_pb2.SubscribeResponse]  # type: ignore[assignment]
     """The log from a revision: catches up, then follows, with no gap or duplicate at the seam.
-    If the revision was compacted away the stream starts with the snapshot.
+    If the revision was compacted away the stream starts with the snapshot. Only the events
+    matching the request's filters are sent (lvs_events.domain.filters states the rule).
     """
     GetState: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.GetStateRequest, _coordinator_pb2.GetStateResponse]  # type: ignore[assignment]
     """Folded state and rendered table at a revision (0 = now)."""
@@ -65,9 +67,9 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_coordinator_pb2.PublishRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_coordinator_pb2.PublishAck], _abc.AsyncIterator[_coordinator_pb2.PublishAck]]:
-        """Events in, acks out (one per event, in order of arrival). A refused event gets an ack with
-        an error and the stream goes on. A request with `event` gets one PublishAck; a request with
-        `events` (a batch) gets one PublishAck whose `acks` hold one ack per event, in order.
+        """Events in, acks out. Each request (a batch of events) gets one PublishAck whose `acks` hold
+        one ack per event, in order of arrival. A refused event gets an ack with an error and the
+        stream goes on.
         """
 
     @_abc_1.abstractmethod
@@ -77,7 +79,8 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_coordinator_pb2.SubscribeResponse], _abc.AsyncIterator[_coordinator_pb2.SubscribeResponse]]:
         """The log from a revision: catches up, then follows, with no gap or duplicate at the seam.
-        If the revision was compacted away the stream starts with the snapshot.
+        If the revision was compacted away the stream starts with the snapshot. Only the events
+        matching the request's filters are sent (lvs_events.domain.filters states the rule).
         """
 
     @_abc_1.abstractmethod

@@ -397,7 +397,8 @@ class Drill:
 
     async def fenced(self, node: str, term: int) -> bool:
         """An event carrying the old active's term is refused by the coordinator."""
-        from lvs_events.client.log import CoordinatorClient, new_event
+        from lvs_events.client.events import new_event
+        from lvs_events.client.log import CoordinatorClient
         from lvs_events.domain.events import RealServerHealth
 
         async with CoordinatorClient([self.stack.coordinator_endpoint], timeout=6.0) as c:
