@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+from typing import Literal, TextIO
 
 import structlog
 
@@ -17,12 +17,11 @@ LogFormat = Literal["auto", "json", "console"]
 FORMATS: tuple[LogFormat, ...] = ("auto", "json", "console")
 
 
-def configure(fmt: LogFormat = "auto", level: str | int = "INFO", *, stream: object = None) -> None:
+def configure(fmt: LogFormat = "auto", level: str | int = "INFO", *, stream: TextIO | None = None) -> None:
     """Configure structlog and the stdlib root logger once, for the whole process."""
     out = stream if stream is not None else sys.stderr
     if fmt == "auto":
-        isatty = getattr(out, "isatty", None)
-        fmt = "console" if callable(isatty) and isatty() else "json"
+        fmt = "console" if out.isatty() else "json"
     numeric = logging.getLevelName(level.upper()) if isinstance(level, str) else level
     if not isinstance(numeric, int):
         raise ValueError(f"unknown log level {level!r}")  # noqa: TRY004 -- a bad value, not a bad type
@@ -38,7 +37,7 @@ def configure(fmt: LogFormat = "auto", level: str | int = "INFO", *, stream: obj
         renderer = structlog.processors.JSONRenderer()
         shared.append(structlog.processors.format_exc_info)
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=callable(getattr(out, "isatty", None)))
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,
@@ -53,7 +52,7 @@ def configure(fmt: LogFormat = "auto", level: str | int = "INFO", *, stream: obj
         foreign_pre_chain=shared,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
-    handler = logging.StreamHandler(out)  # type: ignore[arg-type]  # any file-like object
+    handler = logging.StreamHandler(out)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
