@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from lvs_events import wire
-from lvs_events.client.log import new_event
+from lvs_events.client.events import new_event
 from lvs_events.domain.events import AdminAction, AdminOverride, RealServerHealth, TableApplied
 from lvs_events.pb.v1 import coordinator_pb2 as cpb
 from lvs_events.pb.v1 import leadership_pb2 as lpb
