@@ -6,15 +6,19 @@ is back. Every agent runs it for the table it applied, so each director can star
 "sorry" server. Transitions come from the pure :func:`lvs_events.domain.render.fallback_commands`;
 this module only compares them with the last ones seen and runs the commands (asyncio
 subprocesses, a timeout each, at most one at a time per virtual service, in order).
+
+A command runs only with this director's consent (:mod:`lvs_events.agent.commands`): the
+configuration comes from the log, and the agent runs as root. A refused command is not started
+(logged here; the agent records the refusal in the log once per configuration revision).
 """
 
 from __future__ import annotations
 
 import asyncio
-import shlex
 
 import structlog
 
+from lvs_events.agent.commands import CommandConsent, CommandKind, command_argv
 from lvs_events.domain.render import FallbackCommand, fallback_commands
 from lvs_events.domain.state import State
 from lvs_events.domain.table import Table
@@ -23,13 +27,15 @@ __all__ = ["FallbackRunner"]
 
 
 class FallbackRunner:
-    def __init__(self, *, timeout: float = 30.0, max_pending: int = 64) -> None:
+    def __init__(self, consent: CommandConsent, *, timeout: float = 30.0, max_pending: int = 64) -> None:
+        self.consent = consent
         self.timeout = timeout
         self.last: dict[str, bool] = {}
         # Bounded: when full, the oldest pending command is dropped (the newest state wins).
         self.queue: asyncio.Queue[FallbackCommand] = asyncio.Queue(max_pending)
         self.log = structlog.get_logger("lvs_events.agent.fallback")
         self.ran: list[tuple[str, ...]] = []  # argv of every command run (status, tests)
+        self.refused: list[tuple[str, ...]] = []  # argv of every command not started (no consent)
 
     def transitions(self, state: State, table: Table) -> list[FallbackCommand]:
         """Commands whose state changed since the last call (first call: only active ones)."""
@@ -57,8 +63,13 @@ class FallbackRunner:
             await self._run_one(fc)
 
     async def _run_one(self, fc: FallbackCommand) -> None:
-        argv = (*shlex.split(fc.command), *fc.args)
+        argv = (*command_argv(CommandKind.FALLBACK, fc.command), *fc.args)
         log = self.log.bind(vip=fc.virtual, command=" ".join(argv))
+        consent = self.consent.consent(CommandKind.FALLBACK, fc.command)
+        if not consent.allowed:
+            self.refused.append(argv)
+            log.error("fallback.command_refused", reason=consent.reason)
+            return
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,

@@ -16,6 +16,7 @@ from pathlib import Path
 import structlog
 
 from lvs_events import logs
+from lvs_events.agent.commands import load_allowlist
 from lvs_events.agent.config_source import ConfigSourceError, LoadedConfig, load_config_json, load_ldirectord
 from lvs_events.agent.dataplane import Dataplane
 from lvs_events.agent.dataplane.memory import MemoryDataplane
@@ -72,6 +73,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--no-health-checks", action="store_true", help="run no health checks (this node reports no verdicts)"
+    )
+    cmd = p.add_argument_group(
+        "commands a configuration names (checkcommand, fallbackcommand; see docs/security.md)",
+        "They run only if allowed here or named by this director's own --config/--config-json file.",
+    )
+    cmd.add_argument(
+        "--allow-command",
+        action="append",
+        default=[],
+        metavar="'PATH [ARG...]'",
+        help="allow this exact command: an absolute path, optionally with fixed arguments (repeatable)",
+    )
+    cmd.add_argument(
+        "--commands-allow-file",
+        type=Path,
+        metavar="FILE",
+        help="allowed commands, one per line as --allow-command ('#' comments), e.g. "
+        "/etc/lvs-events/commands.allow; read at start",
     )
     p.add_argument("--timeout", type=float, default=10.0, help="deadline of coordinator calls, seconds")
     p.add_argument("--drain-timeout", type=float, default=5.0, help="shutdown drain deadline, seconds")
@@ -142,6 +161,7 @@ def settings_from(args: argparse.Namespace) -> AgentSettings:
         drain_timeout=args.drain_timeout,
         client_timeout=args.timeout,
         drift_interval=args.drift_interval,
+        allowlist=load_allowlist(args.allow_command, args.commands_allow_file),
     )
 
 
@@ -164,10 +184,12 @@ async def run(settings: AgentSettings, dataplane_kind: str, args: argparse.Names
         and isinstance(ha.vip_manager, NetlinkVips)
         and not args.no_config_vips
     ):
-        state = agent.core
-        ha.vip_manager.dynamic = lambda: [
-            v.address for v in (state.state.config.virtuals if state.state.config else ()) if v.address
-        ]
+        # agent.core is read at each call: the agent replaces it (stored state, rebase)
+        def config_vips() -> list[str]:
+            cfg = agent.core.state.config
+            return [v.address for v in (cfg.virtuals if cfg else ()) if v.address]
+
+        ha.vip_manager.dynamic = config_vips
     try:
         await agent.run(stop)
     finally:

@@ -6,6 +6,11 @@ Tasks, all in one ``TaskGroup``:
   ``inbox_size`` items). Overflow policy: when the apply loop falls that far behind, the buffered
   items are dropped and the subscriber resyncs from ``GetState`` (one snapshot item stands in
   for the backlog), then follows again after it. A compacted start gets the coordinator's snapshot.
+  Before following from a stored revision (at start, after losing every coordinator, at a
+  resync) it compares that revision with the log's head: a log behind the agent (etcd restored
+  from an older backup) would otherwise never send what the agent waits for, and the agent's
+  table would freeze. Then the error is logged with both revisions, the stored state is
+  discarded and the agent rebuilds from the coordinator's state (:meth:`Agent._rebase`).
 * **apply loop**: drains the inbox, folds everything drained, asks the core for a ``Ready`` and
   carries it out: reconcile the dataplane (verified by a dump), hand the state to the persister,
   publish ``TableApplied``. It never waits for a file: the next event from the log is applied
@@ -18,6 +23,11 @@ Tasks, all in one ``TaskGroup``:
 * **health checker**: reports verdict transitions (see :mod:`lvs_events.agent.health`).
 * **config**: with ``publish_config``, publishes ``ConfigApplied`` once if the config in force differs.
 
+Commands named by the configuration (``checkcommand``, ``fallbackcommand``) run only with this
+director's consent (:mod:`lvs_events.agent.commands`): at each new configuration revision the
+apply loop re-reads this director's own ``--config`` file, decides every command, and publishes
+one ``CommandRefused`` per refused command (and logs it as an error).
+
 ``stop`` (SIGTERM) drains within ``drain_timeout``: the subscriber and checker stop, the apply loop
 finishes what it holds, the persister finishes its write and the state is written once more if it
 moved since, the publisher flushes, then everything is cancelled.
@@ -28,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import gc
+import hashlib
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -39,7 +50,8 @@ import structlog
 
 from lvs_events.agent.autoreload import AutoReloader
 from lvs_events.agent.checks import Checker
-from lvs_events.agent.config_source import LoadedConfig, same_config
+from lvs_events.agent.commands import Allowlist, CommandGate
+from lvs_events.agent.config_source import ConfigSourceError, LoadedConfig, load_ldirectord, same_config
 from lvs_events.agent.core import ApplyCore, Policy, Ready, render_full
 from lvs_events.agent.dataplane import Dataplane, reconcile, reconcile_changed
 from lvs_events.agent.drift import DriftChecker
@@ -51,7 +63,7 @@ from lvs_events.agent.persist import StateStore
 from lvs_events.agent.publisher import Publisher
 from lvs_events.client.log import CoordinatorClient
 from lvs_events.domain.events import ConfigApplied, Event, Payload
-from lvs_events.domain.snapshot import Snapshot
+from lvs_events.domain.snapshot import Snapshot, StateView
 from lvs_events.domain.state import State
 from lvs_events.domain.table import Op, Table
 from lvs_events.errors import CoordinatorUnavailable, DataplaneError
@@ -83,6 +95,9 @@ class AgentSettings:
     client_timeout: float = 10.0
     drift_interval: float = 30.0  # the drift check's period (lvs_events.agent.drift); 0: never
     policy: Policy = field(default_factory=Policy)
+    # commands a configuration names run only if listed here or named by ``config`` (see
+    # lvs_events.agent.commands)
+    allowlist: Allowlist = field(default_factory=Allowlist)
 
 
 class Inbox:
@@ -112,6 +127,11 @@ class Inbox:
         n = len(self._items)
         self._items.clear()
         return n
+
+    def reset(self, head_revision: int) -> int:
+        """Drop everything and forget the head seen so far (the log was replaced by an older one)."""
+        self.head_revision = head_revision
+        return self.clear()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -188,8 +208,16 @@ class Agent:
         self.log = structlog.get_logger("agent").bind(node=settings.node, cluster=settings.cluster)
         self.inbox = Inbox(settings.inbox_size)
         self.core = ApplyCore(settings.node, policy=settings.policy)
+        own = settings.config
+        own_source = own.config.source if own is not None else ""
+        if settings.config_path is not None:
+            own_source = str(settings.config_path)
+        self.commands = CommandGate(
+            settings.node, settings.allowlist, own.config if own is not None else None, own_source
+        )
+        self._own_digest = own.digest if own is not None else ""
         if checker is None and settings.health_checks:
-            checker = Checker(settings.node)
+            checker = Checker(settings.node, commands=self.commands)
         self.checker = checker
         self.publisher = Publisher(
             self.client,
@@ -198,7 +226,7 @@ class Agent:
             maxsize=settings.outbox_size,
             on_overflow=self._on_outbox_overflow,
         )
-        self.fallbacks = FallbackRunner()
+        self.fallbacks = FallbackRunner(self.commands)
         self.ha = ha
         if ha is not None:
             ha.applied = lambda: (self.core.applied_revision, self.core.applied_digest)
@@ -217,6 +245,8 @@ class Agent:
         self.persister: LatestWriter[tuple[int, State, str]] = LatestWriter(self._persist)
         self._status: LatestWriter[dict[str, object]] = LatestWriter(self._write_status)
         self.resyncs = 0
+        self.rebases = 0  # stored states discarded because the log was behind them
+        self._rebase_to: Snapshot | None = None  # set by the subscriber, carried out by the apply loop
         self._stopping = False
         self._freeze_due = False  # a configuration or a snapshot came in: see _freeze_heap
 
@@ -342,8 +372,12 @@ class Agent:
     async def _subscribe_loop(self) -> None:
         from_rev = self.core.state.revision + 1
         backoff = COORDINATOR_RETRY.start()
+        verify = from_rev > 1
         while True:
             try:
+                if verify:
+                    from_rev = await self._verify_not_ahead(from_rev)
+                    verify = False
                 async with self.client.subscribe(from_rev, follow=True, snapshot_if_compacted=True) as sub:
                     async for item in sub:
                         backoff.reset()
@@ -352,11 +386,35 @@ class Agent:
                             break
                         from_rev = sub.last_revision + 1
             except CoordinatorUnavailable as e:
+                # every coordinator was lost: the log may come back restored from a backup
+                verify = from_rev > 1
                 delay = backoff.next_delay()
                 self.log.warning(
                     "agent.subscribe_failed", error=str(e), from_revision=from_rev, retry_in=round(delay, 3)
                 )
                 await asyncio.sleep(delay)
+
+    async def _verify_not_ahead(self, from_rev: int) -> int:
+        """Where to follow the log from: ``from_rev``, unless the log's head is below what the
+        agent already holds (``from_rev - 1``); then the agent rebases on the log's state and
+        follows from after it. Raises CoordinatorUnavailable (the caller retries)."""
+        view = await self.client.get_state()
+        if view.head_revision >= from_rev - 1:
+            return from_rev
+        self._request_rebase(from_rev - 1, view)
+        return view.revision + 1
+
+    def _request_rebase(self, held: int, view: StateView) -> None:
+        self.log.error(
+            "agent.stored_revision_ahead_of_log",
+            stored_revision=held,
+            log_head=view.head_revision,
+            error=f"this agent holds revision {held} but the log ends at {view.head_revision} (etcd "
+            "restored from an older backup?): discarding the stored state, rebuilding from the log",
+        )
+        self.inbox.reset(view.head_revision)
+        self._rebase_to = Snapshot(view.revision, view.state, view.table_digest)
+        self.inbox.wake()
 
     async def _resync(self) -> int:
         """Inbox overflow: drop the backlog and jump to the coordinator's state (a snapshot item)."""
@@ -369,6 +427,9 @@ class Agent:
             rev = self.core.state.revision + 1
             self.log.warning("agent.resync_fallback", error=str(e), dropped=dropped, from_revision=rev)
             return rev
+        if view.head_revision < self.core.state.revision:
+            self._request_rebase(self.core.state.revision, view)
+            return view.revision + 1
         self.inbox.offer(Snapshot(view.revision, view.state, view.table_digest), view.head_revision)
         self.log.warning("agent.resync", dropped=dropped, revision=view.revision)
         return view.revision + 1
@@ -387,6 +448,8 @@ class Agent:
             if cost > 0.005 and not self._stopping and not self.inbox.caught_up(core.state.revision):
                 await asyncio.sleep(min(0.25, cost))
             began = time.monotonic()
+            if self._rebase_to is not None:
+                core = await self._rebase()
             items = self.inbox.drain()
             for item in items:
                 if isinstance(item, Snapshot):
@@ -395,6 +458,8 @@ class Agent:
                 elif isinstance(item.payload, ConfigApplied):
                     self._freeze_due = True
                 core.step(item)
+            if core.state.config_revision != self.commands.config_revision:
+                await self._decide_commands(core.state)
             if items and self.checker is not None:
                 self.checker.on_state(core.state)
             if core.full_render_due():
@@ -414,6 +479,51 @@ class Agent:
                 return
             deadline = core.next_deadline()
             await self.inbox.wait(None if deadline is None else max(0.0, deadline - now))
+
+    async def _rebase(self) -> ApplyCore:
+        """Replace the folded state by the log's (the subscriber found the log behind the agent):
+        a new core from the coordinator's snapshot, written at once over the stored state; the
+        dataplane is then reconciled to its table as at start (nothing is known applied)."""
+        snap, self._rebase_to = self._rebase_to, None
+        assert snap is not None
+        await self.persister.idle()  # no write of the discarded state lands after ours
+        core = self.core = ApplyCore(self.settings.node, policy=self.settings.policy)
+        core.step(snap)
+        self.rebases += 1
+        self._freeze_due = True
+        try:
+            await self.store.save(self.settings.node, core.state, "")
+            core.persisted(core.state.revision, time.monotonic())
+        except OSError as e:
+            self.log.exception("agent.persist_failed", revision=core.state.revision, error=str(e))
+        if self.checker is not None:
+            self.checker.on_state(core.state)
+        self.log.warning("agent.rebased", revision=core.state.revision, table_digest=snap.table_digest)
+        return core
+
+    async def _decide_commands(self, state: State) -> None:
+        """A new configuration is in force: refresh this director's own file, decide each command
+        the configuration names, record every refusal (once per command and revision)."""
+        path = self.settings.config_path
+        if path is not None:
+            try:
+                loaded = await asyncio.to_thread(_read_if_changed, path, self._own_digest)
+            except (OSError, ConfigSourceError) as e:
+                self.log.warning("agent.own_config_unreadable", path=str(path), error=str(e))
+                loaded = None
+            if loaded is not None:
+                self._own_digest = loaded.digest
+                self.commands.set_own(loaded.config, str(path))
+        for refused in self.commands.on_config(state.config, state.config_revision):
+            self.log.error(
+                "agent.command_refused",
+                kind=refused.kind,
+                command=refused.command,
+                virtuals=list(refused.virtuals),
+                reason=refused.reason,
+                config_revision=refused.config_revision,
+            )
+            self.publisher.submit(refused, reason="not allowed by this director's local command policy")
 
     def _freeze_heap(self) -> None:
         """Take what is alive now -- the state, the rendered and applied tables of a new
@@ -565,6 +675,14 @@ class Agent:
                     "agent.config_refused", event_id=ev.event_id, code=ack.error_code, error=ack.error
                 )
             return
+
+
+def _read_if_changed(path: Path, digest: str) -> LoadedConfig | None:
+    """This director's config file, parsed, when its content's digest is not ``digest`` (None:
+    unchanged). Blocking (a read, a parse, name resolution): call in a thread."""
+    if hashlib.sha256(path.read_bytes()).hexdigest() == digest:
+        return None
+    return load_ldirectord(path)
 
 
 class _Fenced:

@@ -8,6 +8,7 @@ import json
 from lvs_events.domain import codec
 from lvs_events.domain.events import (
     AdminOverride,
+    CommandRefused,
     ConfigApplied,
     ConfigRejected,
     DataplaneDrift,
@@ -46,6 +47,10 @@ def summary(event: Event) -> str:  # noqa: PLR0911 -- one return per payload typ
     if isinstance(p, DataplaneDrift):
         shown = "; ".join(p.repairs[:3]) + (f"; and {len(p.repairs) - 3} more" if len(p.repairs) > 3 else "")
         return f"{p.node} repaired IPVS drift at revision {p.revision}: {shown or 'nothing'}"
+    if isinstance(p, CommandRefused):
+        more = f" and {len(p.virtuals) - 3} more" if len(p.virtuals) > 3 else ""
+        where = ", ".join(p.virtuals[:3]) + more
+        return f"{p.node} REFUSED {p.kind} {p.command!r} ({where or 'no service'}): {p.reason}"
     if isinstance(p, DrillMarker):
         detail = f": {p.detail}" if p.detail else ""
         return f"drill {p.drill_id} {p.scenario} {p.phase}{detail}"

@@ -92,6 +92,20 @@ class DataplaneDrift:
     foreign: tuple[str, ...] = ()  # services in the kernel the node does not own (left alone)
 
 
+@dataclass(frozen=True, slots=True)
+class CommandRefused:
+    """A node refused to run a command the configuration in force names (its local policy does
+    not allow it): an external check counts as failed, a fallbackcommand is not started. A
+    record only: the fold changes nothing."""
+
+    node: str
+    kind: str  # checkcommand | fallbackcommand
+    command: str  # as the configuration writes it
+    virtuals: tuple[str, ...]  # the virtual services naming it (at most 100)
+    reason: str
+    config_revision: int  # the revision of the ConfigApplied in force
+
+
 Payload = (
     ConfigApplied
     | RealServerHealth
@@ -101,6 +115,7 @@ Payload = (
     | DrillMarker
     | ConfigRejected
     | DataplaneDrift
+    | CommandRefused
 )
 
 PAYLOAD_TYPES: dict[type[object], str] = {
@@ -112,6 +127,7 @@ PAYLOAD_TYPES: dict[type[object], str] = {
     DrillMarker: "DrillMarker",
     ConfigRejected: "ConfigRejected",
     DataplaneDrift: "DataplaneDrift",
+    CommandRefused: "CommandRefused",
 }
 
 

@@ -15,6 +15,7 @@ from lvs_events.domain.config import Config, Family, Protocol, RealServer, Virtu
 from lvs_events.domain.events import (
     AdminAction,
     AdminOverride,
+    CommandRefused,
     ConfigApplied,
     ConfigRejected,
     DataplaneDrift,
@@ -99,8 +100,22 @@ def validate_event(event: Event, *, max_bytes: int = MAX_EVENT_BYTES, size: int 
         _need(bool(p.repairs), "dataplane_drift.repairs", "at least one repair", "none")
         for i, line in enumerate(p.repairs):
             _need(0 < len(line) <= MAX_TEXT, f"dataplane_drift.repairs[{i}]", "an operation", line)
+    elif isinstance(p, CommandRefused):
+        _command_refused(p)
     elif isinstance(p, DrillMarker):
         _need(bool(p.drill_id), "drill_marker.drill_id", "an id", p.drill_id)
+
+
+def _command_refused(p: CommandRefused) -> None:
+    _need(bool(_NAME_RE.match(p.node)), "command_refused.node", "a node name", p.node)
+    kinds = ("checkcommand", "fallbackcommand")
+    _need(p.kind in kinds, "command_refused.kind", "checkcommand or fallbackcommand", p.kind)
+    _need(0 < len(p.command) <= MAX_TEXT, "command_refused.command", "the command", p.command)
+    _need(0 < len(p.reason) <= MAX_TEXT, "command_refused.reason", "the reason", p.reason)
+    _need(len(p.virtuals) <= 100, "command_refused.virtuals", "at most 100", len(p.virtuals))
+    for i, v in enumerate(p.virtuals):
+        _need(0 < len(v) <= MAX_ID_LEN, f"command_refused.virtuals[{i}]", "a virtual service key", v)
+    _need(p.config_revision > 0, "command_refused.config_revision", "a revision > 0", p.config_revision)
 
 
 def validate_config(cfg: Config) -> None:

@@ -26,7 +26,8 @@ Peer Status            R         R         R       R        R
 health, reflection     R         R         R       R        R
 event RealServerHealth =         -         -       -        R
 event TableApplied,    =         -         -       -        R
-DataplaneDrift
+DataplaneDrift,
+CommandRefused
 event ConfigApplied    R         R         -       -        R
 event ConfigRejected   R         -         -       -        R
 event AdminOverride    -         R         -       -        R
@@ -46,6 +47,7 @@ from dataclasses import dataclass
 
 from lvs_events.domain.events import (
     AdminOverride,
+    CommandRefused,
     ConfigApplied,
     ConfigRejected,
     DataplaneDrift,
@@ -107,6 +109,7 @@ _EVENTS: dict[str, frozenset[Role]] = {
     "RealServerHealth": frozenset({Role.DIRECTOR}),
     "TableApplied": frozenset({Role.DIRECTOR}),
     "DataplaneDrift": frozenset({Role.DIRECTOR}),
+    "CommandRefused": frozenset({Role.DIRECTOR}),
     "ConfigApplied": frozenset({Role.DIRECTOR, Role.OPERATOR}),
     "ConfigRejected": frozenset({Role.DIRECTOR}),
     "AdminOverride": frozenset({Role.OPERATOR}),
@@ -117,6 +120,7 @@ _SUBJECT_WORDS = {
     "RealServerHealth": "health",
     "TableApplied": "TableApplied",
     "DataplaneDrift": "DataplaneDrift",
+    "CommandRefused": "CommandRefused",
 }
 
 
@@ -157,6 +161,8 @@ def publish_action(event: Event) -> PublishEvent:
             return PublishEvent("TableApplied", p.node)
         case DataplaneDrift():
             return PublishEvent("DataplaneDrift", p.node)
+        case CommandRefused():
+            return PublishEvent("CommandRefused", p.node)
         case ConfigApplied() | ConfigRejected() | AdminOverride() | DrillMarker() | Leadership():
             return PublishEvent(event.type_name)
 

@@ -7,6 +7,7 @@ import os
 import stat
 from pathlib import Path
 
+from lvs_events.agent.commands import NO_CONSENT, Allowlist, CommandGate
 from lvs_events.agent.fallback import FallbackRunner
 from lvs_events.domain.config import Config, GlobalSettings, Protocol, RealServer, VirtualService
 from lvs_events.domain.events import ConfigApplied, Event, Payload, RealServerHealth
@@ -35,7 +36,7 @@ def test_global_fallback_without_port_takes_the_virtual_port() -> None:
 
 
 def test_transitions_start_then_stop() -> None:
-    r = FallbackRunner()
+    r = FallbackRunner(NO_CONSENT)  # transitions are decided whatever the consent
     s = _state("/usr/local/bin/sorry")
     [start] = r.transitions(s, render(s))
     assert start.args == ("start", "203.0.113.10:80", "tcp")
@@ -50,7 +51,7 @@ async def test_runner_runs_the_script_with_ldirectords_arguments(tmp_path: Path)
     script = tmp_path / "sorry.sh"
     script.write_text(f'#!/bin/sh\necho "$@" >> {out}\n')
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    r = FallbackRunner(timeout=5)
+    r = FallbackRunner(CommandGate("lb1", Allowlist(frozenset({(str(script),)}))), timeout=5)
     task = asyncio.create_task(r.run())
     try:
         s = _state(str(script))

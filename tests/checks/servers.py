@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lvs_events.agent.checks import Checker, CheckSpec, Result, spec_for
+from lvs_events.agent.commands import CommandKind, Consent
 from lvs_events.domain.config import CheckSettings, GlobalSettings, Protocol, RealServer, VirtualService
 
 HOST = "127.0.0.1"
@@ -47,9 +48,17 @@ def make_spec(
     return spec_for(v, v.reals[0], GlobalSettings(fork=fork))
 
 
+class AllowAll:
+    """A command policy allowing every command (these tests are about the probes themselves;
+    the policy has its own tests in tests/agent/test_agent_consent*.py)."""
+
+    def consent(self, kind: CommandKind, command: str) -> Consent:
+        return Consent(True, "test")
+
+
 async def check(spec: CheckSpec, *, negotiate: bool = False) -> Result:
     """One check of ``spec``, exactly as the scheduler runs it (timeout, error mapping)."""
-    return await Checker("test").check_once(spec, negotiate)
+    return await Checker("test", commands=AllowAll()).check_once(spec, negotiate)
 
 
 def closed_port(kind: int = socket.SOCK_STREAM) -> int:

@@ -15,6 +15,7 @@ N (combined)       N connect checks, then one negotiate        as connect / as n
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 
 from lvs_events.agent.checks import dbs, directory, dns, mail, udp
@@ -23,6 +24,7 @@ from lvs_events.agent.checks.http import check_http
 from lvs_events.agent.checks.ping import ping
 from lvs_events.agent.checks.simple import check_connect, check_external, check_external_perl, check_none
 from lvs_events.agent.checks.spec import CheckSpec
+from lvs_events.agent.commands import NO_CONSENT, CommandConsent
 
 __all__ = ["NEGOTIATORS", "Probe", "plan"]
 
@@ -64,10 +66,13 @@ NEGOTIATORS: dict[str, Probe] = {
 _CHECKTIMEOUT_BOUND = frozenset({"ldap", "ldaps", "radius"})
 
 
-def plan(spec: CheckSpec, negotiate: bool) -> tuple[Probe, float, str]:
+def plan(
+    spec: CheckSpec, negotiate: bool, consent: CommandConsent = NO_CONSENT
+) -> tuple[Probe, float, str]:
     """The probe, its timeout and a short name for the detail (``connect``, ``negotiate``...).
 
-    ``negotiate`` selects the negotiate half of a combined check.
+    ``negotiate`` selects the negotiate half of a combined check. ``consent`` decides whether an
+    external check's command may run (see :mod:`lvs_events.agent.commands`; default: never).
     """
     ct = spec.checktype
     if ct == "negotiate" or (ct == "combined" and negotiate):
@@ -81,7 +86,7 @@ def plan(spec: CheckSpec, negotiate: bool) -> tuple[Probe, float, str]:
     if ct == "ping":
         return _ping, spec.checktimeout * spec.checkcount, "ping"
     if ct == "external":
-        return check_external, spec.checktimeout, "external"
+        return functools.partial(check_external, consent=consent), spec.checktimeout, "external"
     if ct == "external-perl":
-        return check_external_perl, spec.checktimeout, "external-perl"
+        return functools.partial(check_external_perl, consent=consent), spec.checktimeout, "external-perl"
     raise ValueError(f"checktype {ct!r} is not probed")

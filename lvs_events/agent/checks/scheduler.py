@@ -50,6 +50,7 @@ import structlog
 from lvs_events.agent.checks.base import Down, Result, sockaddr
 from lvs_events.agent.checks.probes import Probe, plan
 from lvs_events.agent.checks.spec import CheckSpec, specs_from_config
+from lvs_events.agent.commands import NO_CONSENT, CommandConsent
 from lvs_events.agent.health import HealthReporter
 from lvs_events.domain.config import Config, Protocol
 from lvs_events.domain.state import RealKey, State
@@ -98,7 +99,8 @@ class Checker:
 
     ``node`` is this director's name (its earlier view in the log seeds the verdicts).
     ``probe`` replaces every probe (tests); ``rng`` makes the jitter reproducible; ``on_check``
-    sees every finished check ``(spec, result, started, ended)`` (the benchmark's probe point).
+    sees every finished check ``(spec, result, started, ended)`` (the benchmark's probe point);
+    ``commands`` decides whether an external check's command may run (default: never).
     """
 
     def __init__(
@@ -111,6 +113,7 @@ class Checker:
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_check: Callable[[CheckSpec, Result, float, float], None] | None = None,
+        commands: CommandConsent = NO_CONSENT,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
@@ -122,6 +125,7 @@ class Checker:
         self._rng = rng or random.Random()
         self._clock = clock
         self._on_check = on_check
+        self._commands = commands
         self._config: Config | None = None
         self._targets: dict[RealKey, _Target] = {}
         self._heap: list[tuple[float, int, _Target, int]] = []
@@ -333,7 +337,7 @@ class Checker:
     async def check_once(self, spec: CheckSpec, negotiate: bool) -> Result:
         """Run one probe within its timeout; every failure becomes a down :class:`Result`."""
         try:
-            probe, timeout, kind = plan(spec, negotiate)
+            probe, timeout, kind = plan(spec, negotiate, self._commands)
             if self._probe is not None:
                 probe = self._probe
             try:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import shlex
 import shutil
 import socket
 import struct
@@ -19,6 +17,7 @@ import structlog
 from lvs_events.agent.checks.base import Result, sockaddr
 from lvs_events.agent.checks.ping import ping
 from lvs_events.agent.checks.spec import CheckSpec
+from lvs_events.agent.commands import CommandConsent, CommandKind, command_argv
 
 __all__ = ["check_connect", "check_external", "check_external_perl", "check_none"]
 
@@ -49,14 +48,6 @@ async def check_connect(spec: CheckSpec) -> Result:
 async def check_none(spec: CheckSpec) -> Result:
     """``service = none``: nothing to negotiate, the server is up (ldirectord's ``check_none``)."""
     return Result(True, "service none")
-
-
-def _argv(command: str) -> list[str]:
-    # ldirectord execs the command as one program path; accept "path arg ..." when that path
-    # does not exist as written, which is what an operator who wrote it meant.
-    if os.path.exists(command) or not any(ch.isspace() for ch in command):
-        return [command]
-    return shlex.split(command)
 
 
 async def _reap(proc: asyncio.subprocess.Process) -> None:
@@ -100,14 +91,26 @@ async def _run(argv: list[str], spec: CheckSpec) -> Result:
     return Result(code == 0, detail)
 
 
-async def check_external(spec: CheckSpec) -> Result:
-    """Run ``checkcommand virtual-ip virtual-port real-ip real-port``; exit status 0 is up."""
-    return await _run(_argv(spec.checkcommand), spec)
+def _refused(consent: CommandConsent, spec: CheckSpec) -> Result | None:
+    c = consent.consent(CommandKind.CHECK, spec.checkcommand)
+    return None if c.allowed else Result(False, f"checkcommand refused by local policy: {c.reason}")
 
 
-async def check_external_perl(spec: CheckSpec) -> Result:
+async def check_external(spec: CheckSpec, consent: CommandConsent) -> Result:
+    """Run ``checkcommand virtual-ip virtual-port real-ip real-port``; exit status 0 is up.
+    Without this director's consent nothing runs and the check fails."""
+    refused = _refused(consent, spec)
+    if refused is not None:
+        return refused
+    return await _run(list(command_argv(CommandKind.CHECK, spec.checkcommand)), spec)
+
+
+async def check_external_perl(spec: CheckSpec, consent: CommandConsent) -> Result:
     """ldirectord evaluates the file inside its own perl; we run it with the perl interpreter,
-    with the same four arguments and the same exit-code convention."""
+    with the same four arguments and the same exit-code convention (with consent, as above)."""
+    refused = _refused(consent, spec)
+    if refused is not None:
+        return refused
     perl = shutil.which("perl")
     if perl is None:
         return Result(False, "external-perl: no perl interpreter found")

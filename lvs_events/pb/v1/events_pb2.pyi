@@ -837,6 +837,50 @@ class DataplaneDrift(_message.Message):
 Global___DataplaneDrift: _TypeAlias = DataplaneDrift  # noqa: Y015
 
 @_typing.final
+class CommandRefused(_message.Message):
+    """A node refused to run a command the configuration in force names: its local policy (allowlist,
+    its own configuration file) does not allow it. A record only: the fold changes nothing.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    COMMAND_FIELD_NUMBER: _builtins.int
+    VIRTUALS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CONFIG_REVISION_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    kind: _builtins.str
+    """checkcommand | fallbackcommand"""
+    command: _builtins.str
+    """as the configuration writes it"""
+    reason: _builtins.str
+    config_revision: _builtins.int
+    """the revision of the ConfigApplied in force"""
+    @_builtins.property
+    def virtuals(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the virtual services naming it (at most 100)"""
+
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        command: _builtins.str = ...,
+        virtuals: _abc.Iterable[_builtins.str] | None = ...,
+        reason: _builtins.str = ...,
+        config_revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "config_revision", b"config_revision", "kind", b"kind", "node", b"node", "reason", b"reason", "virtuals", b"virtuals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommandRefused: _TypeAlias = CommandRefused  # noqa: Y015
+
+@_typing.final
 class Event(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -856,6 +900,7 @@ class Event(_message.Message):
     DRILL_MARKER_FIELD_NUMBER: _builtins.int
     CONFIG_REJECTED_FIELD_NUMBER: _builtins.int
     DATAPLANE_DRIFT_FIELD_NUMBER: _builtins.int
+    COMMAND_REFUSED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """made by the publisher; a retry with the same id is a no-op"""
     cluster: _builtins.str
@@ -886,6 +931,8 @@ class Event(_message.Message):
     def config_rejected(self) -> Global___ConfigRejected: ...
     @_builtins.property
     def dataplane_drift(self) -> Global___DataplaneDrift: ...
+    @_builtins.property
+    def command_refused(self) -> Global___CommandRefused: ...
     def __init__(
         self,
         *,
@@ -905,12 +952,13 @@ class Event(_message.Message):
         drill_marker: Global___DrillMarker | None = ...,
         config_rejected: Global___ConfigRejected | None = ...,
         dataplane_drift: Global___DataplaneDrift | None = ...,
+        command_refused: Global___CommandRefused | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["admin_override", b"admin_override", "config_applied", b"config_applied", "config_rejected", b"config_rejected", "dataplane_drift", b"dataplane_drift", "drill_marker", b"drill_marker", "leadership", b"leadership", "payload", b"payload", "real_server_health", b"real_server_health", "table_applied", b"table_applied"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["admin_override", b"admin_override", "command_refused", b"command_refused", "config_applied", b"config_applied", "config_rejected", b"config_rejected", "dataplane_drift", b"dataplane_drift", "drill_marker", b"drill_marker", "leadership", b"leadership", "payload", b"payload", "real_server_health", b"real_server_health", "table_applied", b"table_applied"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "admin_override", b"admin_override", "cluster", b"cluster", "config_applied", b"config_applied", "config_rejected", b"config_rejected", "dataplane_drift", b"dataplane_drift", "drill_marker", b"drill_marker", "event_id", b"event_id", "leadership", b"leadership", "origin", b"origin", "payload", b"payload", "real_server_health", b"real_server_health", "reason", b"reason", "revision", b"revision", "table_applied", b"table_applied", "term", b"term", "wall_time", b"wall_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "admin_override", b"admin_override", "cluster", b"cluster", "command_refused", b"command_refused", "config_applied", b"config_applied", "config_rejected", b"config_rejected", "dataplane_drift", b"dataplane_drift", "drill_marker", b"drill_marker", "event_id", b"event_id", "leadership", b"leadership", "origin", b"origin", "payload", b"payload", "real_server_health", b"real_server_health", "reason", b"reason", "revision", b"revision", "table_applied", b"table_applied", "term", b"term", "wall_time", b"wall_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["config_applied", "real_server_health", "admin_override", "table_applied", "leadership", "drill_marker", "config_rejected", "dataplane_drift"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["config_applied", "real_server_health", "admin_override", "table_applied", "leadership", "drill_marker", "config_rejected", "dataplane_drift", "command_refused"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
