@@ -16,6 +16,7 @@ from lvs_events.domain.events import (
     DrillMarker,
     Event,
     Leadership,
+    LogIntegrity,
     RealServerHealth,
     TableApplied,
 )
@@ -48,6 +49,8 @@ def summary(event: Event) -> str:  # noqa: PLR0911 -- one return per payload typ
     if isinstance(p, DataplaneDrift):
         shown = "; ".join(p.repairs[:3]) + (f"; and {len(p.repairs) - 3} more" if len(p.repairs) > 3 else "")
         return f"{p.node} repaired IPVS drift at revision {p.revision}: {shown or 'nothing'}"
+    if isinstance(p, LogIntegrity):
+        return f"{p.node} found the log's hash chain broken at revision {p.revision}: {p.detail}"
     if isinstance(p, DrillMarker):
         detail = f": {p.detail}" if p.detail else ""
         return f"drill {p.drill_id} {p.scenario} {p.phase}{detail}"

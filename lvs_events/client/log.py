@@ -56,6 +56,7 @@ import structlog
 
 from lvs_events import wire
 from lvs_events.domain import codec
+from lvs_events.domain.chain import ChainFollower
 from lvs_events.domain.events import Event, Payload
 from lvs_events.domain.state import State
 from lvs_events.domain.table import Table, table_from_json
@@ -369,10 +370,12 @@ class CoordinatorClient:
         while True:
             endpoint = self.endpoint
             stub = self._stub(endpoint)
-            try:
-                resp = await stub.GetState(
-                    cpb.GetStateRequest(revision=revision),
-                    timeout=max(0.05, min(self.attempt_timeout, attempt.remaining())),
+            try:  # in pieces: a state of any size fits under every message limit
+                resp = await _joined_state(
+                    stub.GetStateChunks(
+                        cpb.GetStateRequest(revision=revision),
+                        timeout=max(0.05, min(self.attempt_timeout, attempt.remaining())),
+                    )
                 )
             except grpc.aio.AioRpcError as e:
                 _raise_unless_retryable(e)
@@ -520,13 +523,17 @@ class CoordinatorClient:
         follow: bool = False,
         filters: Filters | None = None,
         snapshot_if_compacted: bool = True,
+        chain: ChainFollower | None = None,
     ) -> Subscription:
         """The log from ``from_revision`` (0: from the start, or the snapshot), as an async
         iterator of :class:`Event` and :class:`Snapshot` items. Without ``follow`` it ends at the
         head; with ``follow`` it goes on with new events. It resumes on another endpoint after a
         failure, with no gap and no duplicate, and raises CoordinatorUnavailable when no endpoint
-        has answered for ``timeout`` seconds."""
-        return Subscription(self, from_revision, follow, filters or Filters(), snapshot_if_compacted)
+        has answered for ``timeout`` seconds. ``chain``: checks the hash chain of each event
+        received (it reports breaks itself, see :class:`ChainFollower`)."""
+        return Subscription(
+            self, from_revision, follow, filters or Filters(), snapshot_if_compacted, chain=chain
+        )
 
 
 class Subscription:
@@ -535,8 +542,16 @@ class Subscription:
     (``last_revision >= head_revision``: caught up). Close it with :meth:`aclose` or ``async with``."""
 
     def __init__(
-        self, client: CoordinatorClient, from_revision: int, follow: bool, filters: Filters, snapshot: bool
+        self,
+        client: CoordinatorClient,
+        from_revision: int,
+        follow: bool,
+        filters: Filters,
+        snapshot: bool,
+        *,
+        chain: ChainFollower | None = None,
     ) -> None:
+        self._chain = chain
         self._client = client
         self._from = from_revision
         self._follow = follow
@@ -582,9 +597,10 @@ class Subscription:
             virtuals=list(f.virtuals),
             reals=list(f.reals),
             snapshot_if_compacted=self._snapshot,
+            snapshot_chunks=True,
         )
 
-    async def _items(self) -> AsyncIterator[Event | Snapshot]:  # noqa: PLR0912 -- one loop, many exits
+    async def _items(self) -> AsyncIterator[Event | Snapshot]:  # noqa: PLR0912, PLR0915 -- one loop, many exits
         client = self._client
         attempt = _Attempt(client, "Subscribe", client.timeout)
         loop = asyncio.get_running_loop()
@@ -601,6 +617,7 @@ class Subscription:
                 self._request(), timeout=client.stream_max_age if self._follow else None
             )
             self._call = call
+            pieces: _SnapshotPieces | None = None  # a chunked snapshot being received
             try:
                 while True:
                     if self._follow:
@@ -614,6 +631,10 @@ class Subscription:
                         self._ended()
                     attempt = _Attempt(client, "Subscribe", client.timeout)  # it answers: reset
                     self.head_revision = max(self.head_revision, resp.head_revision)
+                    pieces, whole = _SnapshotPieces.take(pieces, resp)
+                    if whole is None:
+                        continue
+                    resp = whole
                     if resp.WhichOneof("item") == "snapshot":  # a big decode: in a thread
                         item = await asyncio.to_thread(self._convert, resp)
                     else:
@@ -647,6 +668,8 @@ class Subscription:
                 return None
             state = _decode_state(snap.state)
             self.last_revision = snap.revision
+            if self._chain is not None:
+                self._chain.reset(snap.revision, snap.chain_head)
             return Snapshot(snap.revision, state, snap.table_digest)
         if which == "event":
             rev = resp.event.revision
@@ -657,12 +680,42 @@ class Subscription:
                     "coordinator.subscribe.gap", expected=self.last_revision + 1, got=rev, revision=rev
                 )
             event = wire.event_from_pb(resp.event)
+            if self._chain is not None:
+                self._chain.step(wire.chain_link(resp.event))
             self.last_revision = rev
             return event
         return None  # an item type from a newer server: skip
 
 
 # --- helpers ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _SnapshotPieces:
+    """A snapshot sent in pieces (``snapshot`` without its state, then ``snapshot_chunk``s)."""
+
+    response: cpb.SubscribeResponse
+    data: list[bytes]
+
+    @staticmethod
+    def take(
+        pieces: _SnapshotPieces | None, resp: cpb.SubscribeResponse
+    ) -> tuple[_SnapshotPieces | None, cpb.SubscribeResponse | None]:
+        """Feed one item: (the pieces still open, the item to handle now or None)."""
+        which = resp.WhichOneof("item")
+        if which == "snapshot" and not resp.snapshot.state:  # its state follows in pieces
+            return _SnapshotPieces(resp, []), None
+        if which != "snapshot_chunk":
+            return pieces, resp
+        if pieces is None:
+            raise InvalidEvent("Subscribe: a snapshot piece without its snapshot")
+        pieces.data.append(resp.snapshot_chunk.data)
+        if not resp.snapshot_chunk.last:
+            return pieces, None
+        whole = pieces.response
+        whole.snapshot.state = b"".join(pieces.data)
+        whole.head_revision = max(whole.head_revision, resp.head_revision)
+        return None, whole
 
 
 def _publish_ended() -> NoReturn:
@@ -688,6 +741,25 @@ def _describe(e: BaseException) -> str:
 def _raise_unless_retryable(e: grpc.aio.AioRpcError) -> None:
     if e.code() not in RETRYABLE:
         raise CoordinatorRejected(e.code().name, e.details() or "") from e
+
+
+async def _joined_state(
+    call: grpc.aio.UnaryStreamCall[cpb.GetStateRequest, cpb.StateChunk],
+) -> cpb.GetStateResponse:
+    """A GetStateChunks stream put back together as the GetStateResponse it cuts up."""
+    header: cpb.GetStateResponse | None = None
+    state: list[bytes] = []
+    table: list[bytes] = []
+    async for chunk in call:
+        if header is None:
+            header = chunk.header
+        state.append(chunk.state)
+        table.append(chunk.table)
+        if chunk.last:
+            header.state = b"".join(state)
+            header.table = b"".join(table)
+            return header
+    raise InvalidEvent("GetStateChunks: the stream ended before its last piece")
 
 
 def _decode_state(blob: bytes) -> State:

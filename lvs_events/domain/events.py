@@ -92,6 +92,19 @@ class DataplaneDrift:
     foreign: tuple[str, ...] = ()  # services in the kernel the node does not own (left alone)
 
 
+@dataclass(frozen=True, slots=True)
+class LogIntegrity:
+    """An agent found the log's hash chain broken while replaying it (an entry edited or removed
+    behind the coordinators' back, :mod:`lvs_events.domain.chain`). A record only: the fold
+    changes nothing."""
+
+    node: str  # the agent that found it
+    revision: int  # the first revision whose link does not hold
+    expected: str  # hex: the hash the chain predicts
+    found: str  # hex: the hash the entry carries
+    detail: str = ""  # which link failed
+
+
 Payload = (
     ConfigApplied
     | RealServerHealth
@@ -101,6 +114,7 @@ Payload = (
     | DrillMarker
     | ConfigRejected
     | DataplaneDrift
+    | LogIntegrity
 )
 
 PAYLOAD_TYPES: dict[type[object], str] = {
@@ -112,6 +126,7 @@ PAYLOAD_TYPES: dict[type[object], str] = {
     DrillMarker: "DrillMarker",
     ConfigRejected: "ConfigRejected",
     DataplaneDrift: "DataplaneDrift",
+    LogIntegrity: "LogIntegrity",
 }
 
 

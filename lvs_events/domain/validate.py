@@ -21,6 +21,7 @@ from lvs_events.domain.events import (
     DrillMarker,
     Event,
     Leadership,
+    LogIntegrity,
     RealServerHealth,
     TableApplied,
 )
@@ -33,6 +34,7 @@ SCHEDULERS = frozenset(
     {"rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh", "twos"}
 )
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]*$")
+_HASH_RE = re.compile(r"(?:[0-9a-f]{64})?")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
 
 
@@ -99,6 +101,12 @@ def validate_event(event: Event, *, max_bytes: int = MAX_EVENT_BYTES, size: int 
         _need(bool(p.repairs), "dataplane_drift.repairs", "at least one repair", "none")
         for i, line in enumerate(p.repairs):
             _need(0 < len(line) <= MAX_TEXT, f"dataplane_drift.repairs[{i}]", "an operation", line)
+    elif isinstance(p, LogIntegrity):
+        _need(bool(_NAME_RE.match(p.node)), "log_integrity.node", "a node name", p.node)
+        _need(p.revision > 0, "log_integrity.revision", "a revision > 0", p.revision)
+        for name, value in (("expected", p.expected), ("found", p.found)):
+            _need(bool(_HASH_RE.fullmatch(value)), f"log_integrity.{name}", "sha256 hex or empty", value)
+        _need(len(p.detail) <= MAX_TEXT, "log_integrity.detail", "a short text", len(p.detail))
     elif isinstance(p, DrillMarker):
         _need(bool(p.drill_id), "drill_marker.drill_id", "an id", p.drill_id)
 

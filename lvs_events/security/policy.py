@@ -15,7 +15,7 @@ peer; ``-`` refused):
 action                 director  operator  reader  witness  unverified
 =====================  ========  ========  ======  =======  ==========
 Publish (stream)       R         R         -       -        R
-Subscribe, GetState    R         R         R       R        R
+Subscribe, GetState*   R         R         R       R        R
 Campaign, KeepAlive,   =         -         -       -        R
 Resign, Takeover
 GetLeader, Observe     R         R         R       R        R
@@ -26,7 +26,8 @@ Peer Status            R         R         R       R        R
 health, reflection     R         R         R       R        R
 event RealServerHealth =         -         -       -        R
 event TableApplied,    =         -         -       -        R
-DataplaneDrift
+DataplaneDrift,
+LogIntegrity
 event ConfigApplied    R         R         -       -        R
 event ConfigRejected   R         -         -       -        R
 event AdminOverride    -         R         -       -        R
@@ -52,6 +53,7 @@ from lvs_events.domain.events import (
     DrillMarker,
     Event,
     Leadership,
+    LogIntegrity,
     RealServerHealth,
     TableApplied,
 )
@@ -67,6 +69,7 @@ class Rpc(enum.StrEnum):
     PUBLISH = "/lvs_events.v1.Coordinator/Publish"
     SUBSCRIBE = "/lvs_events.v1.Coordinator/Subscribe"
     GET_STATE = "/lvs_events.v1.Coordinator/GetState"
+    GET_STATE_CHUNKS = "/lvs_events.v1.Coordinator/GetStateChunks"
     CAMPAIGN = "/lvs_events.v1.LeaderElection/Campaign"
     TAKEOVER = "/lvs_events.v1.LeaderElection/Takeover"
     KEEPALIVE = "/lvs_events.v1.LeaderElection/KeepAlive"
@@ -90,7 +93,9 @@ PUBLIC_SERVICES = (
     "/grpc.reflection.v1.ServerReflection/",
 )
 
-READS = frozenset({Rpc.SUBSCRIBE, Rpc.GET_STATE, Rpc.GET_LEADER, Rpc.OBSERVE, Rpc.STATUS})
+READS = frozenset(
+    {Rpc.SUBSCRIBE, Rpc.GET_STATE, Rpc.GET_STATE_CHUNKS, Rpc.GET_LEADER, Rpc.OBSERVE, Rpc.STATUS}
+)
 ELECTION_WRITES = frozenset({Rpc.CAMPAIGN, Rpc.TAKEOVER, Rpc.KEEPALIVE, Rpc.RESIGN})
 PEER_ONLY = frozenset({Rpc.HEARTBEAT, Rpc.HANDOVER})
 
@@ -107,6 +112,7 @@ _EVENTS: dict[str, frozenset[Role]] = {
     "RealServerHealth": frozenset({Role.DIRECTOR}),
     "TableApplied": frozenset({Role.DIRECTOR}),
     "DataplaneDrift": frozenset({Role.DIRECTOR}),
+    "LogIntegrity": frozenset({Role.DIRECTOR}),
     "ConfigApplied": frozenset({Role.DIRECTOR, Role.OPERATOR}),
     "ConfigRejected": frozenset({Role.DIRECTOR}),
     "AdminOverride": frozenset({Role.OPERATOR}),
@@ -117,6 +123,7 @@ _SUBJECT_WORDS = {
     "RealServerHealth": "health",
     "TableApplied": "TableApplied",
     "DataplaneDrift": "DataplaneDrift",
+    "LogIntegrity": "LogIntegrity",
 }
 
 
@@ -157,6 +164,8 @@ def publish_action(event: Event) -> PublishEvent:
             return PublishEvent("TableApplied", p.node)
         case DataplaneDrift():
             return PublishEvent("DataplaneDrift", p.node)
+        case LogIntegrity():
+            return PublishEvent("LogIntegrity", p.node)
         case ConfigApplied() | ConfigRejected() | AdminOverride() | DrillMarker() | Leadership():
             return PublishEvent(event.type_name)
 
