@@ -50,7 +50,8 @@ from lvs_events.agent.maintenance import MaintenanceWatcher
 from lvs_events.agent.persist import StateStore
 from lvs_events.agent.publisher import Publisher
 from lvs_events.client.log import CoordinatorClient, Snapshot
-from lvs_events.domain.events import ConfigApplied, Event, Payload
+from lvs_events.domain.chain import HASH_BYTES, ChainBreak, ChainFollower, genesis
+from lvs_events.domain.events import ConfigApplied, Event, LogIntegrity, Payload
 from lvs_events.domain.state import State
 from lvs_events.domain.table import Op, Table
 from lvs_events.errors import CoordinatorUnavailable, DataplaneError
@@ -216,6 +217,7 @@ class Agent:
         self.persister: LatestWriter[tuple[int, State, str]] = LatestWriter(self._persist)
         self._status: LatestWriter[dict[str, object]] = LatestWriter(self._write_status)
         self.resyncs = 0
+        self.chain_breaks = 0  # breaks of the log's hash chain found while replaying
         self._stopping = False
         self._freeze_due = False  # a configuration or a snapshot came in: see _freeze_heap
 
@@ -340,10 +342,19 @@ class Agent:
 
     async def _subscribe_loop(self) -> None:
         from_rev = self.core.state.revision + 1
+        # The log's hash chain, checked as it is replayed: from the cluster's genesis on a fresh
+        # start; after a restart from the first event's own hash, then link by link.
+        chain = ChainFollower(
+            genesis(self.settings.cluster) if from_rev == 1 else None,
+            revision=from_rev - 1,
+            on_break=self._chain_broken,
+        )
         backoff = COORDINATOR_RETRY.start()
         while True:
             try:
-                async with self.client.subscribe(from_rev, follow=True, snapshot_if_compacted=True) as sub:
+                async with self.client.subscribe(
+                    from_rev, follow=True, snapshot_if_compacted=True, chain=chain
+                ) as sub:
                     async for item in sub:
                         backoff.reset()
                         if not self.inbox.offer(item, sub.head_revision):
@@ -356,6 +367,24 @@ class Agent:
                     "agent.subscribe_failed", error=str(e), from_revision=from_rev, retry_in=round(delay, 3)
                 )
                 await asyncio.sleep(delay)
+
+    def _chain_broken(self, found: ChainBreak) -> None:
+        """A link of the log does not hold: an entry changed behind the coordinators' back. The
+        alarm goes into the log itself (``LogIntegrity``); the agent goes on applying."""
+        self.chain_breaks += 1
+        self.log.error("agent.log_chain_broken", revision=found.revision, detail=found.describe())
+
+        def hex_or_empty(digest: bytes) -> str:
+            return digest.hex() if len(digest) == HASH_BYTES else ""
+
+        alarm = LogIntegrity(
+            self.settings.node,
+            found.revision,
+            hex_or_empty(found.expected),
+            hex_or_empty(found.found),
+            found.describe()[:200],
+        )
+        self.publisher.submit(alarm, reason="the log's hash chain does not hold")
 
     async def _resync(self) -> int:
         """Inbox overflow: drop the backlog and jump to the coordinator's state (a snapshot item)."""

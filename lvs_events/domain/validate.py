@@ -27,7 +27,14 @@ from lvs_events.domain.events import (
 )
 from lvs_events.errors import InvalidEvent
 
-MAX_EVENT_BYTES = 1_000_000  # etcd refuses requests above 1.5 MiB by default; keep room for a batch
+# The chain of limits (docs/ARCHITECTURE.md "Limits"): an event of at most MAX_EVENT_BYTES (plus
+# its 70 bytes of chain hashes) < etcd's request limit of 1.5 MiB (one event per transaction at
+# worst) < the coordinator's 4 MiB receive limit < the clients' 64 MiB; log reads page by size
+# under gRPC's 4 MiB, and states of any size go in 1 MiB pieces.
+MAX_EVENT_BYTES = 1_000_000
+# Real servers of one configuration, over all its virtual services: a ConfigApplied this large
+# (about 45 bytes per IPv6 real server encoded) stays under MAX_EVENT_BYTES.
+MAX_REAL_SERVERS = 20_000
 MAX_ID_LEN = 128
 MAX_TEXT = 4096
 SCHEDULERS = frozenset(
@@ -112,6 +119,9 @@ def validate_event(event: Event, *, max_bytes: int = MAX_EVENT_BYTES, size: int 
 
 
 def validate_config(cfg: Config) -> None:
+    total = sum(len(v.reals) for v in cfg.virtuals)
+    if total > MAX_REAL_SERVERS:
+        _need(False, "config", f"at most {MAX_REAL_SERVERS} real servers over all virtual services", total)
     seen: set[str] = set()
     for i, v in enumerate(cfg.virtuals):
         path = f"config.virtuals[{i}]"

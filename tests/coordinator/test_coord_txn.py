@@ -8,11 +8,11 @@ import pytest
 from etcd3aio._protobuf import Compare, TxnRequest
 from etcd3aio.kv import KVService
 
+from lvs_events import wire
 from lvs_events.errors import Fenced
 from lvs_events.etcd import bypass
 from lvs_events.etcd.connection import compare_mod
 from lvs_events.etcd.events import EtcdEventStore
-from lvs_events import wire
 from lvs_events.etcd.records import Head, Keys
 from lvs_events.etcd.txn import append_txn, encode
 from lvs_events.pb.v1 import events_pb2 as pb
