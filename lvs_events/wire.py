@@ -230,19 +230,22 @@ def event_from_bytes(blob: bytes) -> de.Event:
 # serialized event is its body followed by these two fields, as protobuf orders fields by number.
 _PREV_TAG = b"\xc2\x02"
 _HASH_TAG = b"\xca\x02"
+_HASH_LEN = bytes([chain.HASH_BYTES])
 
 
 def seal(msg: pb.Event, prev: bytes) -> tuple[bytes, bytes]:
     """Chain ``msg`` (its ``revision`` set, its chain fields unset) behind ``prev``: sets its
     ``prev_hash`` and ``hash``; returns (the bytes to store, its hash). One serialization."""
-    msg.ClearField("prev_hash")  # set by an earlier attempt at another place in the log
-    msg.ClearField("hash")
+    if msg.hash:  # sealed by an earlier attempt at another place in the log
+        msg.ClearField("prev_hash")
+        msg.ClearField("hash")
     body = msg.SerializeToString(deterministic=True)
     digest = chain.link_hash(prev, body)
     msg.prev_hash = prev
     msg.hash = digest
-    tail = _PREV_TAG + bytes([len(prev)]) + prev if prev else b""
-    return body + tail + _HASH_TAG + bytes([len(digest)]) + digest, digest
+    if prev:
+        return b"".join((body, _PREV_TAG, _HASH_LEN, prev, _HASH_TAG, _HASH_LEN, digest)), digest
+    return b"".join((body, _HASH_TAG, _HASH_LEN, digest)), digest
 
 
 def chain_link(msg: pb.Event) -> chain.Link:
