@@ -15,6 +15,7 @@ from typing import Any, get_args, get_origin
 
 from google.protobuf.message import DecodeError, Message
 
+from lvs_events.domain import chain
 from lvs_events.domain import config as dc
 from lvs_events.domain import events as de
 from lvs_events.errors import InvalidEvent
@@ -31,6 +32,7 @@ PAYLOAD_FIELDS: dict[type[Any], str] = {
     de.ConfigRejected: "config_rejected",
     de.DataplaneDrift: "dataplane_drift",
     de.CommandRefused: "command_refused",
+    de.LogIntegrity: "log_integrity",
 }
 FIELD_PAYLOADS = {v: k for k, v in PAYLOAD_FIELDS.items()}
 
@@ -222,3 +224,35 @@ def event_from_bytes(blob: bytes) -> de.Event:
     except DecodeError as e:
         raise InvalidEvent(f"undecodable event: {e}") from e
     return event_from_pb(msg)
+
+
+# --- the hash chain (lvs_events.domain.chain) --------------------------------------------------
+# prev_hash = 40 and hash = 41, bytes (wire type 2): the highest field numbers of Event, so the
+# serialized event is its body followed by these two fields, as protobuf orders fields by number.
+_PREV_TAG = b"\xc2\x02"
+_HASH_TAG = b"\xca\x02"
+_HASH_LEN = bytes([chain.HASH_BYTES])
+
+
+def seal(msg: pb.Event, prev: bytes) -> tuple[bytes, bytes]:
+    """Chain ``msg`` (its ``revision`` set, its chain fields unset) behind ``prev``: sets its
+    ``prev_hash`` and ``hash``; returns (the bytes to store, its hash). One serialization."""
+    if msg.hash:  # sealed by an earlier attempt at another place in the log
+        msg.ClearField("prev_hash")
+        msg.ClearField("hash")
+    body = msg.SerializeToString(deterministic=True)
+    digest = chain.link_hash(prev, body)
+    msg.prev_hash = prev
+    msg.hash = digest
+    if prev:
+        return b"".join((body, _PREV_TAG, _HASH_LEN, prev, _HASH_TAG, _HASH_LEN, digest)), digest
+    return b"".join((body, _HASH_TAG, _HASH_LEN, digest)), digest
+
+
+def chain_link(msg: pb.Event) -> chain.Link:
+    """``msg`` as the chain sees it: the body is the event with its chain fields unset."""
+    body = pb.Event()
+    body.CopyFrom(msg)
+    body.ClearField("prev_hash")
+    body.ClearField("hash")
+    return chain.Link(msg.revision, body.SerializeToString(deterministic=True), msg.prev_hash, msg.hash)

@@ -62,7 +62,8 @@ from lvs_events.agent.maintenance import MaintenanceWatcher
 from lvs_events.agent.persist import StateStore
 from lvs_events.agent.publisher import Publisher
 from lvs_events.client.log import CoordinatorClient
-from lvs_events.domain.events import ConfigApplied, Event, Payload
+from lvs_events.domain.chain import HASH_BYTES, ChainBreak, ChainFollower, genesis
+from lvs_events.domain.events import ConfigApplied, Event, LogIntegrity, Payload
 from lvs_events.domain.snapshot import Snapshot, StateView
 from lvs_events.domain.state import State
 from lvs_events.domain.table import Op, Table
@@ -247,6 +248,7 @@ class Agent:
         self.resyncs = 0
         self.rebases = 0  # stored states discarded because the log was behind them
         self._rebase_to: Snapshot | None = None  # set by the subscriber, carried out by the apply loop
+        self.chain_breaks = 0  # breaks of the log's hash chain found while replaying
         self._stopping = False
         self._freeze_due = False  # a configuration or a snapshot came in: see _freeze_heap
 
@@ -371,6 +373,13 @@ class Agent:
 
     async def _subscribe_loop(self) -> None:
         from_rev = self.core.state.revision + 1
+        # The log's hash chain, checked as it is replayed: from the cluster's genesis on a fresh
+        # start; after a restart from the first event's own hash, then link by link.
+        chain = ChainFollower(
+            genesis(self.settings.cluster) if from_rev == 1 else None,
+            revision=from_rev - 1,
+            on_break=self._chain_broken,
+        )
         backoff = COORDINATOR_RETRY.start()
         verify = from_rev > 1
         while True:
@@ -378,7 +387,9 @@ class Agent:
                 if verify:
                     from_rev = await self._verify_not_ahead(from_rev)
                     verify = False
-                async with self.client.subscribe(from_rev, follow=True, snapshot_if_compacted=True) as sub:
+                async with self.client.subscribe(
+                    from_rev, follow=True, snapshot_if_compacted=True, chain=chain
+                ) as sub:
                     async for item in sub:
                         backoff.reset()
                         if not self.inbox.offer(item, sub.head_revision):
@@ -415,6 +426,24 @@ class Agent:
         self.inbox.reset(view.head_revision)
         self._rebase_to = Snapshot(view.revision, view.state, view.table_digest)
         self.inbox.wake()
+
+    def _chain_broken(self, found: ChainBreak) -> None:
+        """A link of the log does not hold: an entry changed behind the coordinators' back. The
+        alarm goes into the log itself (``LogIntegrity``); the agent goes on applying."""
+        self.chain_breaks += 1
+        self.log.error("agent.log_chain_broken", revision=found.revision, detail=found.describe())
+
+        def hex_or_empty(digest: bytes) -> str:
+            return digest.hex() if len(digest) == HASH_BYTES else ""
+
+        alarm = LogIntegrity(
+            self.settings.node,
+            found.revision,
+            hex_or_empty(found.expected),
+            hex_or_empty(found.found),
+            found.describe()[:200],
+        )
+        self.publisher.submit(alarm, reason="the log's hash chain does not hold")
 
     async def _resync(self) -> int:
         """Inbox overflow: drop the backlog and jump to the coordinator's state (a snapshot item)."""

@@ -25,6 +25,8 @@ from typing import NoReturn
 import structlog
 
 from lvs_events.cli import views
+from lvs_events.cli.verify import add_parser as add_verify_parser
+from lvs_events.cli.verify import run_verify
 from lvs_events.client.events import new_event
 from lvs_events.client.ha import HaStatus, PeerUnavailable, SwitchoverFailed, ha_status, switchover
 from lvs_events.client.log import CoordinatorClient, CoordinatorRejected
@@ -133,6 +135,7 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("-o", "--output", choices=["text", "json"], default="text")
 
     _drill_parser(sub)
+    add_verify_parser(sub)
     return p
 
 
@@ -432,6 +435,7 @@ COMMANDS = {
     "config": _config,
     "switchover": _switchover,
     "drill": _drill,
+    "verify": run_verify,
 }
 
 

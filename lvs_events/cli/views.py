@@ -15,6 +15,7 @@ from lvs_events.domain.events import (
     DrillMarker,
     Event,
     Leadership,
+    LogIntegrity,
     RealServerHealth,
     TableApplied,
 )
@@ -51,6 +52,8 @@ def summary(event: Event) -> str:  # noqa: PLR0911 -- one return per payload typ
         more = f" and {len(p.virtuals) - 3} more" if len(p.virtuals) > 3 else ""
         where = ", ".join(p.virtuals[:3]) + more
         return f"{p.node} REFUSED {p.kind} {p.command!r} ({where or 'no service'}): {p.reason}"
+    if isinstance(p, LogIntegrity):
+        return f"{p.node} found the log's hash chain broken at revision {p.revision}: {p.detail}"
     if isinstance(p, DrillMarker):
         detail = f": {p.detail}" if p.detail else ""
         return f"drill {p.drill_id} {p.scenario} {p.phase}{detail}"

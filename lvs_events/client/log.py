@@ -61,6 +61,7 @@ import structlog
 
 from lvs_events import wire
 from lvs_events.domain import codec
+from lvs_events.domain.chain import ChainFollower
 from lvs_events.domain.events import Event
 from lvs_events.domain.filters import EventFilter
 from lvs_events.domain.snapshot import Snapshot, StateView
@@ -267,8 +268,8 @@ class CoordinatorClient:
         timeout = within or self.timeout
 
         async def call(endpoint: str, seconds: float) -> cpb.GetStateResponse:
-            resp: cpb.GetStateResponse = await self._stub(endpoint).GetState(request, timeout=seconds)
-            return resp
+            # in pieces: a state of any size fits under every message limit
+            return await _joined_state(self._stub(endpoint).GetStateChunks(request, timeout=seconds))
 
         last_error = ""
 
@@ -424,6 +425,7 @@ class CoordinatorClient:
         filters: EventFilter | None = None,
         since: float = 0.0,
         snapshot_if_compacted: bool = True,
+        chain: ChainFollower | None = None,
     ) -> Subscription:
         """The log from ``from_revision`` (0: from the start, or the snapshot), as an async
         iterator of :class:`Event` and :class:`Snapshot` items. Without ``follow`` it ends at the
@@ -433,7 +435,8 @@ class CoordinatorClient:
 
         ``filters``: only the events it matches are sent (the coordinator applies it).
         ``since`` (unix seconds, 0: unset): start instead at the first revision, at or after
-        ``from_revision``, whose event's wall time is ``since`` or later."""
+        ``from_revision``, whose event's wall time is ``since`` or later. ``chain``: checks the hash
+        chain of each event received (it reports breaks itself, see :class:`ChainFollower`)."""
         return Subscription(
             self,
             from_revision,
@@ -441,6 +444,7 @@ class CoordinatorClient:
             filters=filters or EventFilter(),
             since=since,
             snapshot=snapshot_if_compacted,
+            chain=chain,
         )
 
 
@@ -458,7 +462,9 @@ class Subscription:
         filters: EventFilter,
         since: float,
         snapshot: bool,
+        chain: ChainFollower | None = None,
     ) -> None:
+        self._chain = chain
         self._client = client
         self._from = from_revision
         self._follow = follow
@@ -506,9 +512,10 @@ class Subscription:
             reals=sorted(f.reals),
             snapshot_if_compacted=self._snapshot,
             since_wall_time=0.0 if resumed else self._since,
+            snapshot_chunks=True,
         )
 
-    async def _items(self) -> AsyncGenerator[Event | Snapshot, None]:  # noqa: PLR0912 -- one loop, many exits
+    async def _items(self) -> AsyncGenerator[Event | Snapshot, None]:  # noqa: PLR0912, PLR0915 -- one loop, many exits
         client = self._client
         attempt = _Attempt(client, "Subscribe", client.timeout)
         loop = asyncio.get_running_loop()
@@ -525,6 +532,7 @@ class Subscription:
                 self._request(), timeout=client.stream_max_age if self._follow else None
             )
             self._call = call
+            pieces: _SnapshotPieces | None = None  # a chunked snapshot being received
             try:
                 while True:
                     if self._follow:
@@ -538,6 +546,10 @@ class Subscription:
                         self._ended()
                     attempt = _Attempt(client, "Subscribe", client.timeout)  # it answers: reset
                     self.head_revision = max(self.head_revision, resp.head_revision)
+                    pieces, whole = _SnapshotPieces.take(pieces, resp)
+                    if whole is None:
+                        continue
+                    resp = whole
                     if resp.WhichOneof("item") == "snapshot":  # a big decode: in a thread
                         item = await asyncio.to_thread(self._convert, resp)
                     else:
@@ -571,6 +583,8 @@ class Subscription:
                 return None
             state = _decode_state(snap.state)
             self.last_revision = snap.revision
+            if self._chain is not None:
+                self._chain.reset(snap.revision, snap.chain_head)
             return Snapshot(snap.revision, state, snap.table_digest)
         if which == "event":
             rev = resp.event.revision
@@ -581,12 +595,42 @@ class Subscription:
                     "coordinator.subscribe.gap", expected=self.last_revision + 1, got=rev, revision=rev
                 )
             event = wire.event_from_pb(resp.event)
+            if self._chain is not None:
+                self._chain.step(wire.chain_link(resp.event))
             self.last_revision = rev
             return event
         return None  # an item type from a newer server: skip
 
 
 # --- helpers ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _SnapshotPieces:
+    """A snapshot sent in pieces (``snapshot`` without its state, then ``snapshot_chunk``s)."""
+
+    response: cpb.SubscribeResponse
+    data: list[bytes]
+
+    @staticmethod
+    def take(
+        pieces: _SnapshotPieces | None, resp: cpb.SubscribeResponse
+    ) -> tuple[_SnapshotPieces | None, cpb.SubscribeResponse | None]:
+        """Feed one item: (the pieces still open, the item to handle now or None)."""
+        which = resp.WhichOneof("item")
+        if which == "snapshot" and not resp.snapshot.state:  # its state follows in pieces
+            return _SnapshotPieces(resp, []), None
+        if which != "snapshot_chunk":
+            return pieces, resp
+        if pieces is None:
+            raise InvalidEvent("Subscribe: a snapshot piece without its snapshot")
+        pieces.data.append(resp.snapshot_chunk.data)
+        if not resp.snapshot_chunk.last:
+            return pieces, None
+        whole = pieces.response
+        whole.snapshot.state = b"".join(pieces.data)
+        whole.head_revision = max(whole.head_revision, resp.head_revision)
+        return None, whole
 
 
 def _publish_ended() -> NoReturn:
@@ -619,6 +663,25 @@ def _unavailable(client: CoordinatorClient, what: str, timeout: float, last_erro
         f"no coordinator answered {what} within {timeout:g}s "
         f"(endpoints {','.join(client.endpoints)}; last error {last_error or 'none'})"
     )
+
+
+async def _joined_state(
+    call: grpc.aio.UnaryStreamCall[cpb.GetStateRequest, cpb.StateChunk],
+) -> cpb.GetStateResponse:
+    """A GetStateChunks stream put back together as the GetStateResponse it cuts up."""
+    header: cpb.GetStateResponse | None = None
+    state: list[bytes] = []
+    table: list[bytes] = []
+    async for chunk in call:
+        if header is None:
+            header = chunk.header
+        state.append(chunk.state)
+        table.append(chunk.table)
+        if chunk.last:
+            header.state = b"".join(state)
+            header.table = b"".join(table)
+            return header
+    raise InvalidEvent("GetStateChunks: the stream ended before its last piece")
 
 
 def _decode_state(blob: bytes) -> State:

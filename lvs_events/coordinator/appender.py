@@ -45,9 +45,12 @@ DEFAULT_IN_FLIGHT = 2  # etcd transactions in flight per coordinator (pipelined,
 def check_event(msg: pb.Event, cluster: str) -> int:
     """Validate an incoming event; its encoded size. Raises :class:`InvalidEvent`.
 
-    The ``revision`` a publisher may have set is cleared: the log assigns it.
+    The ``revision`` and chain hashes a publisher may have set are cleared: the log assigns them.
     """
     msg.revision = 0
+    if msg.prev_hash or msg.hash:
+        msg.ClearField("prev_hash")
+        msg.ClearField("hash")
     size = msg.ByteSize()
     if size > MAX_EVENT_BYTES:  # refuse before converting a huge message
         raise InvalidEvent(f"event: expected at most {MAX_EVENT_BYTES} bytes encoded, found {size} bytes")

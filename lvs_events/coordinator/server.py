@@ -62,6 +62,9 @@ log = structlog.get_logger(__name__)
 SERVICE_NAME: str = cpb.DESCRIPTOR.services_by_name["Coordinator"].full_name
 MAX_RECEIVE_BYTES = 4 * 1024 * 1024  # > the 1 MB event limit: an oversized event gets a proper ack
 MAX_SEND_BYTES = 256 * 1024 * 1024  # snapshots and GetState of large tables
+# Pieces of a state (GetStateChunks, chunked snapshot items): far under every receive limit
+# (the clients' 64 MiB, gRPC's default 4 MiB), so a state of any size reads.
+STATE_CHUNK = 1024 * 1024
 DEFAULT_PUBLISH_WINDOW = 1024
 MIN_PING_INTERVAL_MS = 5_000  # clients may ping this often (lvs_events.client.log pings every 10 s)
 SERVER_KEEPALIVE_MS = 30_000  # the server's own pings: a vanished client's streams end too
@@ -378,12 +381,8 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
                 snap = await self._snapshot_or_abort(e, context)
                 log.info("subscriber sent to the snapshot", requested=e.requested, revision=snap.revision)
                 bounds = await self.store.bounds()
-                yield cpb.SubscribeResponse(
-                    snapshot=cpb.Snapshot(
-                        revision=snap.revision, state=snap.state, table_digest=snap.table_digest
-                    ),
-                    head_revision=bounds.head,
-                )
+                for resp in _snapshot_items(snap, bounds.head, chunked=request.snapshot_chunks):
+                    yield resp
                 nxt = snap.revision + 1
             except StoreError as e:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
@@ -424,6 +423,36 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
             head_revision=folded.bounds.head,
             first_revision=folded.bounds.first,
         )
+
+    async def GetStateChunks(  # an async generator, as grpc.aio allows
+        self, request: cpb.GetStateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[cpb.StateChunk]:
+        """GetState in pieces of at most :data:`STATE_CHUNK` bytes (see coordinator.proto)."""
+        full = await self.GetState(request, context)
+        state, table = full.state, full.table
+        full.ClearField("state")
+        full.ClearField("table")
+        yield cpb.StateChunk(header=full, last=not state and not table)
+        for i in range(0, len(state), STATE_CHUNK):
+            last = not table and i + STATE_CHUNK >= len(state)
+            yield cpb.StateChunk(state=state[i : i + STATE_CHUNK], last=last)
+        for i in range(0, len(table), STATE_CHUNK):
+            yield cpb.StateChunk(table=table[i : i + STATE_CHUNK], last=i + STATE_CHUNK >= len(table))
+
+
+def _snapshot_items(snap: SnapshotRecord, head: int, *, chunked: bool) -> list[cpb.SubscribeResponse]:
+    """A snapshot as Subscribe sends it: one item, or (``chunked``) the snapshot without its
+    state followed by the state in pieces of at most :data:`STATE_CHUNK` bytes."""
+    header = cpb.Snapshot(revision=snap.revision, table_digest=snap.table_digest, chain_head=snap.chain_head)
+    if not chunked:
+        header.state = snap.state
+        return [cpb.SubscribeResponse(snapshot=header, head_revision=head)]
+    items = [cpb.SubscribeResponse(snapshot=header, head_revision=head)]
+    state = snap.state
+    for i in range(0, max(1, len(state)), STATE_CHUNK):
+        piece = cpb.Chunk(data=state[i : i + STATE_CHUNK], last=i + STATE_CHUNK >= len(state))
+        items.append(cpb.SubscribeResponse(snapshot_chunk=piece, head_revision=head))
+    return items
 
 
 @dataclass

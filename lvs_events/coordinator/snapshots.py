@@ -5,6 +5,11 @@ JSON) with the digest of its rendered table. Any coordinator may write one; the 
 a newer snapshot from being replaced by an older one. Retention keeps at least ``retention``
 events behind the newest snapshot and trims the rest (``first`` advances), so a reader always
 finds either its revision in the log or a snapshot it can continue from.
+
+The hash chain: every fold checks the links of the events it reads
+(:mod:`lvs_events.domain.chain`), and a snapshot carries the chain's head at its revision. A
+break is logged as an error and no snapshot is written at or past it: a snapshot over an edited
+entry would hide the edit from every later check that starts at the snapshot.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import structlog
 from lvs_events import wire
 from lvs_events.coordinator.stores import Bounds, EventStore, SnapshotRecord
 from lvs_events.domain import codec
+from lvs_events.domain.chain import ChainBreak, ChainFollower
 from lvs_events.domain.render import render
 from lvs_events.domain.state import State, fold_all
 from lvs_events.domain.table import Table
@@ -38,11 +44,16 @@ class RevisionAhead(LvsEventsError):
     """A revision past the head of the log was asked for."""
 
 
+class ChainBrokenError(StoreError):
+    """The log's hash chain does not hold: no snapshot is written past the break."""
+
+
 @dataclass(frozen=True, slots=True)
 class Folded:
     state: State
     table: Table
     bounds: Bounds
+    chain_head: bytes = b""  # the hash of the event at `revision` (b"": none, or not known)
 
     @property
     def revision(self) -> int:
@@ -55,9 +66,17 @@ class Folded:
         return json.dumps(self.table.to_json(), sort_keys=True, separators=(",", ":")).encode()
 
 
-def _fold_page(state: State, page: list[pb.Event]) -> State:
-    """Convert and fold a page of log entries (pure: run in a thread)."""
+def _fold_page(state: State, page: list[pb.Event], chain: ChainFollower) -> State:
+    """Check the links of a page of log entries, convert and fold them (run in a thread)."""
+    for msg in page:
+        chain.step(wire.chain_link(msg))
     return fold_all(state, [wire.event_from_pb(msg) for msg in page])
+
+
+@dataclass(frozen=True, slots=True)
+class _Base:
+    state: State
+    chain_head: bytes | None  # None: not known (the fold checks the next event's own hash only)
 
 
 class StateService:
@@ -79,8 +98,9 @@ class StateService:
         self.snapshot_every = snapshot_every
         self.snapshot_interval = snapshot_interval
         self.retention = retention
-        self._latest: State | None = None  # the newest state folded here: a base for the next fold
+        self._latest: _Base | None = None  # the newest state folded here: a base for the next fold
         self._snap_cache: tuple[int, State] | None = None
+        self.chain_break: ChainBreak | None = None  # the first break of the hash chain seen
         self._lock = asyncio.Lock()  # one fold at a time: they share the cache
         self._nudge = asyncio.Event()
         self._known_head = 0
@@ -99,14 +119,16 @@ class StateService:
             target = revision or bounds.head
             if target > bounds.head:
                 raise RevisionAhead(f"revision {target} is ahead of the head of the log ({bounds.head})")
-            state = await self._fold_to(target, bounds)
-            if self._latest is None or state.revision >= self._latest.revision:
-                self._latest = state
+            folded = await self._fold_to(target, bounds)
+            state = folded.state
+            if self._latest is None or state.revision >= self._latest.state.revision:
+                self._latest = folded
             # CPU-bound, growing with the table: off the event loop, which keeps acknowledging
             # appends meanwhile (the state is immutable, the render pure)
-            return Folded(state, await asyncio.to_thread(render, state), bounds)
+            table = await asyncio.to_thread(render, state)
+            return Folded(state, table, bounds, folded.chain_head or b"")
 
-    async def _fold_to(self, target: int, bounds: Bounds) -> State:
+    async def _fold_to(self, target: int, bounds: Bounds) -> _Base:
         for attempt in range(3):
             base = await self._base(target, bounds, use_cache=attempt == 0)
             try:
@@ -117,20 +139,23 @@ class StateService:
                 bounds = await self.store.bounds()  # trimmed meanwhile: start from the snapshot
         raise AssertionError("unreachable")
 
-    async def _base(self, target: int, bounds: Bounds, *, use_cache: bool) -> State:
+    async def _base(self, target: int, bounds: Bounds, *, use_cache: bool) -> _Base:
         """The best state to fold forward from: the highest one at or below ``target``."""
-        candidates: list[State] = []
+        candidates: list[_Base] = []
         if bounds.first <= 1:
-            candidates.append(State())
-        if use_cache and self._latest is not None and self._latest.revision <= target:
+            # the log's first event carries the cluster's genesis as its prev_hash
+            candidates.append(_Base(State(), None))
+        if use_cache and self._latest is not None and self._latest.state.revision <= target:
             candidates.append(self._latest)
         snap = await self.store.get_snapshot()
         if snap is not None and snap.revision <= target:
-            candidates.append(await self._decode_snapshot(snap))
-        usable = [s for s in candidates if s.revision + 1 >= bounds.first or s.revision == target]
+            candidates.append(_Base(await self._decode_snapshot(snap), snap.chain_head or None))
+        usable = [
+            b for b in candidates if b.state.revision + 1 >= bounds.first or b.state.revision == target
+        ]
         if not usable:
             raise Compacted(target, bounds.first)
-        return max(usable, key=lambda s: s.revision)
+        return max(usable, key=lambda b: b.state.revision)
 
     async def _decode_snapshot(self, snap: SnapshotRecord) -> State:
         if self._snap_cache is not None and self._snap_cache[0] == snap.revision:
@@ -142,10 +167,11 @@ class StateService:
         self._snap_cache = (snap.revision, state)
         return state
 
-    async def _fold_range(self, base: State, target: int) -> State:
-        state = base
+    async def _fold_range(self, base: _Base, target: int) -> _Base:
+        state = base.state
         if state.revision >= target:
-            return state
+            return base
+        chain = ChainFollower(base.chain_head, revision=state.revision, on_break=self._chain_broken)
         # folded in a thread, a page at a time: one ConfigApplied of thousands of servers takes
         # tens of milliseconds (seconds on a slow host), which on the loop would hold up every
         # Publish ack and Subscribe stream of this coordinator
@@ -153,13 +179,19 @@ class StateService:
         async for item in self.store.read(state.revision + 1, follow=False, to_revision=target):
             page.append(item.event)
             if len(page) >= _FOLD_PAGE:
-                state = await asyncio.to_thread(_fold_page, state, page)
+                state = await asyncio.to_thread(_fold_page, state, page, chain)
                 page = []
         if page:
-            state = await asyncio.to_thread(_fold_page, state, page)
+            state = await asyncio.to_thread(_fold_page, state, page, chain)
         if state.revision != target:
             raise StoreError(f"log ended at revision {state.revision}, before {target}")
-        return state
+        return _Base(state, chain.head)
+
+    def _chain_broken(self, found: ChainBreak) -> None:
+        """A fold found the hash chain broken (called from the folding thread)."""
+        if self.chain_break is None or found.revision < self.chain_break.revision:
+            self.chain_break = found
+        log.error("hash chain broken: a log entry changed outside the coordinators", detail=found.describe())
 
     # --- snapshots and retention ----------------------------------------------------------
 
@@ -177,9 +209,12 @@ class StateService:
         written: SnapshotRecord | None = None
         if bounds.head > current:
             folded = await self.state_at(bounds.head)
+            broken = self.chain_break
+            if broken is not None and broken.revision <= folded.revision:
+                raise ChainBrokenError(f"no snapshot past a broken hash chain: {broken.describe()}")
             # CPU-bound, growing with the table: in a thread, not on the loop
             state_json, digest = await asyncio.to_thread(lambda: (folded.state_json(), folded.table.digest()))
-            record = SnapshotRecord(folded.revision, state_json, digest)
+            record = SnapshotRecord(folded.revision, state_json, digest, folded.chain_head)
             if await self.store.put_snapshot(record):
                 written = record
                 current = record.revision

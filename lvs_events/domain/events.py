@@ -106,6 +106,19 @@ class CommandRefused:
     config_revision: int  # the revision of the ConfigApplied in force
 
 
+@dataclass(frozen=True, slots=True)
+class LogIntegrity:
+    """An agent found the log's hash chain broken while replaying it (an entry edited or removed
+    behind the coordinators' back, :mod:`lvs_events.domain.chain`). A record only: the fold
+    changes nothing."""
+
+    node: str  # the agent that found it
+    revision: int  # the first revision whose link does not hold
+    expected: str  # hex: the hash the chain predicts
+    found: str  # hex: the hash the entry carries
+    detail: str = ""  # which link failed
+
+
 Payload = (
     ConfigApplied
     | RealServerHealth
@@ -116,6 +129,7 @@ Payload = (
     | ConfigRejected
     | DataplaneDrift
     | CommandRefused
+    | LogIntegrity
 )
 
 PAYLOAD_TYPES: dict[type[object], str] = {
@@ -128,6 +142,7 @@ PAYLOAD_TYPES: dict[type[object], str] = {
     ConfigRejected: "ConfigRejected",
     DataplaneDrift: "DataplaneDrift",
     CommandRefused: "CommandRefused",
+    LogIntegrity: "LogIntegrity",
 }
 
 

@@ -22,18 +22,27 @@ from lvs_events.domain.events import (
     DrillMarker,
     Event,
     Leadership,
+    LogIntegrity,
     RealServerHealth,
     TableApplied,
 )
 from lvs_events.errors import InvalidEvent
 
-MAX_EVENT_BYTES = 1_000_000  # etcd refuses requests above 1.5 MiB by default; keep room for a batch
+# The chain of limits (docs/ARCHITECTURE.md "Limits"): an event of at most MAX_EVENT_BYTES (plus
+# its 70 bytes of chain hashes) < etcd's request limit of 1.5 MiB (one event per transaction at
+# worst) < the coordinator's 4 MiB receive limit < the clients' 64 MiB; log reads page by size
+# under gRPC's 4 MiB, and states of any size go in 1 MiB pieces.
+MAX_EVENT_BYTES = 1_000_000
+# Real servers of one configuration, over all its virtual services: a ConfigApplied this large
+# (about 45 bytes per IPv6 real server encoded) stays under MAX_EVENT_BYTES.
+MAX_REAL_SERVERS = 20_000
 MAX_ID_LEN = 128
 MAX_TEXT = 4096
 SCHEDULERS = frozenset(
     {"rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh", "twos"}
 )
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]*$")
+_HASH_RE = re.compile(r"(?:[0-9a-f]{64})?")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
 
 
@@ -102,6 +111,12 @@ def validate_event(event: Event, *, max_bytes: int = MAX_EVENT_BYTES, size: int 
             _need(0 < len(line) <= MAX_TEXT, f"dataplane_drift.repairs[{i}]", "an operation", line)
     elif isinstance(p, CommandRefused):
         _command_refused(p)
+    elif isinstance(p, LogIntegrity):
+        _need(bool(_NAME_RE.match(p.node)), "log_integrity.node", "a node name", p.node)
+        _need(p.revision > 0, "log_integrity.revision", "a revision > 0", p.revision)
+        for name, value in (("expected", p.expected), ("found", p.found)):
+            _need(bool(_HASH_RE.fullmatch(value)), f"log_integrity.{name}", "sha256 hex or empty", value)
+        _need(len(p.detail) <= MAX_TEXT, "log_integrity.detail", "a short text", len(p.detail))
     elif isinstance(p, DrillMarker):
         _need(bool(p.drill_id), "drill_marker.drill_id", "an id", p.drill_id)
 
@@ -119,6 +134,9 @@ def _command_refused(p: CommandRefused) -> None:
 
 
 def validate_config(cfg: Config) -> None:
+    total = sum(len(v.reals) for v in cfg.virtuals)
+    if total > MAX_REAL_SERVERS:
+        _need(False, "config", f"at most {MAX_REAL_SERVERS} real servers over all virtual services", total)
     seen: set[str] = set()
     for i, v in enumerate(cfg.virtuals):
         path = f"config.virtuals[{i}]"

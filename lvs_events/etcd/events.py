@@ -29,6 +29,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+import grpc
+import grpc.aio
 import structlog
 from etcd3aio import prefix_range_end
 from google.protobuf.message import DecodeError
@@ -48,6 +50,7 @@ from lvs_events.etcd.records import (
     SNAPSHOT_CHUNK,
     Appended,
     Bounds,
+    Head,
     Keys,
     LogItem,
     Manifest,
@@ -77,6 +80,16 @@ class _EtcdCompacted(Exception):
     """Internal: the pinned etcd revision was compacted; start the read over."""
 
 
+class _TooLarge(Exception):
+    """Internal: etcd's answer exceeded the client's message limit (large events): read less at
+    once."""
+
+
+def _too_large(e: BaseException) -> bool:
+    """gRPC's refusal of a message over the channel's receive limit (4 MiB by default)."""
+    return isinstance(e, grpc.aio.AioRpcError) and e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class _Gap(Exception):
     def __init__(self, seen: int) -> None:
         super().__init__(f"watch delivered revision {seen} ahead of the next expected")
@@ -86,11 +99,11 @@ class _Gap(Exception):
 @dataclass(slots=True)
 class _Slot:
     """One append call, for the call made after it: ``predicted`` is (id of the last event,
-    revision) its transaction in flight would give; None when none is in flight. ``done``
+    head) its transaction in flight would leave; None when none is in flight. ``done``
     resolves when the call has finished (succeeded or given up)."""
 
     done: asyncio.Future[None]
-    predicted: tuple[str, int] | None = None
+    predicted: tuple[str, Head] | None = None
 
 
 class EtcdEventStore:
@@ -119,9 +132,9 @@ class EtcdEventStore:
         self._max_batch_events = txns.batch_limit(max_txn_ops)
         self.keys = Keys.of(cluster)
         self._snapshot_cache: SnapshotRecord | None = None  # the last one read or written
-        # the head revision as last seen: the CAS guess for the next append. A wrong guess costs
-        # one failed transaction, which returns the right values.
-        self._head_guess: int | None = None
+        # the head (revision and chain hash) as last seen: the CAS guess for the next append. A
+        # wrong guess costs one failed transaction, which returns the right values.
+        self._head_guess: Head | None = None
         self._last_slot: _Slot | None = None  # the newest append call (pipelining)
         self._compacted = 0  # the etcd revision this store last compacted to (or saw compacted)
 
@@ -179,7 +192,7 @@ class EtcdEventStore:
             raise translate(e, "read head") from e
         head_kvs = resp.responses[0].response_range.kvs
         first_kvs = resp.responses[1].response_range.kvs
-        head = int(head_kvs[0].value) if head_kvs else 0
+        head = Head.parse(head_kvs[0].value if head_kvs else None, self.cluster).revision
         first = int(first_kvs[0].value) if first_kvs else 1
         return Bounds(head, first), int(resp.header.revision)
 
@@ -200,7 +213,11 @@ class EtcdEventStore:
                 state = await asyncio.to_thread(unpack_snapshot, packed, manifest)
             except (ValueError, zlib.error) as e:
                 raise StoreError(f"snapshot at revision {manifest.revision} is not readable: {e}") from e
-            record = SnapshotRecord(manifest.revision, state, manifest.table_digest)
+            try:
+                chain_head = bytes.fromhex(manifest.chain_head)
+            except ValueError as e:
+                raise StoreError(f"snapshot at revision {manifest.revision}: chain_head is not hex") from e
+            record = SnapshotRecord(manifest.revision, state, manifest.table_digest, chain_head)
             self._snapshot_cache = record
             return record
         raise StoreUnavailable(f"snapshot: etcd compacted it away under {SNAPSHOT_READS} reads")
@@ -260,6 +277,8 @@ class EtcdEventStore:
         except ETCD_ERRORS as e:
             if is_compacted(e):
                 raise _EtcdCompacted from e
+            if _too_large(e):
+                raise _TooLarge from e
             raise translate(e, "read log") from e
         n = len(self.keys.log)
         return [(int(item.key[n:]), item.value) for item in resp.kvs]
@@ -285,6 +304,9 @@ class EtcdEventStore:
                 log.info("etcd compacted under a read; re-reading", next_revision=nxt)
             except _Gap as gap:
                 log.warning("gap in the watch; re-reading", next_revision=nxt, seen=gap.seen)
+            except _TooLarge:
+                # a watch message of many large events: the range read pages by size
+                log.info("watch message over the size limit; re-reading", next_revision=nxt)
             except StoreUnavailable as e:
                 if not follow:
                     raise
@@ -324,9 +346,20 @@ class EtcdEventStore:
         open-ended pages would make a full read quadratic in the length of the log.
         """
         end = min(stop, head + 1) if stop else head + 1
+        # Events of up to MAX_EVENT_BYTES each can make a page of ``page_size`` exceed the
+        # client's 4 MiB receive limit: such a page is read again at half the size (down to one
+        # event, always under the limit), and the size grows back as pages go through.
+        page = self.page_size
         while nxt < end:
-            page_stop = min(nxt + self.page_size, end)
-            entries = await self._range_page(nxt, page_stop, at)
+            page_stop = min(nxt + page, end)
+            try:
+                entries = await self._range_page(nxt, page_stop, at)
+            except _TooLarge:
+                if page == 1:
+                    raise StoreError(f"log entry {nxt} is larger than a gRPC message may be") from None
+                page = max(1, page // 2)
+                continue
+            page = min(self.page_size, page * 2)
             for rev, blob in entries:
                 if rev != nxt:
                     # trimmed while we read (then Compacted), or a hole (a broken log)
@@ -366,6 +399,8 @@ class EtcdEventStore:
                     if stop and nxt >= stop:
                         return
         except ETCD_ERRORS as e:
+            if _too_large(e):
+                raise _TooLarge from e
             raise translate(e, "watch log") from e
         finally:
             await stream.aclose()  # type: ignore[attr-defined]  # an async generator
@@ -412,10 +447,12 @@ class EtcdEventStore:
         errors = _APPEND_RETRY.start()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 4 * self.timeout
-        after = prev.predicted if prev is not None and not prev.done.done() else None
-        guess: int | None
-        if after is not None:
-            guess = after[1]
+        predicted = prev.predicted if prev is not None and not prev.done.done() else None
+        after: tuple[str, int] | None = None
+        guess: Head | None
+        if predicted is not None:
+            after = (predicted[0], predicted[1].revision)
+            guess = predicted[1]
         else:
             if prev is not None:
                 await prev.done
@@ -424,8 +461,8 @@ class EtcdEventStore:
             try:
                 if guess is None:
                     guess = await self._read_head()
-                request, assigned = txns.append_txn(self.keys, pending, guess, after, require_term)
-                slot.predicted = (pending[-1].event_id, assigned[-1].revision)
+                request, assigned, leaves = txns.append_txn(self.keys, pending, guess, after, require_term)
+                slot.predicted = (pending[-1].event_id, leaves)
                 resp = await self.connection.append_txn(request)
             except RETRYABLE_ERRORS as e:
                 # Ambiguous: the transaction may have been applied. The next attempt finds out
@@ -445,9 +482,8 @@ class EtcdEventStore:
                 await errors.sleep()
                 continue
             if resp.succeeded:
-                last = assigned[-1].revision
-                if self._head_guess is None or last > self._head_guess:
-                    self._head_guess = last
+                if self._head_guess is None or leaves.revision > self._head_guess.revision:
+                    self._head_guess = leaves
                 results.update((a.event_id, a) for a in assigned)
                 return [results[ev.event_id] for ev in events]
             slot.predicted = None
@@ -457,7 +493,7 @@ class EtcdEventStore:
                 await prev.done
                 after = None
             guess, pending = self._after_failure(resp, pending, results, require_term)
-            if self._head_guess is not None and self._head_guess > guess:
+            if self._head_guess is not None and self._head_guess.revision > guess.revision:
                 guess = self._head_guess  # `prev` landed after our transaction was evaluated
             self._head_guess = guess
             if not pending:
@@ -474,11 +510,11 @@ class EtcdEventStore:
         pending: list[pb.Event],
         results: dict[str, Appended],
         require_term: int | None,
-    ) -> tuple[int, list[pb.Event]]:
+    ) -> tuple[Head, list[pb.Event]]:
         """Read the failure branch ([head, ids..., leader?]): the new head guess, what is left."""
         rs = resp.responses
         head_kvs = rs[0].response_range.kvs
-        guess = int(head_kvs[0].value) if head_kvs else 0
+        guess = Head.parse(head_kvs[0].value if head_kvs else None, self.cluster)
         still: list[pb.Event] = []
         for i, ev in enumerate(pending):
             ev.revision = 0
@@ -494,12 +530,16 @@ class EtcdEventStore:
                 raise Fenced(f"leader term is {current or 'unset'}, not {require_term}: append refused")
         return guess, still
 
-    async def _read_head(self) -> int:
+    async def _read_head(self) -> Head:
         try:
             resp = await self.connection.kv.get(self.keys.head, timeout=self.timeout)
         except ETCD_ERRORS as e:
             raise translate(e, "read head") from e
-        return int(resp.kvs[0].value) if resp.kvs else 0
+        return Head.parse(resp.kvs[0].value if resp.kvs else None, self.cluster)
+
+    async def head(self) -> Head:
+        """The last revision and the hash chain's value there (one linearizable read)."""
+        return await self._read_head()
 
     # --- snapshots and retention ----------------------------------------------------------
 
@@ -525,6 +565,7 @@ class EtcdEventStore:
             nbytes=len(packed),
             state_bytes=len(snapshot.state),
             sha256=digest,
+            chain_head=snapshot.chain_head.hex(),
         )
         kv = self.connection.kv
         swapped = False
@@ -605,6 +646,9 @@ class EtcdEventStore:
                 hi = min(lo + page, first)
                 resp = await kv.get(self.log_key(lo), range_end=self.log_key(hi), timeout=self.timeout)
             except ETCD_ERRORS as e:
+                if _too_large(e) and page > 1:  # large events: fewer per read (see _catch_up)
+                    page //= 2
+                    continue
                 raise translate(e, "read old log") from e
             lo = hi if hi < first else None
             if not resp.kvs:

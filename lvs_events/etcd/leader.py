@@ -21,6 +21,7 @@ import grpc
 import grpc.aio
 from etcd3aio import EtcdError
 
+from lvs_events import wire
 from lvs_events.errors import StoreError, StoreUnavailable
 from lvs_events.etcd.connection import (
     ELECTION_CHANNEL,
@@ -31,7 +32,7 @@ from lvs_events.etcd.connection import (
     translate,
 )
 from lvs_events.etcd.events import EtcdEventStore
-from lvs_events.etcd.records import ElectionOutcome, KeepAliveOutcome, LeaderEvents, LeaderRecord
+from lvs_events.etcd.records import ElectionOutcome, Head, KeepAliveOutcome, LeaderEvents, LeaderRecord
 from lvs_events.pb.v1 import events_pb2 as pb
 from lvs_events.retry import Backoff, RetryPolicy
 
@@ -47,7 +48,7 @@ class _LeaderView:
     info: LeaderRecord | None
     term: int
     term_mod: int
-    head: int
+    head: Head
     last: LeaderRecord | None
     revision: int  # etcd revision read at
 
@@ -65,6 +66,7 @@ class EtcdLeaderStore:
     def __init__(self, events: EtcdEventStore) -> None:
         self.timeout = events.timeout
         self.keys = events.keys
+        self.cluster = events.cluster
         self.connection = Connection(
             events.endpoints,
             name="election",
@@ -113,29 +115,32 @@ class EtcdLeaderStore:
             resp = await self.connection.kv.txn([], self._view_ops(), timeout=within)
         except ETCD_ERRORS as e:
             raise translate(e, "read leader") from e
-        return _parse_view(resp.responses, int(resp.header.revision))
+        return _parse_view(resp.responses, int(resp.header.revision), self.cluster)
 
     async def current(self, *, within: float | None = None) -> tuple[LeaderRecord | None, int, int]:
         """(leader or None, term counter, etcd revision): one linearizable read."""
         v = await self._view(within or self.timeout)
         return v.leader, v.term, v.revision
 
-    def _log_ops(self, events: list[pb.Event], head: int) -> tuple[list[Any], int]:
+    def _log_ops(self, events: list[pb.Event], head: Head) -> tuple[list[Any], int]:
+        """Puts appending ``events`` after ``head``, chained (as the append transaction does)."""
         kv = self.connection.kv
         ops = []
-        rev = head
+        rev = head.revision
+        digest = head.hash
         for ev in events:
             rev += 1
             ev.revision = rev
-            ops.append(kv.txn_op_put(self.keys.log_key(rev), ev.SerializeToString(deterministic=True)))
+            stored, digest = wire.seal(ev, digest)
+            ops.append(kv.txn_op_put(self.keys.log_key(rev), stored))
             ops.append(kv.txn_op_put(self.keys.id_key(ev.event_id), str(rev)))
-        ops.append(kv.txn_op_put(self.keys.head, str(rev)))
+        ops.append(kv.txn_op_put(self.keys.head, Head(rev, digest).value()))
         return ops, rev
 
-    def _head_compare(self, head: int) -> Any:
+    def _head_compare(self, head: Head) -> Any:
         kv = self.connection.kv
-        if head:
-            return kv.txn_compare_value(self.keys.head, str(head))
+        if head.revision:
+            return kv.txn_compare_value(self.keys.head, head.value())
         return kv.txn_compare_create_revision(self.keys.head, 0)
 
     async def acquire(
@@ -193,7 +198,7 @@ class EtcdLeaderStore:
                 continue
             if resp.succeeded:
                 return ElectionOutcome(True, record, new_term)
-            view = _parse_view(resp.responses, int(resp.header.revision))
+            view = _parse_view(resp.responses, int(resp.header.revision), self.cluster)
             if not _may_take(view, expect_term):
                 return ElectionOutcome(False, view.leader, view.term)
             # the term counter or the log head moved: try again with the fresh values
@@ -274,7 +279,7 @@ class EtcdLeaderStore:
                 with contextlib.suppress(StoreError):
                     await self.revoke(info.lease_id, within=max(MIN_CALL_TIMEOUT, self._left(deadline)))
                 return ElectionOutcome(True, None, view.term)
-            view = _parse_view(resp.responses, int(resp.header.revision))
+            view = _parse_view(resp.responses, int(resp.header.revision), self.cluster)
         raise StoreUnavailable("resign: no decision within the deadline")
 
     async def watch(self, start_revision: int) -> AsyncIterator[tuple[LeaderRecord | None, int]]:
@@ -299,14 +304,14 @@ class EtcdLeaderStore:
         raise StoreUnavailable("etcd closed the leader watch")
 
 
-def _parse_view(rs: Any, revision: int) -> _LeaderView:
+def _parse_view(rs: Any, revision: int, cluster: str) -> _LeaderView:
     leader_kvs, info_kvs, term_kvs, head_kvs, last_kvs = (r.response_range.kvs for r in rs[:5])
     return _LeaderView(
         leader_value=bytes(leader_kvs[0].value) if leader_kvs else None,
         info=LeaderRecord.from_json(info_kvs[0].value) if info_kvs else None,
         term=int(term_kvs[0].value) if term_kvs else 0,
         term_mod=int(term_kvs[0].mod_revision) if term_kvs else 0,
-        head=int(head_kvs[0].value) if head_kvs else 0,
+        head=Head.parse(head_kvs[0].value if head_kvs else None, cluster),
         last=LeaderRecord.from_json(last_kvs[0].value) if last_kvs else None,
         revision=revision,
     )

@@ -11,11 +11,14 @@ Key layout under ``/lvs-events/<cluster>/`` (:class:`Keys`):
 ``ids/<event_id>``
     the revision of that event (dedup index; trimmed together with its log entry).
 ``head``
-    last appended revision (decimal; absent means 0, the empty log).
+    ``"<last appended revision> <its hash, hex>"`` (absent: 0 and the cluster's genesis hash,
+    the empty log). The append transaction compares the whole value, so a writer that loses
+    the race gets both the revision and the hash to chain behind in the same round trip.
 ``first``
     oldest revision still in the log (decimal; absent means 1).
 ``snapshot``
-    the manifest of the newest snapshot (:class:`Manifest`, JSON, ``"format": 2``).
+    the manifest of the newest snapshot (:class:`Manifest`, JSON, ``"format": 2``), with the
+    hash chain's head at its revision (``chain_head``).
 ``snapshots/<revision, 20 digits>/<writer>/<chunk, 6 digits>``
     the snapshot's state (canonical JSON of the folded State), zlib-compressed and cut into
     chunks of at most :data:`SNAPSHOT_CHUNK` bytes: a 10,000-server state is a few MB, over
@@ -40,6 +43,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from lvs_events.domain import chain
 from lvs_events.errors import StoreError
 from lvs_events.pb.v1 import events_pb2 as pb
 
@@ -101,6 +105,32 @@ class Keys:
 
 
 @dataclass(frozen=True, slots=True)
+class Head:
+    """What ``head`` holds: the last revision and the hash chain's value there."""
+
+    revision: int
+    hash: bytes
+
+    def value(self) -> bytes:
+        return f"{self.revision} {self.hash.hex()}".encode()
+
+    @classmethod
+    def empty(cls, cluster: str) -> Head:
+        return cls(0, chain.genesis(cluster))
+
+    @classmethod
+    def parse(cls, blob: bytes | None, cluster: str) -> Head:
+        """``head``'s value (None: the key is absent). Raises :class:`StoreError`."""
+        if blob is None:
+            return cls.empty(cluster)
+        try:
+            rev, _, digest = bytes(blob).decode().partition(" ")
+            return cls(int(rev), bytes.fromhex(digest))
+        except ValueError as e:
+            raise StoreError(f"head in etcd is not readable: {bytes(blob)[:80]!r}") from e
+
+
+@dataclass(frozen=True, slots=True)
 class Appended:
     """Where an event landed: its log revision, and whether it was there already."""
 
@@ -131,6 +161,7 @@ class SnapshotRecord:
     revision: int
     state: bytes  # canonical JSON of lvs_events.domain.state.State
     table_digest: str
+    chain_head: bytes = b""  # the hash chain at `revision` (the hash of that event)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +175,7 @@ class Manifest:
     nbytes: int  # compressed
     state_bytes: int  # inflated
     sha256: str  # of the compressed bytes
+    chain_head: str = ""  # hex: the hash chain at `revision`
 
     def to_json(self) -> bytes:
         return json.dumps(
@@ -157,6 +189,7 @@ class Manifest:
                 "bytes": self.nbytes,
                 "state_bytes": self.state_bytes,
                 "sha256": self.sha256,
+                "chain_head": self.chain_head,
             },
             sort_keys=True,
         ).encode()
@@ -180,6 +213,7 @@ class Manifest:
                 nbytes=int(data["bytes"]),
                 state_bytes=int(data["state_bytes"]),
                 sha256=str(data["sha256"]),
+                chain_head=str(data.get("chain_head", "")),
             )
         except (ValueError, KeyError, TypeError) as e:
             raise StoreError(f"snapshot manifest in etcd is not readable: {e}") from e

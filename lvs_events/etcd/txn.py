@@ -7,11 +7,12 @@ etcd3aio op objects costs more than the rest of the append path). The same :clas
 goes through etcd3aio's public ``txn`` when the bytes path is off; a test checks that both are
 the same request.
 
-An append of a batch is ONE etcd transaction: compare ``head``'s value with the one read
-(optimistic CAS, so any number of coordinators can append; by value, which is safe because
-``head`` only grows and revisions are dense, so ``head == N`` means nobody has written
-``log/N+1`` yet), compare every ``ids/<id>``'s create_revision with 0; on success put every log
-key, every id key and ``head``. On failure the same transaction returns (failure branch) the
+An append of a batch is ONE etcd transaction: compare ``head``'s value ("revision hash") with
+the one read (optimistic CAS, so any number of coordinators can append; by value, which is
+safe because ``head`` only grows and revisions are dense, so ``head == N ...`` means nobody has
+written ``log/N+1`` yet, and the hash in it is the one ``log/N+1`` must chain behind), compare
+every ``ids/<id>``'s create_revision with 0; on success put every log key, every id key and
+``head``. On failure the same transaction returns (failure branch) the
 current ``head``, the ids that exist and the leader key, so a retry needs no extra round trip.
 """
 
@@ -20,7 +21,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from lvs_events.etcd.records import REV_DIGITS, Appended, Keys
+from lvs_events import wire
+from lvs_events.etcd.records import REV_DIGITS, Appended, Head, Keys
 from lvs_events.pb.v1 import events_pb2 as pb
 
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
@@ -53,13 +55,15 @@ class Txn:
 def append_txn(
     keys: Keys,
     pending: Sequence[pb.Event],
-    head: int,
+    head: Head,
     after: tuple[str, int] | None,
     require_term: int | None,
-) -> tuple[Txn, list[Appended]]:
-    """The transaction appending ``pending`` after ``head``, and where each event would land.
+) -> tuple[Txn, list[Appended], Head]:
+    """The transaction appending ``pending`` after ``head``, where each event would land and the
+    head it would leave.
 
-    Sets each event's ``revision`` (the log entry carries it). ``after``: (event id, revision)
+    Sets each event's ``revision``, ``prev_hash`` and ``hash`` (the log entry carries them: the
+    hash chain, :mod:`lvs_events.domain.chain`). ``after``: (event id, revision)
     that must already be in the log (the last event of the batch this one is chained behind).
     ``require_term``: the ``leader`` key must hold it (fencing). Failure branch: ``head``, then
     each id key of ``pending``, then (with ``require_term``) the ``leader`` key.
@@ -67,7 +71,7 @@ def append_txn(
     ids = keys.ids
     id_keys = [ids + ev.event_id.encode() for ev in pending]
     compare: list[tuple[bytes, bytes | None]] = [(k, None) for k in id_keys]
-    compare.append((keys.head, str(head).encode() if head else None))
+    compare.append((keys.head, head.value() if head.revision else None))
     if after is not None:
         compare.append((ids + after[0].encode(), str(after[1]).encode()))
     failure = [keys.head, *id_keys]
@@ -76,18 +80,21 @@ def append_txn(
         failure.append(keys.leader)
     success: list[tuple[bytes, bytes]] = []
     assigned: list[Appended] = []
-    rev = head
+    rev = head.revision
+    digest = head.hash
     k_log = keys.log
     for ev, id_key in zip(pending, id_keys, strict=True):
         rev += 1
         ev.revision = rev
         srev = str(rev).encode()
         key = k_log + (b"0" * (REV_DIGITS - len(srev))) + srev
-        success.append((key, ev.SerializeToString(deterministic=True)))
+        stored, digest = wire.seal(ev, digest)
+        success.append((key, stored))
         success.append((id_key, srev))
         assigned.append(Appended(ev.event_id, rev, duplicate=False))
-    success.append((keys.head, str(rev).encode()))
-    return Txn(compare, success, failure), assigned
+    new_head = Head(rev, digest)
+    success.append((keys.head, new_head.value()))
+    return Txn(compare, success, failure), assigned, new_head
 
 
 # --- protobuf wire format of etcdserverpb.TxnRequest -----------------------------------------

@@ -15,7 +15,7 @@ peer; ``-`` refused):
 action                 director  operator  reader  witness  unverified
 =====================  ========  ========  ======  =======  ==========
 Publish (stream)       R         R         -       -        R
-Subscribe, GetState    R         R         R       R        R
+Subscribe, GetState*   R         R         R       R        R
 Campaign, KeepAlive,   =         -         -       -        R
 Resign, Takeover
 GetLeader, Observe     R         R         R       R        R
@@ -27,7 +27,8 @@ health, reflection     R         R         R       R        R
 event RealServerHealth =         -         -       -        R
 event TableApplied,    =         -         -       -        R
 DataplaneDrift,
-CommandRefused
+CommandRefused,
+LogIntegrity
 event ConfigApplied    R         R         -       -        R
 event ConfigRejected   R         -         -       -        R
 event AdminOverride    -         R         -       -        R
@@ -54,6 +55,7 @@ from lvs_events.domain.events import (
     DrillMarker,
     Event,
     Leadership,
+    LogIntegrity,
     RealServerHealth,
     TableApplied,
 )
@@ -69,6 +71,7 @@ class Rpc(enum.StrEnum):
     PUBLISH = "/lvs_events.v1.Coordinator/Publish"
     SUBSCRIBE = "/lvs_events.v1.Coordinator/Subscribe"
     GET_STATE = "/lvs_events.v1.Coordinator/GetState"
+    GET_STATE_CHUNKS = "/lvs_events.v1.Coordinator/GetStateChunks"
     CAMPAIGN = "/lvs_events.v1.LeaderElection/Campaign"
     TAKEOVER = "/lvs_events.v1.LeaderElection/Takeover"
     KEEPALIVE = "/lvs_events.v1.LeaderElection/KeepAlive"
@@ -92,7 +95,9 @@ PUBLIC_SERVICES = (
     "/grpc.reflection.v1.ServerReflection/",
 )
 
-READS = frozenset({Rpc.SUBSCRIBE, Rpc.GET_STATE, Rpc.GET_LEADER, Rpc.OBSERVE, Rpc.STATUS})
+READS = frozenset(
+    {Rpc.SUBSCRIBE, Rpc.GET_STATE, Rpc.GET_STATE_CHUNKS, Rpc.GET_LEADER, Rpc.OBSERVE, Rpc.STATUS}
+)
 ELECTION_WRITES = frozenset({Rpc.CAMPAIGN, Rpc.TAKEOVER, Rpc.KEEPALIVE, Rpc.RESIGN})
 PEER_ONLY = frozenset({Rpc.HEARTBEAT, Rpc.HANDOVER})
 
@@ -110,6 +115,7 @@ _EVENTS: dict[str, frozenset[Role]] = {
     "TableApplied": frozenset({Role.DIRECTOR}),
     "DataplaneDrift": frozenset({Role.DIRECTOR}),
     "CommandRefused": frozenset({Role.DIRECTOR}),
+    "LogIntegrity": frozenset({Role.DIRECTOR}),
     "ConfigApplied": frozenset({Role.DIRECTOR, Role.OPERATOR}),
     "ConfigRejected": frozenset({Role.DIRECTOR}),
     "AdminOverride": frozenset({Role.OPERATOR}),
@@ -121,6 +127,7 @@ _SUBJECT_WORDS = {
     "TableApplied": "TableApplied",
     "DataplaneDrift": "DataplaneDrift",
     "CommandRefused": "CommandRefused",
+    "LogIntegrity": "LogIntegrity",
 }
 
 
@@ -163,6 +170,8 @@ def publish_action(event: Event) -> PublishEvent:
             return PublishEvent("DataplaneDrift", p.node)
         case CommandRefused():
             return PublishEvent("CommandRefused", p.node)
+        case LogIntegrity():
+            return PublishEvent("LogIntegrity", p.node)
         case ConfigApplied() | ConfigRejected() | AdminOverride() | DrillMarker() | Leadership():
             return PublishEvent(event.type_name)
 

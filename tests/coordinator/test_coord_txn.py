@@ -8,11 +8,12 @@ import pytest
 from etcd3aio._protobuf import Compare, TxnRequest
 from etcd3aio.kv import KVService
 
+from lvs_events import wire
 from lvs_events.errors import Fenced
 from lvs_events.etcd import bypass
 from lvs_events.etcd.connection import compare_mod
 from lvs_events.etcd.events import EtcdEventStore
-from lvs_events.etcd.records import Keys
+from lvs_events.etcd.records import Head, Keys
 from lvs_events.etcd.txn import append_txn, encode
 from lvs_events.pb.v1 import events_pb2 as pb
 from tests.coordinator.conftest import fresh_cluster
@@ -21,12 +22,12 @@ from tests.support.etcd import EtcdCluster
 
 
 def _expected(
-    keys: Keys, events: list[pb.Event], head: int, after: tuple[str, int] | None, term: int | None
+    keys: Keys, events: list[pb.Event], head: Head, after: tuple[str, int] | None, term: int | None
 ) -> TxnRequest:
     kv = KVService
     compare = [kv.txn_compare_create_revision(keys.id_key(ev.event_id), 0) for ev in events]
-    if head:
-        compare.append(kv.txn_compare_value(keys.head, str(head)))
+    if head.revision:
+        compare.append(kv.txn_compare_value(keys.head, head.value()))
     else:
         compare.append(kv.txn_compare_create_revision(keys.head, 0))
     if after is not None:
@@ -37,13 +38,15 @@ def _expected(
         compare.append(kv.txn_compare_value(keys.leader, str(term)))
         failure.append(kv.txn_op_get(keys.leader))
     success = []
-    for i, ev in enumerate(events, start=head + 1):
+    digest = head.hash
+    for i, ev in enumerate(events, start=head.revision + 1):
         copy = pb.Event()
         copy.CopyFrom(ev)
         copy.revision = i
-        success.append(kv.txn_op_put(keys.log_key(i), copy.SerializeToString(deterministic=True)))
+        stored, digest = wire.seal(copy, digest)
+        success.append(kv.txn_op_put(keys.log_key(i), stored))
         success.append(kv.txn_op_put(keys.id_key(ev.event_id), str(i)))
-    success.append(kv.txn_op_put(keys.head, str(head + len(events))))
+    success.append(kv.txn_op_put(keys.head, Head(head.revision + len(events), digest).value()))
     return TxnRequest(compare=compare, success=success, failure=failure)
 
 
@@ -56,8 +59,10 @@ def test_append_txn_on_both_paths_is_the_request_etcd3aio_builds(
 ) -> None:
     keys = Keys.of("c1")
     events = [health_event(f"id-{i}") if i % 3 else config_event(f"cfg-{i}", reals=40) for i in range(n)]
-    want = _expected(keys, events, head, after, term)
-    txn, assigned = append_txn(keys, events, head, after, term)
+    at = Head(head, bytes([head % 256]) * 32) if head else Head.empty("c1")
+    want = _expected(keys, events, at, after, term)
+    txn, assigned, leaves = append_txn(keys, events, at, after, term)
+    assert leaves == Head(head + n, events[-1].hash)
     assert TxnRequest.FromString(encode(txn)) == want  # the bytes path
     compare, success, failure = bypass.PublicTxn.ops(txn)  # the etcd3aio path
     assert TxnRequest(compare=compare, success=success, failure=failure) == want

@@ -99,7 +99,7 @@ def _handlers(calls: Calls, refusals: Refusals) -> list[grpc.GenericRpcHandler[A
                 who = current_principal()
                 calls.seen.append(("Publish", who))
                 async for req in requests:
-                    for ev in [req.event, *req.events] if req.HasField("event") else req.events:
+                    for ev in req.events:
                         d = refusals.check(who, publish_action(wire.event_from_pb(ev)))
                         yield cpb.PublishAck(
                             event_id=ev.event_id,

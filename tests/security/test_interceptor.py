@@ -28,7 +28,7 @@ def _secure(pki_dir: Path, name: str, address: str) -> grpc.aio.Channel:
 def test_the_test_service_has_every_rpc_of_the_three_services() -> None:
     assert sorted(METHODS) == sorted(
         [
-            "Publish", "Subscribe", "GetState",
+            "Publish", "Subscribe", "GetState", "GetStateChunks",
             "Campaign", "Takeover", "KeepAlive", "Resign", "GetLeader", "Observe",
             "Heartbeat", "Handover", "Switchover", "Status",
         ]

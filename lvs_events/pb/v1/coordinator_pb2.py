@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from lvs_events.pb.v1 import events_pb2 as lvs__events_dot_pb_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"lvs_events/pb/v1/coordinator.proto\x12\rlvs_events.v1\x1a\x1dlvs_events/pb/v1/events.proto\"C\n\x0ePublishRequest\x12$\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x14.lvs_events.v1.EventJ\x04\x08\x01\x10\x02R\x05\x65vent\"\x8f\x01\n\nPublishAck\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x04\x12\x11\n\tduplicate\x18\x03 \x01(\x08\x12\x12\n\nerror_code\x18\x04 \x01(\t\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\'\n\x04\x61\x63ks\x18\x06 \x03(\x0b\x32\x19.lvs_events.v1.PublishAck\"\xb0\x01\n\x10SubscribeRequest\x12\x15\n\rfrom_revision\x18\x01 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\r\n\x05types\x18\x03 \x03(\t\x12\r\n\x05nodes\x18\x04 \x03(\t\x12\x10\n\x08virtuals\x18\x05 \x03(\t\x12\r\n\x05reals\x18\x06 \x03(\t\x12\x1d\n\x15snapshot_if_compacted\x18\x07 \x01(\x08\x12\x17\n\x0fsince_wall_time\x18\x08 \x01(\x01\"A\n\x08Snapshot\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\r\n\x05state\x18\x02 \x01(\x0c\x12\x14\n\x0ctable_digest\x18\x03 \x01(\t\"\x86\x01\n\x11SubscribeResponse\x12%\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.lvs_events.v1.EventH\x00\x12+\n\x08snapshot\x18\x02 \x01(\x0b\x32\x17.lvs_events.v1.SnapshotH\x00\x12\x15\n\rhead_revision\x18\x03 \x01(\x04\x42\x06\n\x04item\"#\n\x0fGetStateRequest\x12\x10\n\x08revision\x18\x01 \x01(\x04\"\x87\x01\n\x10GetStateResponse\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\r\n\x05state\x18\x02 \x01(\x0c\x12\r\n\x05table\x18\x03 \x01(\x0c\x12\x14\n\x0ctable_digest\x18\x04 \x01(\t\x12\x15\n\rhead_revision\x18\x05 \x01(\x04\x12\x16\n\x0e\x66irst_revision\x18\x06 \x01(\x04\x32\xf5\x01\n\x0b\x43oordinator\x12G\n\x07Publish\x12\x1d.lvs_events.v1.PublishRequest\x1a\x19.lvs_events.v1.PublishAck(\x01\x30\x01\x12P\n\tSubscribe\x12\x1f.lvs_events.v1.SubscribeRequest\x1a .lvs_events.v1.SubscribeResponse0\x01\x12K\n\x08GetState\x12\x1e.lvs_events.v1.GetStateRequest\x1a\x1f.lvs_events.v1.GetStateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"lvs_events/pb/v1/coordinator.proto\x12\rlvs_events.v1\x1a\x1dlvs_events/pb/v1/events.proto\"C\n\x0ePublishRequest\x12$\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x14.lvs_events.v1.EventJ\x04\x08\x01\x10\x02R\x05\x65vent\"\x8f\x01\n\nPublishAck\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x04\x12\x11\n\tduplicate\x18\x03 \x01(\x08\x12\x12\n\nerror_code\x18\x04 \x01(\t\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\'\n\x04\x61\x63ks\x18\x06 \x03(\x0b\x32\x19.lvs_events.v1.PublishAck\"\xc9\x01\n\x10SubscribeRequest\x12\x15\n\rfrom_revision\x18\x01 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\r\n\x05types\x18\x03 \x03(\t\x12\r\n\x05nodes\x18\x04 \x03(\t\x12\x10\n\x08virtuals\x18\x05 \x03(\t\x12\r\n\x05reals\x18\x06 \x03(\t\x12\x1d\n\x15snapshot_if_compacted\x18\x07 \x01(\x08\x12\x17\n\x0fsince_wall_time\x18\x08 \x01(\x01\x12\x17\n\x0fsnapshot_chunks\x18\t \x01(\x08\"U\n\x08Snapshot\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\r\n\x05state\x18\x02 \x01(\x0c\x12\x14\n\x0ctable_digest\x18\x03 \x01(\t\x12\x12\n\nchain_head\x18\x04 \x01(\x0c\"\xb6\x01\n\x11SubscribeResponse\x12%\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.lvs_events.v1.EventH\x00\x12+\n\x08snapshot\x18\x02 \x01(\x0b\x32\x17.lvs_events.v1.SnapshotH\x00\x12.\n\x0esnapshot_chunk\x18\x04 \x01(\x0b\x32\x14.lvs_events.v1.ChunkH\x00\x12\x15\n\rhead_revision\x18\x03 \x01(\x04\x42\x06\n\x04item\"#\n\x0fGetStateRequest\x12\x10\n\x08revision\x18\x01 \x01(\x04\"\x87\x01\n\x10GetStateResponse\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\r\n\x05state\x18\x02 \x01(\x0c\x12\r\n\x05table\x18\x03 \x01(\x0c\x12\x14\n\x0ctable_digest\x18\x04 \x01(\t\x12\x15\n\rhead_revision\x18\x05 \x01(\x04\x12\x16\n\x0e\x66irst_revision\x18\x06 \x01(\x04\"#\n\x05\x43hunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04last\x18\x02 \x01(\x08\"i\n\nStateChunk\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1f.lvs_events.v1.GetStateResponse\x12\r\n\x05state\x18\x02 \x01(\x0c\x12\r\n\x05table\x18\x03 \x01(\x0c\x12\x0c\n\x04last\x18\x04 \x01(\x08\x32\xc4\x02\n\x0b\x43oordinator\x12G\n\x07Publish\x12\x1d.lvs_events.v1.PublishRequest\x1a\x19.lvs_events.v1.PublishAck(\x01\x30\x01\x12P\n\tSubscribe\x12\x1f.lvs_events.v1.SubscribeRequest\x1a .lvs_events.v1.SubscribeResponse0\x01\x12K\n\x08GetState\x12\x1e.lvs_events.v1.GetStateRequest\x1a\x1f.lvs_events.v1.GetStateResponse\x12M\n\x0eGetStateChunks\x12\x1e.lvs_events.v1.GetStateRequest\x1a\x19.lvs_events.v1.StateChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,15 +37,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUBLISHACK']._serialized_start=154
   _globals['_PUBLISHACK']._serialized_end=297
   _globals['_SUBSCRIBEREQUEST']._serialized_start=300
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=476
-  _globals['_SNAPSHOT']._serialized_start=478
-  _globals['_SNAPSHOT']._serialized_end=543
-  _globals['_SUBSCRIBERESPONSE']._serialized_start=546
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=680
-  _globals['_GETSTATEREQUEST']._serialized_start=682
-  _globals['_GETSTATEREQUEST']._serialized_end=717
-  _globals['_GETSTATERESPONSE']._serialized_start=720
-  _globals['_GETSTATERESPONSE']._serialized_end=855
-  _globals['_COORDINATOR']._serialized_start=858
-  _globals['_COORDINATOR']._serialized_end=1103
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=501
+  _globals['_SNAPSHOT']._serialized_start=503
+  _globals['_SNAPSHOT']._serialized_end=588
+  _globals['_SUBSCRIBERESPONSE']._serialized_start=591
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=773
+  _globals['_GETSTATEREQUEST']._serialized_start=775
+  _globals['_GETSTATEREQUEST']._serialized_end=810
+  _globals['_GETSTATERESPONSE']._serialized_start=813
+  _globals['_GETSTATERESPONSE']._serialized_end=948
+  _globals['_CHUNK']._serialized_start=950
+  _globals['_CHUNK']._serialized_end=985
+  _globals['_STATECHUNK']._serialized_start=987
+  _globals['_STATECHUNK']._serialized_end=1092
+  _globals['_COORDINATOR']._serialized_start=1095
+  _globals['_COORDINATOR']._serialized_end=1419
 # @@protoc_insertion_point(module_scope)

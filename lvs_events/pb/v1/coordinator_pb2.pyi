@@ -96,6 +96,7 @@ class SubscribeRequest(_message.Message):
     REALS_FIELD_NUMBER: _builtins.int
     SNAPSHOT_IF_COMPACTED_FIELD_NUMBER: _builtins.int
     SINCE_WALL_TIME_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_CHUNKS_FIELD_NUMBER: _builtins.int
     from_revision: _builtins.int
     """first revision wanted; 0 = from the start (or the snapshot)"""
     follow: _builtins.bool
@@ -106,6 +107,8 @@ class SubscribeRequest(_message.Message):
     """> 0: start at the first revision (at or after from_revision) whose event's wall_time is at
     least this (unix seconds), found by the coordinator; the head + 1 when there is none.
     """
+    snapshot_chunks: _builtins.bool
+    """the client reassembles snapshot_chunk items (any snapshot size)"""
     @_builtins.property
     def types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Filters: OR within a field, AND across fields, empty = all (lvs_events.domain.filters).
@@ -135,10 +138,11 @@ class SubscribeRequest(_message.Message):
         reals: _abc.Iterable[_builtins.str] | None = ...,
         snapshot_if_compacted: _builtins.bool = ...,
         since_wall_time: _builtins.float = ...,
+        snapshot_chunks: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "from_revision", b"from_revision", "nodes", b"nodes", "reals", b"reals", "since_wall_time", b"since_wall_time", "snapshot_if_compacted", b"snapshot_if_compacted", "types", b"types", "virtuals", b"virtuals"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "from_revision", b"from_revision", "nodes", b"nodes", "reals", b"reals", "since_wall_time", b"since_wall_time", "snapshot_chunks", b"snapshot_chunks", "snapshot_if_compacted", b"snapshot_if_compacted", "types", b"types", "virtuals", b"virtuals"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -151,21 +155,25 @@ class Snapshot(_message.Message):
     REVISION_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     TABLE_DIGEST_FIELD_NUMBER: _builtins.int
+    CHAIN_HEAD_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     """state includes every event up to here"""
     state: _builtins.bytes
     """canonical JSON of the folded state"""
     table_digest: _builtins.str
+    chain_head: _builtins.bytes
+    """the hash chain's head at `revision` (the hash of that event)"""
     def __init__(
         self,
         *,
         revision: _builtins.int = ...,
         state: _builtins.bytes = ...,
         table_digest: _builtins.str = ...,
+        chain_head: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["revision", b"revision", "state", b"state", "table_digest", b"table_digest"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chain_head", b"chain_head", "revision", b"revision", "state", b"state", "table_digest", b"table_digest"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -177,6 +185,7 @@ class SubscribeResponse(_message.Message):
 
     EVENT_FIELD_NUMBER: _builtins.int
     SNAPSHOT_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_CHUNK_FIELD_NUMBER: _builtins.int
     HEAD_REVISION_FIELD_NUMBER: _builtins.int
     head_revision: _builtins.int
     """newest revision known to the server when this was sent"""
@@ -184,18 +193,26 @@ class SubscribeResponse(_message.Message):
     def event(self) -> _events_pb2.Event: ...
     @_builtins.property
     def snapshot(self) -> Global___Snapshot: ...
+    @_builtins.property
+    def snapshot_chunk(self) -> Global___Chunk:
+        """A snapshot too large for one message, in pieces: `snapshot` with `state` empty first,
+        then its state in order, the last piece with `last` set. Sent only to subscribers that
+        set `snapshot_chunks`.
+        """
+
     def __init__(
         self,
         *,
         event: _events_pb2.Event | None = ...,
         snapshot: Global___Snapshot | None = ...,
+        snapshot_chunk: Global___Chunk | None = ...,
         head_revision: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "item", b"item", "snapshot", b"snapshot"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "item", b"item", "snapshot", b"snapshot", "snapshot_chunk", b"snapshot_chunk"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "head_revision", b"head_revision", "item", b"item", "snapshot", b"snapshot"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "head_revision", b"head_revision", "item", b"item", "snapshot", b"snapshot", "snapshot_chunk", b"snapshot_chunk"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["event", "snapshot"]  # noqa: Y015
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["event", "snapshot", "snapshot_chunk"]  # noqa: Y015
     _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
 
@@ -257,3 +274,60 @@ class GetStateResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetStateResponse: _TypeAlias = GetStateResponse  # noqa: Y015
+
+@_typing.final
+class Chunk(_message.Message):
+    """A piece of a large message (a snapshot's state, a GetState's state and table)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    LAST_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    last: _builtins.bool
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+        last: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "last", b"last"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Chunk: _TypeAlias = Chunk  # noqa: Y015
+
+@_typing.final
+class StateChunk(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    TABLE_FIELD_NUMBER: _builtins.int
+    LAST_FIELD_NUMBER: _builtins.int
+    state: _builtins.bytes
+    """the next piece of GetStateResponse.state"""
+    table: _builtins.bytes
+    """the next piece of GetStateResponse.table"""
+    last: _builtins.bool
+    @_builtins.property
+    def header(self) -> Global___GetStateResponse:
+        """first message only (state and table empty)"""
+
+    def __init__(
+        self,
+        *,
+        header: Global___GetStateResponse | None = ...,
+        state: _builtins.bytes = ...,
+        table: _builtins.bytes = ...,
+        last: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "last", b"last", "state", b"state", "table", b"table"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StateChunk: _TypeAlias = StateChunk  # noqa: Y015

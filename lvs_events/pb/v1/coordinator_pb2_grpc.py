@@ -49,6 +49,11 @@ class CoordinatorStub:
                 request_serializer=lvs__events_dot_pb_dot_v1_dot_coordinator__pb2.GetStateRequest.SerializeToString,
                 response_deserializer=lvs__events_dot_pb_dot_v1_dot_coordinator__pb2.GetStateResponse.FromString,
                 _registered_method=True)
+        self.GetStateChunks = channel.unary_stream(
+                '/lvs_events.v1.Coordinator/GetStateChunks',
+                request_serializer=lvs__events_dot_pb_dot_v1_dot_coordinator__pb2.GetStateRequest.SerializeToString,
+                response_deserializer=lvs__events_dot_pb_dot_v1_dot_coordinator__pb2.StateChunk.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -79,6 +84,15 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetStateChunks(self, request, context):
+        """GetState for any size of state: the response cut into messages of at most about 1 MiB.
+        The first carries every field of GetStateResponse but state and table; the pieces of
+        state and table follow, in order; the last has `last` set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +110,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.GetState,
                     request_deserializer=lvs__events_dot_pb_dot_v1_dot_coordinator__pb2.GetStateRequest.FromString,
                     response_serializer=lvs__events_dot_pb_dot_v1_dot_coordinator__pb2.GetStateResponse.SerializeToString,
+            ),
+            'GetStateChunks': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetStateChunks,
+                    request_deserializer=lvs__events_dot_pb_dot_v1_dot_coordinator__pb2.GetStateRequest.FromString,
+                    response_serializer=lvs__events_dot_pb_dot_v1_dot_coordinator__pb2.StateChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -179,6 +198,33 @@ class Coordinator:
             '/lvs_events.v1.Coordinator/GetState',
             lvs__events_dot_pb_dot_v1_dot_coordinator__pb2.GetStateRequest.SerializeToString,
             lvs__events_dot_pb_dot_v1_dot_coordinator__pb2.GetStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStateChunks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/lvs_events.v1.Coordinator/GetStateChunks',
+            lvs__events_dot_pb_dot_v1_dot_coordinator__pb2.GetStateRequest.SerializeToString,
+            lvs__events_dot_pb_dot_v1_dot_coordinator__pb2.StateChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,11 @@ class CoordinatorStub:
     """
     GetState: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.GetStateRequest, _coordinator_pb2.GetStateResponse]
     """Folded state and rendered table at a revision (0 = now)."""
+    GetStateChunks: _grpc.UnaryStreamMultiCallable[_coordinator_pb2.GetStateRequest, _coordinator_pb2.StateChunk]
+    """GetState for any size of state: the response cut into messages of at most about 1 MiB.
+    The first carries every field of GetStateResponse but state and table; the pieces of
+    state and table follow, in order; the last has `last` set.
+    """
 
 @_typing.type_check_only
 class CoordinatorAsyncStub(CoordinatorStub):
@@ -59,6 +64,11 @@ class CoordinatorAsyncStub(CoordinatorStub):
     """
     GetState: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.GetStateRequest, _coordinator_pb2.GetStateResponse]  # type: ignore[assignment]
     """Folded state and rendered table at a revision (0 = now)."""
+    GetStateChunks: _aio.UnaryStreamMultiCallable[_coordinator_pb2.GetStateRequest, _coordinator_pb2.StateChunk]  # type: ignore[assignment]
+    """GetState for any size of state: the response cut into messages of at most about 1 MiB.
+    The first carries every field of GetStateResponse but state and table; the pieces of
+    state and table follow, in order; the last has `last` set.
+    """
 
 class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -90,5 +100,16 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_coordinator_pb2.GetStateResponse, _abc.Awaitable[_coordinator_pb2.GetStateResponse]]:
         """Folded state and rendered table at a revision (0 = now)."""
+
+    @_abc_1.abstractmethod
+    def GetStateChunks(
+        self,
+        request: _coordinator_pb2.GetStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_coordinator_pb2.StateChunk], _abc.AsyncIterator[_coordinator_pb2.StateChunk]]:
+        """GetState for any size of state: the response cut into messages of at most about 1 MiB.
+        The first carries every field of GetStateResponse but state and table; the pieces of
+        state and table follow, in order; the last has `last` set.
+        """
 
 def add_CoordinatorServicer_to_server(servicer: CoordinatorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -881,6 +881,46 @@ class CommandRefused(_message.Message):
 Global___CommandRefused: _TypeAlias = CommandRefused  # noqa: Y015
 
 @_typing.final
+class LogIntegrity(_message.Message):
+    """An agent found the log's hash chain broken while replaying it (an entry edited or removed
+    behind the coordinators' back). A record only: the fold changes nothing.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    EXPECTED_FIELD_NUMBER: _builtins.int
+    FOUND_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    """the agent that found it"""
+    revision: _builtins.int
+    """the first revision whose link does not hold"""
+    expected: _builtins.str
+    """hex: the hash the chain predicts"""
+    found: _builtins.str
+    """hex: the hash the entry carries"""
+    detail: _builtins.str
+    """which link failed"""
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+        revision: _builtins.int = ...,
+        expected: _builtins.str = ...,
+        found: _builtins.str = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "expected", b"expected", "found", b"found", "node", b"node", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogIntegrity: _TypeAlias = LogIntegrity  # noqa: Y015
+
+@_typing.final
 class Event(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -901,6 +941,9 @@ class Event(_message.Message):
     CONFIG_REJECTED_FIELD_NUMBER: _builtins.int
     DATAPLANE_DRIFT_FIELD_NUMBER: _builtins.int
     COMMAND_REFUSED_FIELD_NUMBER: _builtins.int
+    LOG_INTEGRITY_FIELD_NUMBER: _builtins.int
+    PREV_HASH_FIELD_NUMBER: _builtins.int
+    HASH_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """made by the publisher; a retry with the same id is a no-op"""
     cluster: _builtins.str
@@ -915,6 +958,12 @@ class Event(_message.Message):
     """leader term the publisher acted under; 0 = none (fencing)"""
     revision: _builtins.int
     """position in the log; set by the coordinator"""
+    prev_hash: _builtins.bytes
+    """The hash chain (set by the coordinator at append; see docs/ARCHITECTURE.md "The log"):
+    hash = sha256(prev_hash || this event serialized with prev_hash and hash unset).
+    the hash of the event at revision - 1 (revision 1: the cluster's genesis)
+    """
+    hash: _builtins.bytes
     @_builtins.property
     def config_applied(self) -> Global___ConfigApplied: ...
     @_builtins.property
@@ -933,6 +982,8 @@ class Event(_message.Message):
     def dataplane_drift(self) -> Global___DataplaneDrift: ...
     @_builtins.property
     def command_refused(self) -> Global___CommandRefused: ...
+    @_builtins.property
+    def log_integrity(self) -> Global___LogIntegrity: ...
     def __init__(
         self,
         *,
@@ -953,12 +1004,15 @@ class Event(_message.Message):
         config_rejected: Global___ConfigRejected | None = ...,
         dataplane_drift: Global___DataplaneDrift | None = ...,
         command_refused: Global___CommandRefused | None = ...,
+        log_integrity: Global___LogIntegrity | None = ...,
+        prev_hash: _builtins.bytes = ...,
+        hash: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["admin_override", b"admin_override", "command_refused", b"command_refused", "config_applied", b"config_applied", "config_rejected", b"config_rejected", "dataplane_drift", b"dataplane_drift", "drill_marker", b"drill_marker", "leadership", b"leadership", "payload", b"payload", "real_server_health", b"real_server_health", "table_applied", b"table_applied"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["admin_override", b"admin_override", "command_refused", b"command_refused", "config_applied", b"config_applied", "config_rejected", b"config_rejected", "dataplane_drift", b"dataplane_drift", "drill_marker", b"drill_marker", "leadership", b"leadership", "log_integrity", b"log_integrity", "payload", b"payload", "real_server_health", b"real_server_health", "table_applied", b"table_applied"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "admin_override", b"admin_override", "cluster", b"cluster", "command_refused", b"command_refused", "config_applied", b"config_applied", "config_rejected", b"config_rejected", "dataplane_drift", b"dataplane_drift", "drill_marker", b"drill_marker", "event_id", b"event_id", "leadership", b"leadership", "origin", b"origin", "payload", b"payload", "real_server_health", b"real_server_health", "reason", b"reason", "revision", b"revision", "table_applied", b"table_applied", "term", b"term", "wall_time", b"wall_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "admin_override", b"admin_override", "cluster", b"cluster", "command_refused", b"command_refused", "config_applied", b"config_applied", "config_rejected", b"config_rejected", "dataplane_drift", b"dataplane_drift", "drill_marker", b"drill_marker", "event_id", b"event_id", "hash", b"hash", "leadership", b"leadership", "log_integrity", b"log_integrity", "origin", b"origin", "payload", b"payload", "prev_hash", b"prev_hash", "real_server_health", b"real_server_health", "reason", b"reason", "revision", b"revision", "table_applied", b"table_applied", "term", b"term", "wall_time", b"wall_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["config_applied", "real_server_health", "admin_override", "table_applied", "leadership", "drill_marker", "config_rejected", "dataplane_drift", "command_refused"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["config_applied", "real_server_health", "admin_override", "table_applied", "leadership", "drill_marker", "config_rejected", "dataplane_drift", "command_refused", "log_integrity"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
