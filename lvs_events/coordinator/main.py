@@ -52,7 +52,10 @@ log = structlog.get_logger("coordinator")
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="lvs-coordinator", description=__doc__.splitlines()[0] if __doc__ else None
+        prog="lvs-coordinator",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+        # no abbreviations: "--etcd-password SECRET" must be an error, not a file named SECRET
+        allow_abbrev=False,
     )
     p.add_argument(
         "--listen", default="127.0.0.1:7420", help="host:port to serve gRPC on (default %(default)s)"

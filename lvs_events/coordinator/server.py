@@ -98,6 +98,7 @@ DEFAULT_PUBLISH_WINDOW = 1024
 MIN_PING_INTERVAL_MS = 5_000  # clients may ping this often (lvs_events.client.log pings every 10 s)
 SERVER_KEEPALIVE_MS = 30_000  # the server's own pings: a vanished client's streams end too
 COMPACTED_RESTARTS = 5
+ACK_MARGIN = 0.1  # seconds: a Publish ack's way back to the caller before its deadline
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +247,9 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
         pending: deque[_Pending | None] = deque()
         ready = asyncio.Event()
         remaining = context.time_remaining()
-        deadline = None if remaining is None else asyncio.get_running_loop().time() + remaining
+        # the appender's deadline ends ACK_MARGIN early, so that an event it gave up on is
+        # answered (not appended, or outcome unknown) before the caller stops listening
+        deadline = None if remaining is None else asyncio.get_running_loop().time() + remaining - ACK_MARGIN
         reader = asyncio.create_task(self._read_publish(request_iterator, pending, ready, window, deadline))
         self._readers.add(reader)
         self._publishers += 1

@@ -455,17 +455,10 @@ class EtcdEventStore:
             guess = self._head_guess
         while True:
             try:
+                budget = self._budget(callers, sent)
                 if guess is None:
-                    guess = await self._read_head()
-                budget = self.timeout
-                if callers is not None:
-                    budget = min(budget, callers - loop.time())
-                    if budget <= 0:
-                        raise DeadlinePassed(  # noqa: TRY301 -- handled below with the other exits
-                            "the caller's deadline passed before the append was "
-                            + ("retried: its outcome is unknown" if sent else "sent: nothing appended"),
-                            sent=sent,
-                        )
+                    guess = await self._read_head(budget)
+                    budget = self._budget(callers, sent)
                 request, assigned = txns.append_txn(self.keys, pending, guess, after, require_term)
                 slot.predicted = (pending[-1].event_id, assigned[-1].revision)
                 sent = True
@@ -543,9 +536,24 @@ class EtcdEventStore:
                 raise Fenced(f"leader term is {current or 'unset'}, not {require_term}: append refused")
         return guess, still
 
-    async def _read_head(self) -> int:
+    def _budget(self, callers: float | None, sent: bool) -> float:
+        """Seconds the next etcd call of an append may take: the store's timeout, cut at the
+        callers' deadline (``callers``, the event loop's clock); :class:`DeadlinePassed` once
+        it is reached (``sent``: an earlier attempt went out)."""
+        if callers is None:
+            return self.timeout
+        left = callers - asyncio.get_running_loop().time()
+        if left <= 0:
+            raise DeadlinePassed(
+                "the caller's deadline passed before the append was "
+                + ("retried: its outcome is unknown" if sent else "sent: nothing appended"),
+                sent=sent,
+            )
+        return min(self.timeout, left)
+
+    async def _read_head(self, within: float | None = None) -> int:
         try:
-            resp = await self.connection.kv.get(self.keys.head, timeout=self.timeout)
+            resp = await self.connection.kv.get(self.keys.head, timeout=within or self.timeout)
         except ETCD_ERRORS as e:
             raise translate(e, "read head") from e
         return int(resp.kvs[0].value) if resp.kvs else 0
