@@ -32,7 +32,7 @@ from lvs_events.domain.events import Event
 from lvs_events.errors import StoreError
 from lvs_events.pb.v1 import events_pb2 as pb
 from lvs_events.security.interceptor import Refusals
-from lvs_events.security.policy import publish_action, show, stamp
+from lvs_events.security.policy import Decision, decide, publish_action, show, stamp
 from lvs_events.security.principal import Principal, Role
 
 log = structlog.get_logger("coordinator.trust")
@@ -49,6 +49,7 @@ DEFAULT_HIGH_WATER = 0.9
 DEFAULT_QUOTA_INTERVAL = 10.0  # seconds between etcd status checks
 _QUOTA_TYPES = frozenset({"real_server_health", "table_applied", "dataplane_drift"})
 _RATE_LOG_EVERY = 10.0  # seconds between log lines about one principal's rate refusals
+_DECISIONS = 4096  # cached policy decisions (principal, action); the policy is pure
 
 
 @dataclass(slots=True)
@@ -114,9 +115,11 @@ class QuotaState:
     def ratio(self) -> float:
         return self.db_bytes / self.quota_bytes if self.quota_bytes > 0 else 0.0
 
-    @property
-    def alarm(self) -> bool:
-        return self.nospace or self.ratio >= self.high_water
+    alarm: bool = False  # set by :meth:`update` (read for every event)
+
+    def update(self, db_bytes: int, nospace: bool) -> None:
+        self.db_bytes, self.nospace, self.checked = db_bytes, nospace, time.time()
+        self.alarm = nospace or self.ratio >= self.high_water
 
     def describe(self) -> str:
         what = "etcd reports NOSPACE" if self.nospace else f"{self.ratio:.0%} of its quota"
@@ -138,6 +141,7 @@ class Gate:
     quota_refused: int = 0
     clamped: int = 0
     _budgets: dict[Principal, _Budget] = field(default_factory=dict)
+    _decisions: dict[tuple[str, str, str, str | None], Decision] = field(default_factory=dict)
 
     def admit(
         self,
@@ -150,8 +154,17 @@ class Gate:
         mono: float | None = None,
     ) -> Refusal | None:
         """Decide one validated event and, when admitted, stamp it in place (None)."""
-        d = self.refusals.check(principal, publish_action(event))
+        # The policy is pure and its action is (type, subject): decided once per principal and
+        # action, then looked up (this runs for every event: no objects made on the way)
+        kind = msg.WhichOneof("payload") or ""
+        key = (principal.role, principal.name, kind, _subject(msg, kind))
+        d = self._decisions.get(key)
+        if d is None:
+            if len(self._decisions) >= _DECISIONS:
+                self._decisions.clear()
+            d = self._decisions[key] = decide(principal, publish_action(event))
         if not d.allowed:
+            self.refusals.record(principal, f"publish {event.type_name}", d.reason)
             return Refusal("PERMISSION_DENIED", d.reason)
         if self.quota.alarm and not _may_publish_over_quota(principal, msg):
             self.quota_refused += 1
@@ -163,9 +176,10 @@ class Gate:
         refused = self._rate(principal, size, time.monotonic() if mono is None else mono)
         if refused is not None:
             return refused
-        actor, origin = stamp(principal, msg.actor, msg.origin)
-        msg.actor, msg.origin = actor, origin
-        self._clock(msg, time.time() if now is None else now)
+        msg.actor, msg.origin = stamp(principal, msg.actor, msg.origin)
+        now = time.time() if now is None else now
+        if abs(msg.wall_time - now) > self.max_skew:
+            self._clock(msg, now)
         return None
 
     def _rate(self, principal: Principal, size: int, mono: float) -> Refusal | None:
@@ -195,8 +209,6 @@ class Gate:
         """The log's clock is the coordinator's: a ``wall_time`` off by more than ``max_skew``
         is replaced by ``now``."""
         skew = msg.wall_time - now
-        if abs(skew) <= self.max_skew:
-            return
         self.clamped += 1
         log.info(
             "publisher clock off; wall_time set by the coordinator",
@@ -215,6 +227,18 @@ class Gate:
             "quota_refused": self.quota_refused,
             "clock_clamped": self.clamped,
         }
+
+
+def _subject(msg: pb.Event, kind: str) -> str | None:
+    """The node an event speaks for, as :func:`~lvs_events.security.policy.publish_action`
+    reads it from the domain event (a test holds the two to the same answer)."""
+    if kind == "real_server_health":
+        return msg.real_server_health.observer
+    if kind == "table_applied":
+        return msg.table_applied.node
+    if kind == "dataplane_drift":
+        return msg.dataplane_drift.node
+    return None
 
 
 def _may_publish_over_quota(principal: Principal, msg: pb.Event) -> bool:
@@ -245,9 +269,9 @@ async def watch_quota(
         except StoreError as e:
             log.info("etcd status check failed", error=str(e))
         else:
-            state.db_bytes, state.nospace, state.checked = db_bytes, nospace, time.time()
             if reported_quota > 0 and not state.quota_fixed:
                 state.quota_bytes = reported_quota
+            state.update(db_bytes, nospace)
             if state.alarm:
                 log.error("etcd quota alarm: refusing appends from non-directors", detail=state.describe())
             elif was:

@@ -16,14 +16,16 @@ import grpc
 import grpc.aio
 import pytest
 
+from lvs_events import wire
 from lvs_events.coordinator.server import RunningCoordinator
-from lvs_events.coordinator.trust import Limits
+from lvs_events.coordinator.trust import Limits, _subject
 from lvs_events.pb.v1 import coordinator_pb2 as cpb
 from lvs_events.pb.v1 import coordinator_pb2_grpc as cpb_grpc
 from lvs_events.pb.v1 import events_pb2 as pb
 from lvs_events.pb.v1 import leadership_pb2 as lpb
 from lvs_events.pb.v1 import leadership_pb2_grpc as lpb_grpc
 from lvs_events.security import pki
+from lvs_events.security.policy import publish_action
 from lvs_events.security.principal import Role
 from lvs_events.security.tls import ListenRefused, TlsFiles, channel_credentials
 from tests.coordinator.conftest import StartCoordinator
@@ -354,3 +356,21 @@ async def test_above_the_quota_high_water_mark_only_health_goes_in(
     assert [e.WhichOneof("payload") for e in await read_log(store)] == ["real_server_health", "leadership"]
     assert metadata["lvs-etcd-quota-alarm"].startswith("etcd database at")
     assert c.gate.quota_refused == 1
+
+
+def test_the_gates_decision_key_reads_the_subject_as_the_policy_does() -> None:
+    """The gate caches decisions by (payload, subject) read from the message; the policy reads
+    the subject from the domain event. Both must agree, for every payload that has one."""
+    digest = "sha256:" + "0" * 64
+    events = [
+        health_event(node="lb7"),
+        pb.Event(table_applied=pb.TableApplied(node="lb7", revision=3, digest=digest)),
+        pb.Event(dataplane_drift=pb.DataplaneDrift(node="lb7", revision=3)),
+        drain_event(),
+        config_event(),
+    ]
+    for msg in events:
+        if not msg.event_id:
+            msg.MergeFrom(pb.Event(event_id=uuid.uuid4().hex, cluster=CLUSTER, origin="lb7", actor="a"))
+        kind = msg.WhichOneof("payload") or ""
+        assert _subject(msg, kind) == publish_action(wire.event_from_pb(msg)).subject, kind
