@@ -344,8 +344,9 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
         refusal = self.gate.admit(current_principal(), msg, event, size)
         if refusal is not None:
             return _ack_error(msg.event_id, refusal.code, refusal.message)
-        # stamped: the size moves with the two strings (an estimate off by a length prefix's
-        # byte at most, for the batch's byte budget, which leaves room below etcd's limit)
+        # stamped: the size moves with the two strings. Counted in characters, not re-encoded:
+        # it feeds the batch's byte budget and the byte rate, and the budget (1 MB) leaves
+        # half a megabyte below etcd's request limit for the few bytes this misses
         return msg, size + len(msg.actor) + len(msg.origin) - claimed
 
     def _queue_now(
