@@ -19,6 +19,16 @@ class StoreUnavailable(StoreError):
     """etcd could not be reached within the deadline."""
 
 
+class DeadlinePassed(StoreUnavailable):
+    """The caller's deadline passed before an append was sent (``sent`` False: nothing of it
+    can land) or before it could be retried (``sent`` True: an attempt went out and its outcome
+    is unknown; a retry with the same event ids is idempotent)."""
+
+    def __init__(self, message: str, *, sent: bool) -> None:
+        super().__init__(message)
+        self.sent = sent
+
+
 class Compacted(StoreError):
     """The requested revision is older than the oldest event kept; start from the snapshot."""
 

@@ -14,6 +14,11 @@ Nothing is dropped.
 Fencing: ``submit(..., require_term=T)`` appends only while the store's
 ``leader`` key holds term ``T`` (else the ack says FAILED_PRECONDITION). Requests with different
 requirements never share a transaction.
+
+Deadlines: ``submit(..., deadline=D)`` (the event loop's clock) is the publisher's deadline. An
+event still queued at ``D`` is never sent (:class:`DeadlinePassed`, ``sent=False``), and a
+transaction's store deadline is the earliest ``D`` of its batch, so nothing is appended on a
+caller's behalf after its call has failed.
 """
 
 from __future__ import annotations
@@ -30,8 +35,9 @@ import structlog
 
 from lvs_events import wire
 from lvs_events.coordinator.stores import Appended, EventStore
+from lvs_events.domain.events import Event
 from lvs_events.domain.validate import MAX_EVENT_BYTES, validate_event
-from lvs_events.errors import InvalidEvent, StoreUnavailable
+from lvs_events.errors import DeadlinePassed, InvalidEvent, StoreUnavailable
 from lvs_events.pb.v1 import events_pb2 as pb
 
 log = structlog.get_logger(__name__)
@@ -47,6 +53,11 @@ def check_event(msg: pb.Event, cluster: str) -> int:
 
     The ``revision`` and chain hashes a publisher may have set are cleared: the log assigns them.
     """
+    return validated_event(msg, cluster)[1]
+
+
+def validated_event(msg: pb.Event, cluster: str) -> tuple[Event, int]:
+    """:func:`check_event`, with the event as the domain sees it (for the access policy)."""
     msg.revision = 0
     if msg.prev_hash or msg.hash:
         msg.ClearField("prev_hash")
@@ -60,7 +71,7 @@ def check_event(msg: pb.Event, cluster: str) -> int:
         raise InvalidEvent(
             f"cluster: expected {cluster!r} (this coordinator's cluster), found {event.cluster!r}"
         )
-    return size
+    return event, size
 
 
 @dataclass(slots=True)
@@ -70,6 +81,7 @@ class _Request:
     require_term: int | None
     future: asyncio.Future[Appended]
     enqueued: float = field(default_factory=time.monotonic)
+    deadline: float | None = None  # the event loop's clock; None: none
 
 
 class Appender:
@@ -122,17 +134,22 @@ class Appender:
         return self._closed
 
     async def submit(
-        self, msg: pb.Event, size: int, *, require_term: int | None = None
+        self, msg: pb.Event, size: int, *, require_term: int | None = None, deadline: float | None = None
     ) -> asyncio.Future[Appended]:
         """Queue an already validated event; a future for its :class:`Appended`.
 
         Waits while the queue is full (backpressure). Raises StoreUnavailable once closed.
+        ``deadline`` (the event loop's clock): not sent after it (see the module docstring).
         """
-        (fut,) = await self.submit_many([(msg, size)], require_term=require_term)
+        (fut,) = await self.submit_many([(msg, size)], require_term=require_term, deadline=deadline)
         return fut
 
     def try_submit(
-        self, items: list[tuple[pb.Event, int]], *, require_term: int | None = None
+        self,
+        items: list[tuple[pb.Event, int]],
+        *,
+        require_term: int | None = None,
+        deadline: float | None = None,
     ) -> list[asyncio.Future[Appended]] | None:
         """:meth:`submit_many` if the queue has room now (no waiting); None if it has not.
 
@@ -143,10 +160,14 @@ class Appender:
             raise StoreUnavailable("coordinator is shutting down")
         if len(self._queue) >= self._queue_size or self._waiting:
             return None
-        return self._enqueue(items, require_term)
+        return self._enqueue(items, require_term, deadline)
 
     async def submit_many(
-        self, items: list[tuple[pb.Event, int]], *, require_term: int | None = None
+        self,
+        items: list[tuple[pb.Event, int]],
+        *,
+        require_term: int | None = None,
+        deadline: float | None = None,
     ) -> list[asyncio.Future[Appended]]:
         """:meth:`submit` for several (event, size) pairs at once, queued together in order."""
         while True:
@@ -167,17 +188,17 @@ class Appender:
                 raise
             if len(self._queue) < self._queue_size:
                 break
-        return self._enqueue(items, require_term)
+        return self._enqueue(items, require_term, deadline)
 
     def _enqueue(
-        self, items: list[tuple[pb.Event, int]], require_term: int | None
+        self, items: list[tuple[pb.Event, int]], require_term: int | None, deadline: float | None
     ) -> list[asyncio.Future[Appended]]:
         loop = asyncio.get_running_loop()
         futs: list[asyncio.Future[Appended]] = []
         now = time.monotonic()
         for msg, size in items:
             fut: asyncio.Future[Appended] = loop.create_future()
-            self._queue.append(_Request(msg, size, require_term, fut, now))
+            self._queue.append(_Request(msg, size, require_term, fut, now, deadline))
             futs.append(fut)
         self._idle.clear()
         if self._running and not self._flushing:
@@ -226,7 +247,12 @@ class Appender:
             raise
 
     def _start_flush(self) -> None:
-        task = asyncio.create_task(self._flush(self._take()))
+        batch = self._take()
+        if not batch:  # every request taken had passed its deadline
+            if not self._queue and not self._flushing:
+                self._idle.set()
+            return
+        task = asyncio.create_task(self._flush(batch))
         self._flushing.add(task)
         task.add_done_callback(self._flushed)
 
@@ -240,15 +266,21 @@ class Appender:
             self._idle.set()
 
     def _take(self) -> list[_Request]:
-        first = self._queue.popleft()
-        batch = [first]
-        nbytes = first.size
-        ids = {first.msg.event_id}
+        """The next batch; requests past their deadline are answered (not sent) and left out,
+        so the batch may be empty."""
+        now = asyncio.get_running_loop().time()
+        batch: list[_Request] = []
+        nbytes = 0
+        ids: set[str] = set()
         while self._queue and len(ids) < self.max_batch_events:
             nxt = self._queue[0]
-            if nxt.require_term != first.require_term:
+            if nxt.deadline is not None and nxt.deadline <= now:
+                self._queue.popleft()
+                _expire(nxt, "queued")
+                continue
+            if batch and nxt.require_term != batch[0].require_term:
                 break
-            if nbytes + nxt.size > self.max_batch_bytes:
+            if batch and nbytes + nxt.size > self.max_batch_bytes:
                 break
             self._queue.popleft()
             batch.append(nxt)
@@ -273,8 +305,10 @@ class Appender:
         unique = _unique(batch)
         msgs = [batch[0].msg] if unique is None else [r.msg for r in unique.values()]
         started = time.monotonic()
+        deadlines = [r.deadline for r in batch if r.deadline is not None]
+        within = min(deadlines) - asyncio.get_running_loop().time() if deadlines else None
         try:
-            results = await self.store.append(msgs, require_term=batch[0].require_term)
+            results = await self.store.append(msgs, require_term=batch[0].require_term, within=within)
         except asyncio.CancelledError:
             for r in batch:
                 if not r.future.done():
@@ -310,6 +344,12 @@ class Appender:
                 r.future.set_exception(error)
         self._wake(everyone=True)
         self._idle.set()
+
+
+def _expire(r: _Request, where: str) -> None:
+    if not r.future.done():
+        why = f"the publisher's deadline passed while the event was {where}: not appended"
+        r.future.set_exception(DeadlinePassed(why, sent=False))
 
 
 def _unique(batch: list[_Request]) -> dict[str, _Request] | None:

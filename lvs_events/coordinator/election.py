@@ -275,20 +275,25 @@ def publisher_may_not(msg: pb.Event) -> str:
 
 class _SubmitMany(Protocol):
     async def submit_many(
-        self, items: list[tuple[pb.Event, int]], *, require_term: int | None = None
+        self,
+        items: list[tuple[pb.Event, int]],
+        *,
+        require_term: int | None = None,
+        deadline: float | None = None,
     ) -> list[asyncio.Future[Appended]]: ...
 
 
 async def submit_fenced(
-    appender: _SubmitMany, items: list[tuple[pb.Event, int]]
+    appender: _SubmitMany, items: list[tuple[pb.Event, int]], *, deadline: float | None = None
 ) -> list[asyncio.Future[Appended]]:
     """Queue validated events, each run of equal terms as one group: an event with a term is
-    appended only while the leader key holds that term (compared in the append transaction)."""
+    appended only while the leader key holds that term (compared in the append transaction).
+    ``deadline``: the publisher's (see :mod:`lvs_events.coordinator.appender`)."""
     futs: list[asyncio.Future[Appended]] = []
     start = 0
     for i in range(1, len(items) + 1):
         if i == len(items) or items[i][0].term != items[start][0].term:
             term = items[start][0].term
-            futs += await appender.submit_many(items[start:i], require_term=term or None)
+            futs += await appender.submit_many(items[start:i], require_term=term or None, deadline=deadline)
             start = i
     return futs

@@ -11,7 +11,13 @@ Publish: one ack per event, in the order the events arrived on the stream; each 
 batch, ``PublishRequest.events``) is answered by one ``PublishAck`` whose ``acks`` hold its
 events' acks in order. A refused event
 (malformed, oversized, invalid, wrong cluster) gets an ack with ``error_code=INVALID_ARGUMENT``
-and nothing of it is stored; the stream goes on. A publisher may keep up to
+and nothing of it is stored; the stream goes on. Each valid event then passes the coordinator's
+:class:`~lvs_events.coordinator.trust.Gate` (one call, :meth:`CoordinatorService._admit_event`):
+the caller's verified principal may publish it (else ``PERMISSION_DENIED``), etcd is below its
+quota's high-water mark and the principal within its rate (else ``RESOURCE_EXHAUSTED``); the
+event is stamped with the principal (``actor``, ``origin``) and the coordinator's clock. The
+stream's deadline goes with every event into the appender: an event not sent to etcd by then
+gets ``DEADLINE_EXCEEDED`` and is never appended later. A publisher may keep up to
 ``publish_window`` events unacknowledged; past that the coordinator stops reading its stream
 (backpressure through gRPC flow control). Sending one event and waiting for its ack gives unary
 semantics; half-closing the stream ends it once every ack is sent.
@@ -34,7 +40,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer  # the asyncio servicer (health.aio)
 from grpc_reflection.v1alpha import reflection
 
-from lvs_events.coordinator.appender import Appender, check_event
+from lvs_events.coordinator.appender import Appender, validated_event
 from lvs_events.coordinator.election import SERVICE_NAME as LEADER_ELECTION
 from lvs_events.coordinator.election import add_leader_election, publisher_may_not, submit_fenced
 from lvs_events.coordinator.filters import first_revision_since, request_filter, wire_matcher
@@ -47,8 +53,26 @@ from lvs_events.coordinator.snapshots import (
     StateService,
 )
 from lvs_events.coordinator.stores import Appended, EventStore, SnapshotRecord
+from lvs_events.coordinator.trust import (
+    DEFAULT_HIGH_WATER,
+    DEFAULT_LIMITS,
+    DEFAULT_MAX_SKEW,
+    DEFAULT_QUOTA_INTERVAL,
+    Gate,
+    Limits,
+    QuotaState,
+    watch_quota,
+)
 from lvs_events.domain.filters import InvalidFilter
-from lvs_events.errors import Compacted, Fenced, InvalidEvent, StoreError, StoreUnavailable
+from lvs_events.errors import (
+    Compacted,
+    DeadlinePassed,
+    Fenced,
+    InvalidEvent,
+    StoreError,
+    StoreUnavailable,
+)
+from lvs_events.etcd.connection import ENV_ETCD_PASSWORD, PLAINTEXT, EtcdAccess, access_from
 from lvs_events.etcd.events import EtcdEventStore
 from lvs_events.etcd.leader import EtcdLeaderStore
 from lvs_events.etcd.txn import MAX_TXN_OPS
@@ -56,6 +80,15 @@ from lvs_events.pb.v1 import coordinator_pb2 as cpb
 from lvs_events.pb.v1 import coordinator_pb2_grpc as cpb_grpc
 from lvs_events.pb.v1 import events_pb2 as pb
 from lvs_events.rpc import MalformedRequests
+from lvs_events.security.interceptor import AuthInterceptor, Refusals, current_principal
+from lvs_events.security.tls import (
+    CertificateReloader,
+    ListenMode,
+    TlsFiles,
+    check_listen,
+    insecure_warning,
+    server_credentials,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -69,6 +102,7 @@ DEFAULT_PUBLISH_WINDOW = 1024
 MIN_PING_INTERVAL_MS = 5_000  # clients may ping this often (lvs_events.client.log pings every 10 s)
 SERVER_KEEPALIVE_MS = 30_000  # the server's own pings: a vanished client's streams end too
 COMPACTED_RESTARTS = 5
+ACK_MARGIN = 0.1  # seconds: a Publish ack's way back to the caller before its deadline
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +120,14 @@ class CoordinatorSettings:
     publish_window: int = DEFAULT_PUBLISH_WINDOW
     grace: float = 10.0  # seconds for in-flight appends and streams at shutdown
     health_interval: float = 2.0
+    tls: TlsFiles | None = None  # None: plaintext, on loopback unless `insecure`
+    insecure: bool = False  # plaintext on a reachable address (logged at every start)
+    etcd_access: EtcdAccess = PLAINTEXT
+    limits: Limits = DEFAULT_LIMITS
+    max_clock_skew: float = DEFAULT_MAX_SKEW
+    etcd_quota_bytes: int = 0  # 0: etcd's own report, else etcd's default (2 GiB)
+    quota_high_water: float = DEFAULT_HIGH_WATER
+    quota_interval: float = DEFAULT_QUOTA_INTERVAL
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -100,6 +142,9 @@ def _ack_for(event_id: str, fut: asyncio.Future[Appended]) -> cpb.PublishAck:
         return cpb.PublishAck(event_id=event_id, revision=a.revision, duplicate=a.duplicate)
     if isinstance(e, Fenced):
         return _ack_error(event_id, "FAILED_PRECONDITION", str(e))
+    if isinstance(e, DeadlinePassed):
+        msg = str(e) if not e.sent else f"{e}; publish it again with the same event id to find out"
+        return _ack_error(event_id, "DEADLINE_EXCEEDED", msg)
     if isinstance(e, InvalidEvent):
         return _ack_error(event_id, "INVALID_ARGUMENT", str(e))
     return _ack_error(event_id, "UNAVAILABLE", str(e) or type(e).__name__)
@@ -182,8 +227,10 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
         cluster: str,
         *,
         publish_window: int = DEFAULT_PUBLISH_WINDOW,
+        gate: Gate | None = None,
     ) -> None:
         self.store = store
+        self.gate = gate or Gate()
         self.appender = appender
         self.states = states
         self.cluster = cluster
@@ -204,7 +251,11 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
         window = _Window(self.publish_window)
         pending: deque[_Pending | None] = deque()
         ready = asyncio.Event()
-        reader = asyncio.create_task(self._read_publish(request_iterator, pending, ready, window))
+        remaining = context.time_remaining()
+        # the appender's deadline ends ACK_MARGIN early, so that an event it gave up on is
+        # answered (not appended, or outcome unknown) before the caller stops listening
+        deadline = None if remaining is None else asyncio.get_running_loop().time() + remaining - ACK_MARGIN
+        reader = asyncio.create_task(self._read_publish(request_iterator, pending, ready, window, deadline))
         self._readers.add(reader)
         self._publishers += 1
         self._no_publishers.clear()
@@ -248,7 +299,9 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
         pending: deque[_Pending | None],
         ready: asyncio.Event,
         window: _Window,
+        deadline: float | None,
     ) -> None:
+        """``deadline``: the stream's, on the event loop's clock (None: none)."""
         try:
             async for req in requests:
                 if len(req.events) == 1:
@@ -257,15 +310,17 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
                     # one event: checked once, then queued without a coroutine when the queue
                     # has room (the latency path), else by waiting for room; its entry is
                     # answered as a one-ack batch
-                    checked = self._check(req.events[0])
+                    checked = self._admit_event(req.events[0])
                     if isinstance(checked, cpb.PublishAck):
                         pending.append([checked])
                     else:
-                        entry = self._queue_now(checked)
-                        pending.append(entry if entry is not None else await self._queue_waiting(checked))
+                        entry = self._queue_now(checked, deadline)
+                        pending.append(
+                            entry if entry is not None else await self._queue_waiting(checked, deadline)
+                        )
                 elif req.events:
                     await window.acquire(len(req.events))
-                    pending.append(await self._admit_batch(req))
+                    pending.append(await self._admit_batch(req, deadline))
                 else:
                     if not window.try_acquire(1):
                         await window.acquire(1)
@@ -277,62 +332,72 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
             pending.append(None)
             ready.set()
 
-    def _check(self, msg: pb.Event) -> cpb.PublishAck | tuple[pb.Event, int]:
-        """A single-event request's event checked: its refusal, or (event, encoded size)."""
+    def _admit_event(self, msg: pb.Event) -> cpb.PublishAck | tuple[pb.Event, int]:
+        """One published event, wherever it arrives: validated, decided by the gate (policy,
+        quota, rate) for the caller's principal and stamped; its refusal, or (event, encoded
+        size) ready to queue."""
         try:
-            size = check_event(msg, self.cluster)
+            event, size = validated_event(msg, self.cluster)
         except InvalidEvent as e:
             log.info("event refused", event_id=msg.event_id, error=str(e))
             return _ack_error(msg.event_id, "INVALID_ARGUMENT", str(e))
         refused = publisher_may_not(msg)
         if refused:
             return _ack_error(msg.event_id, "INVALID_ARGUMENT", refused)
-        return msg, size
+        claimed = len(msg.actor) + len(msg.origin)
+        refusal = self.gate.admit(current_principal(), msg, event, size)
+        if refusal is not None:
+            return _ack_error(msg.event_id, refusal.code, refusal.message)
+        # stamped: the size moves with the two strings. Counted in characters, not re-encoded:
+        # it feeds the batch's byte budget and the byte rate, and the budget (1 MB) leaves
+        # half a megabyte below etcd's request limit for the few bytes this misses
+        return msg, size + len(msg.actor) + len(msg.origin) - claimed
 
-    def _queue_now(self, checked: tuple[pb.Event, int]) -> cpb.PublishAck | _Entry | None:
+    def _queue_now(
+        self, checked: tuple[pb.Event, int], deadline: float | None
+    ) -> cpb.PublishAck | _Entry | None:
         """Queue a checked event if the appender's queue has room now; None if it has not
         (nothing done: the caller goes through :meth:`_queue_waiting`)."""
         msg = checked[0]
         try:
             # fencing: an event with a term is appended only while the leader key holds that term,
             # compared in the append transaction itself (else FAILED_PRECONDITION "fenced")
-            futs = self.appender.try_submit([checked], require_term=msg.term or None)
+            futs = self.appender.try_submit([checked], require_term=msg.term or None, deadline=deadline)
         except StoreUnavailable as e:
             return _ack_error(msg.event_id, "UNAVAILABLE", str(e))
         return None if futs is None else (msg.event_id, futs[0])
 
-    async def _queue_waiting(self, checked: tuple[pb.Event, int]) -> cpb.PublishAck | _Entry:
+    async def _queue_waiting(
+        self, checked: tuple[pb.Event, int], deadline: float | None
+    ) -> cpb.PublishAck | _Entry:
         """Queue a checked event, waiting for room (backpressure)."""
         msg, size = checked
         try:
-            fut = await self.appender.submit(msg, size, require_term=msg.term or None)
+            fut = await self.appender.submit(msg, size, require_term=msg.term or None, deadline=deadline)
         except StoreUnavailable as e:
             return _ack_error(msg.event_id, "UNAVAILABLE", str(e))
         return (msg.event_id, fut)
 
-    async def _admit_batch(self, req: cpb.PublishRequest) -> list[cpb.PublishAck | _Entry]:
+    async def _admit_batch(
+        self, req: cpb.PublishRequest, deadline: float | None
+    ) -> list[cpb.PublishAck | _Entry]:
         """A batch request: each event checked on its own (a refused one does not stop the
         others), the valid ones queued together. One entry per event, in order."""
         out: list[cpb.PublishAck | _Entry | None] = []
         valid: list[tuple[pb.Event, int]] = []
         slots: list[int] = []
         for msg in req.events:
-            try:
-                size = check_event(msg, self.cluster)
-            except InvalidEvent as e:
-                log.info("event refused", event_id=msg.event_id, error=str(e))
-                out.append(_ack_error(msg.event_id, "INVALID_ARGUMENT", str(e)))
-                continue
-            refused = publisher_may_not(msg)
-            if refused:
-                out.append(_ack_error(msg.event_id, "INVALID_ARGUMENT", refused))
+            checked = self._admit_event(msg)
+            if isinstance(checked, cpb.PublishAck):
+                out.append(checked)
                 continue
             slots.append(len(out))
             out.append(None)
-            valid.append((msg, size))
+            valid.append(checked)
         if valid:
             try:
-                futs = await submit_fenced(self.appender, valid)  # fencing: one group per term
+                # fencing: one group per term
+                futs = await submit_fenced(self.appender, valid, deadline=deadline)
             except StoreUnavailable as e:
                 for i, (msg, _) in zip(slots, valid, strict=True):
                     out[i] = _ack_error(msg.event_id, "UNAVAILABLE", str(e))
@@ -402,6 +467,18 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
 
     # --- GetState -------------------------------------------------------------------------
 
+    def status_metadata(self) -> tuple[tuple[str, str], ...]:
+        """Refusal counters and the etcd quota, as GetState's initial metadata."""
+        gate = self.gate
+        q = gate.quota
+        out = [(f"lvs-{k.replace('_', '-')}", str(v)) for k, v in gate.counts().items()]
+        out += [
+            ("lvs-etcd-db-bytes", str(q.db_bytes)),
+            ("lvs-etcd-quota-bytes", str(q.quota_bytes)),
+            ("lvs-etcd-quota-alarm", q.describe() if q.alarm else "off"),
+        ]
+        return tuple(out)
+
     async def GetState(
         self, request: cpb.GetStateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> cpb.GetStateResponse:
@@ -415,6 +492,8 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
         state, table, digest = await asyncio.to_thread(
             lambda: (folded.state_json(), folded.table_json(), folded.table.digest())
         )
+        # the coordinator's own alarms and counters, beside the state (docs/security.md)
+        await context.send_initial_metadata(self.status_metadata())
         return cpb.GetStateResponse(
             revision=folded.revision,
             state=state,
@@ -467,8 +546,14 @@ class RunningCoordinator:
     states: StateService
     service: CoordinatorService
     health: HealthServicer
+    mode: ListenMode = ListenMode.LOOPBACK_PLAINTEXT
+    reloader: CertificateReloader | None = None  # the server certificate in force (TLS)
     background: asyncio.Task[None] | None = None  # appender, snapshots, health: done = failed
     _drained: bool = False
+
+    @property
+    def gate(self) -> Gate:
+        return self.service.gate
 
     @property
     def address(self) -> str:
@@ -513,14 +598,20 @@ async def _watch_health(store: EventStore, servicer: HealthServicer, interval: f
         await asyncio.sleep(interval)
 
 
-async def _background(
-    appender: Appender, states: StateService, store: EventStore, servicer: HealthServicer, interval: float
+async def _background(  # noqa: PLR0917 -- the parts serve_coordinator made, each once
+    appender: Appender,
+    states: StateService,
+    store: EtcdEventStore,
+    servicer: HealthServicer,
+    settings: CoordinatorSettings,
+    quota: QuotaState,
 ) -> None:
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(appender.run(), name="appender")
             tg.create_task(states.run(), name="snapshots")
-            tg.create_task(_watch_health(store, servicer, interval), name="health")
+            tg.create_task(_watch_health(store, servicer, settings.health_interval), name="health")
+            tg.create_task(watch_quota(store, quota, settings.quota_interval), name="etcd-quota")
     except Exception:
         log.exception("coordinator background task failed")
         await servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -533,12 +624,19 @@ async def serve_coordinator(settings: CoordinatorSettings) -> AsyncIterator[Runn
 
     On exit (or :meth:`RunningCoordinator.drain`) it drains within ``settings.grace``.
     ``settings.listen`` may use port 0; the chosen port is ``.port`` / ``.address``.
+    Without ``settings.tls`` it serves plaintext on loopback only, unless ``settings.insecure``
+    (:class:`~lvs_events.security.tls.ListenRefused` otherwise, before anything starts).
     """
+    mode = check_listen(settings.listen, settings.tls is not None, settings.insecure)
+    reloader = CertificateReloader(settings.tls) if settings.tls is not None else None
+    if mode is ListenMode.INSECURE:
+        log.warning(insecure_warning(settings.listen))
     store = EtcdEventStore(
         settings.etcd_endpoints,
         settings.cluster,
         timeout=settings.etcd_timeout,
         max_txn_ops=settings.etcd_max_txn_ops,
+        access=settings.etcd_access,
     )
     await store.connect()
     leaders = EtcdLeaderStore(store)  # the election's own etcd connection (connects on first use)
@@ -552,11 +650,21 @@ async def serve_coordinator(settings: CoordinatorSettings) -> AsyncIterator[Runn
             etcd_history=settings.etcd_history,
         )
         appender.on_appended(states.appended)
+        quota = QuotaState(high_water=settings.quota_high_water)
+        if settings.etcd_quota_bytes > 0:
+            quota.quota_bytes, quota.quota_fixed = settings.etcd_quota_bytes, True
+        refusals = Refusals()
+        gate = Gate(refusals=refusals, limits=settings.limits, max_skew=settings.max_clock_skew, quota=quota)
         service = CoordinatorService(
-            store, appender, states, settings.cluster, publish_window=settings.publish_window
+            store, appender, states, settings.cluster, publish_window=settings.publish_window, gate=gate
         )
         server = grpc.aio.server(
-            interceptors=[MalformedRequests()],
+            # the first is the outermost: the caller is identified and the method decided
+            # before anything of the request reaches a handler
+            interceptors=[
+                AuthInterceptor(verified=reloader is not None, refusals=refusals),
+                MalformedRequests(),
+            ],
             options=[
                 ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
                 ("grpc.max_send_message_length", MAX_SEND_BYTES),
@@ -579,22 +687,31 @@ async def serve_coordinator(settings: CoordinatorSettings) -> AsyncIterator[Runn
         reflection.enable_server_reflection(
             [SERVICE_NAME, LEADER_ELECTION, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
-        port = server.add_insecure_port(settings.listen)
+        if reloader is not None:
+            port = server.add_secure_port(settings.listen, server_credentials(reloader.files, reloader))
+        else:
+            port = server.add_insecure_port(settings.listen)
         if port == 0:
             raise OSError(f"cannot listen on {settings.listen}")
         running = RunningCoordinator(
-            settings, server, port, store, appender, states, service, health_servicer
+            settings, server, port, store, appender, states, service, health_servicer, mode, reloader
         )
         # The background tasks run in a TaskGroup inside their own supervisor task, so an error in
         # the caller's block is not turned into an ExceptionGroup, and a failed background task
         # (see ``RunningCoordinator.background``) is visible to whoever runs the coordinator.
         running.background = asyncio.create_task(
-            _background(appender, states, store, health_servicer, settings.health_interval),
+            _background(appender, states, store, health_servicer, settings, quota),
             name="coordinator-background",
         )
         try:
             await server.start()
-            log.info("coordinator serving", address=running.address, cluster=settings.cluster)
+            log.info(
+                "coordinator serving",
+                address=running.address,
+                cluster=settings.cluster,
+                listen_mode=mode.value,
+                etcd=settings.etcd_access.describe(),
+            )
             yield running
         finally:
             try:
@@ -615,10 +732,12 @@ def install_signal_handlers(stop: Callable[[], None]) -> None:
 
 
 __all__ = [
+    "ENV_ETCD_PASSWORD",
     "SERVICE_NAME",
     "CoordinatorService",
     "CoordinatorSettings",
     "RunningCoordinator",
+    "access_from",
     "install_signal_handlers",
     "serve_coordinator",
 ]

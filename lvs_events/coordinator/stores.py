@@ -53,13 +53,16 @@ class EventStore(Protocol):
 
     async def bounds(self) -> Bounds: ...
 
-    async def append(self, events: Sequence[pb.Event], *, require_term: int | None = None) -> list[Appended]:
+    async def append(
+        self, events: Sequence[pb.Event], *, require_term: int | None = None, within: float | None = None
+    ) -> list[Appended]:
         """Append events (unique event_ids, at most :attr:`max_batch_events`) atomically, in order;
         duplicates are not re-appended and get their original revision. Concurrent calls land
         in the order they were made. Sets each appended event's ``revision``.
 
         ``require_term``: the append only happens while the leader key holds that term (else
-        :class:`~lvs_events.errors.Fenced`).
+        :class:`~lvs_events.errors.Fenced`). ``within``: seconds until the callers' deadline;
+        nothing is sent to the store after it (:class:`~lvs_events.errors.DeadlinePassed`).
         """
         ...
 

@@ -243,6 +243,7 @@ class NetnsLab:
                     "lvs_events.coordinator.main",
                     "--listen",
                     f"{ADDR[node]}:7420",
+                    "--insecure",  # the lab's namespaces are its own network; no PKI in the lab
                     "--etcd-endpoints",
                     ",".join(order),
                     "--cluster",

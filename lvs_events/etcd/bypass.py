@@ -15,6 +15,9 @@ and decodes the answer with the ``TxnResponse`` class etcd3aio generated (privat
 
 If any check fails, every append goes through :meth:`PublicTxn.send` (etcd3aio's ``txn``, ops
 built with its public helpers) instead: slower, same transaction, same answers.
+
+Both paths carry the etcd auth token (:meth:`TxnSender.set_token`) and keep every attempt,
+retries included, within the one deadline they are given.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from etcd3aio.kv import KVService
 from google.protobuf.message import Message
 
 from lvs_events.etcd.txn import Txn, encode
-from lvs_events.retry import Backoff, RetryPolicy
+from lvs_events.retry import Backoff, RetryDeadline, RetryPolicy
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +51,8 @@ class TxnSender(Protocol):
 
     name: str
 
+    def set_token(self, token: str | None) -> None: ...
+
     async def send(self, txn: Txn, within: float) -> Any: ...
 
 
@@ -58,6 +63,9 @@ class PublicTxn:
 
     def __init__(self, kv: KVService) -> None:
         self._kv = kv
+
+    def set_token(self, token: str | None) -> None:
+        self._kv.set_token(token)
 
     @staticmethod
     def ops(txn: Txn) -> tuple[list[Any], list[Any], list[Any]]:
@@ -83,20 +91,34 @@ class BytesTxn:
 
     def __init__(self, channel: grpc.aio.Channel, decode: Callable[[bytes], Any]) -> None:
         self._call = channel.unary_unary(TXN_METHOD, request_serializer=None, response_deserializer=decode)
+        self._metadata: tuple[tuple[str, str], ...] | None = None
+
+    def set_token(self, token: str | None) -> None:
+        self._metadata = (("token", token),) if token else None
 
     async def send(self, txn: Txn, within: float) -> Any:
         request = encode(txn)
         backoff: Backoff | None = None  # made on the first refusal: none on the common path
+        timeout = within
         while True:
             try:
-                return await self._call(request, timeout=within)
+                return await self._call(request, timeout=timeout, metadata=self._metadata)
             except grpc.aio.AioRpcError as e:
                 if e.code() != grpc.StatusCode.UNAVAILABLE:
                     raise
-                backoff = backoff or _UNAVAILABLE_RETRY.start()
+                # a retry stays within the caller's deadline: the transaction is never sent
+                # after it
+                backoff = backoff or _UNAVAILABLE_RETRY.start(within)
                 if backoff.failures + 1 >= TXN_ATTEMPTS:
                     raise
-                await backoff.sleep()
+                try:
+                    await backoff.sleep()
+                except RetryDeadline as late:
+                    raise TimeoutError("append transaction: no time left for a retry") from late
+                left = backoff.remaining()
+                if left is None or left <= 0:
+                    raise TimeoutError("append transaction: deadline passed before a retry") from e
+                timeout = left
 
 
 def txn_response_decoder() -> tuple[Callable[[bytes], Any] | None, str]:

@@ -9,35 +9,152 @@ client object.
 Every call through a :class:`Connection` carries a deadline (``timeout``, or the caller's
 ``within``); every etcd3aio or gRPC error leaves this package as a :class:`StoreError`
 (:func:`translate`), :class:`StoreUnavailable` when retrying may help.
+
+Access (:class:`EtcdAccess`): TLS with the CA that signed etcd's certificates and, optionally, a
+client certificate (etcd's ``--client-cert-auth``: with auth enabled, the certificate's CN is
+the etcd user); and/or an etcd user with a password, whose token every call carries (the
+append's bytes path too) and which is renewed every :data:`TOKEN_REFRESH` seconds, below
+etcd's ``--auth-token-ttl`` (300 s by default). The password never appears in a repr or a log.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
+import contextlib
+import os
+from collections.abc import Awaitable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
 import grpc.aio
 import structlog
 from etcd3aio import EtcdError
+from etcd3aio.auth import AuthService
 from etcd3aio.connections import ConnectionManager
 from etcd3aio.kv import KVService
 from etcd3aio.lease import LeaseService
+from etcd3aio.maintenance import MaintenanceService
 from etcd3aio.watch import WatchService
 
-from lvs_events.errors import StoreError, StoreUnavailable
+from lvs_events.errors import LvsEventsError, StoreError, StoreUnavailable
 from lvs_events.etcd import bypass
 from lvs_events.etcd.txn import Txn
+from lvs_events.retry import RetryPolicy
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_TIMEOUT = 5.0  # seconds, every etcd call
+TOKEN_REFRESH = 60.0  # seconds between authentications; etcd's --auth-token-ttl must exceed it
+_TOKEN_RETRY = RetryPolicy(initial=1.0, cap=10.0)
+ENV_ETCD_CA = "LVS_EVENTS_ETCD_CA"
+ENV_ETCD_CERT = "LVS_EVENTS_ETCD_CERT"
+ENV_ETCD_KEY = "LVS_EVENTS_ETCD_KEY"
+ENV_ETCD_USER = "LVS_EVENTS_ETCD_USER"
+ENV_ETCD_PASSWORD = "LVS_EVENTS_ETCD_PASSWORD"
+
+
+class EtcdAccessError(LvsEventsError):
+    """etcd access settings that cannot be used (files missing, a certificate without its key)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdAccess:
+    """How to reach etcd: plaintext (the default), TLS (``ca``), a client certificate (``cert``
+    and ``key``, with ``ca``), an etcd user (``user`` and ``password``). ``server_name``: the
+    name etcd's certificates are checked against when it differs from the endpoints' hosts
+    (several members behind one name)."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    user: str = ""
+    password: str = field(default="", repr=False)
+    server_name: str = ""
+
+    def __post_init__(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise EtcdAccessError("etcd client certificate: give both --etcd-cert and --etcd-key")
+        if self.cert is not None and self.ca is None:
+            raise EtcdAccessError("etcd client certificate: --etcd-ca is needed too (TLS)")
+        if bool(self.user) != bool(self.password):
+            raise EtcdAccessError(
+                f"etcd user: give both a user (--etcd-user) and its password "
+                f"(--etcd-password-file or ${ENV_ETCD_PASSWORD})"
+            )
+
+    @property
+    def tls(self) -> bool:
+        return self.ca is not None
+
+    def describe(self) -> str:
+        """For the log: what is used, never the password."""
+        parts = ["tls" if self.tls else "plaintext"]
+        if self.cert is not None:
+            parts.append(f"client certificate {self.cert}")
+        if self.user:
+            parts.append(f"user {self.user}")
+        return ", ".join(parts)
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """Channel credentials from the files, read now (:class:`EtcdAccessError` if one is unreadable)."""
+        assert self.ca is not None
+        try:
+            ca = self.ca.read_bytes()
+            cert = self.cert.read_bytes() if self.cert is not None else None
+            key = self.key.read_bytes() if self.key is not None else None
+        except OSError as e:
+            raise EtcdAccessError(f"etcd TLS file {e.filename}: {e.strerror}") from e
+        return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+
+
+PLAINTEXT = EtcdAccess()
+
+
+def access_from(
+    *,
+    ca: str | None = None,
+    cert: str | None = None,
+    key: str | None = None,
+    user: str | None = None,
+    password_file: str | None = None,
+    server_name: str = "",
+    environ: Mapping[str, str] | None = None,
+) -> EtcdAccess:
+    """:class:`EtcdAccess` from flags, else the environment (``LVS_EVENTS_ETCD_*``, which the
+    systemd unit fills from ``/etc/default/lvs-events``). The password comes from a file (first
+    line) or ``$LVS_EVENTS_ETCD_PASSWORD``, never from a command line."""
+    env = os.environ if environ is None else environ
+
+    def pick(flag: str | None, var: str) -> str:
+        return flag or env.get(var, "")
+
+    password = ""
+    if password_file:
+        try:
+            lines = Path(password_file).read_text(encoding="utf-8").splitlines()
+        except OSError as e:
+            raise EtcdAccessError(f"etcd password file {password_file}: {e.strerror}") from e
+        password = lines[0] if lines else ""
+    else:
+        password = env.get(ENV_ETCD_PASSWORD, "")
+    return EtcdAccess(
+        ca=_path(pick(ca, ENV_ETCD_CA)),
+        cert=_path(pick(cert, ENV_ETCD_CERT)),
+        key=_path(pick(key, ENV_ETCD_KEY)),
+        user=pick(user, ENV_ETCD_USER),
+        password=password,
+        server_name=server_name,
+    )
 # what a call to etcd may raise; callers catch these and :func:`translate` them
 ETCD_ERRORS: tuple[type[BaseException], ...] = (EtcdError, grpc.aio.AioRpcError, TimeoutError)
 # ... and a connection that is not open: what a retry loop over etcd calls catches
 RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (*ETCD_ERRORS, StoreUnavailable)
+
+
+def _path(value: str) -> Path | None:
+    return Path(value) if value else None
 
 
 def translate(e: BaseException, what: str) -> StoreError:
@@ -119,10 +236,11 @@ class Connection:
         tuning: ChannelTuning = LOG_CHANNEL,
         appends: bool = True,
         bytes_txn: bool = True,
+        access: EtcdAccess = PLAINTEXT,
     ) -> None:
         """``rpc_max_attempts``: etcd3aio's own retry of UNAVAILABLE per call (1: none).
         ``appends``: this connection sends append transactions (:meth:`append_txn`); then
-        ``bytes_txn``: as encoded bytes when etcd3aio allows it."""
+        ``bytes_txn``: as encoded bytes when etcd3aio allows it. ``access``: TLS and auth."""
         if not endpoints:
             raise ValueError("at least one etcd endpoint is needed")
         self.endpoints = list(endpoints)
@@ -132,6 +250,10 @@ class Connection:
         self._tuning = tuning
         self._appends = appends
         self._bytes_txn = bytes_txn
+        self.access = access
+        self._maintenance: MaintenanceService | None = None
+        self._auth: AuthService | None = None
+        self._refresher: asyncio.Task[None] | None = None
         self._channel: grpc.aio.Channel | None = None
         self._kv: KVService | None = None
         self._lease: LeaseService | None = None
@@ -146,19 +268,79 @@ class Connection:
             if self._channel is not None:
                 return
             target, options = self._tuning.options(self.endpoints)
-            channel = grpc.aio.insecure_channel(target, options=options)
+            access = self.access
+            if access.tls:
+                if access.server_name:
+                    options = [*options, ("grpc.ssl_target_name_override", access.server_name)]
+                channel = grpc.aio.secure_channel(target, access.credentials(), options=options)
+            else:
+                channel = grpc.aio.insecure_channel(target, options=options)
             attempts = self._rpc_max_attempts
             self._kv = KVService(channel, max_attempts=attempts)
             self._lease = LeaseService(channel, max_attempts=attempts)
             self._watch = WatchService(channel, max_attempts=attempts)
+            self._maintenance = MaintenanceService(channel, max_attempts=attempts)
             if self._appends:
                 self._txn = bypass.choose(channel, self._kv, prefer_bytes=self._bytes_txn)
+            if access.user:
+                self._auth = AuthService(channel, max_attempts=attempts)
+                try:
+                    await self._authenticate()
+                except BaseException:
+                    await channel.close(None)
+                    raise
+                self._refresher = asyncio.create_task(self._refresh(), name=f"etcd-token-{self.name}")
             self._channel = channel
-            log.debug("etcd connection open", connection=self.name, target=target, txn_path=self.txn_path)
+            log.debug(
+                "etcd connection open",
+                connection=self.name,
+                target=target,
+                txn_path=self.txn_path,
+                access=access.describe(),
+            )
+
+    async def _authenticate(self) -> None:
+        """A token for the user, set on every service of the connection."""
+        assert self._auth is not None
+        try:
+            resp = await self._auth.authenticate(
+                self.access.user, self.access.password, timeout=self.timeout, max_attempts=1
+            )
+        except ETCD_ERRORS as e:
+            # etcd's message names the user at most; the password is never in it
+            raise translate(e, f"authenticate as {self.access.user}") from e
+        token = str(resp.token)
+        for svc in (self._kv, self._lease, self._watch, self._maintenance):
+            if svc is not None:
+                svc.set_token(token)
+        if self._txn is not None:
+            self._txn.set_token(token)
+
+    async def _refresh(self) -> None:
+        """Renew the token before etcd expires it; a failure is retried with backoff (the
+        previous token stays in use until etcd refuses it)."""
+        backoff = _TOKEN_RETRY.start()
+        delay = TOKEN_REFRESH
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self._authenticate()
+            except StoreError as e:
+                log.warning("etcd token renewal failed; retrying", connection=self.name, error=str(e))
+                delay = backoff.next_delay()
+            else:
+                backoff.reset()
+                delay = TOKEN_REFRESH
 
     async def close(self) -> None:
         channel, self._channel = self._channel, None
-        self._kv = self._lease = self._watch = None
+        refresher, self._refresher = self._refresher, None
+        if refresher is not None:
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
+        self._kv = self._lease = self._watch = self._maintenance = None
+        self._auth = None
         self._txn = None
         if channel is not None:
             await channel.close(None)
@@ -186,15 +368,22 @@ class Connection:
         return self._watch
 
     @property
+    def maintenance(self) -> MaintenanceService:
+        if self._maintenance is None:
+            raise StoreUnavailable(f"etcd connection ({self.name}) is not open")
+        return self._maintenance
+
+    @property
     def txn_path(self) -> str:
         """How append transactions are sent: "bytes" or "etcd3aio-txn" ("": closed, or a
         connection that sends none)."""
         return self._txn.name if self._txn is not None else ""
 
-    def append_txn(self, txn: Txn) -> Awaitable[Any]:
-        """Send an append transaction (see :mod:`lvs_events.etcd.bypass`); the ``TxnResponse``.
+    def append_txn(self, txn: Txn, within: float | None = None) -> Awaitable[Any]:
+        """Send an append transaction (see :mod:`lvs_events.etcd.bypass`) with a deadline of
+        ``within`` seconds (default: the connection's timeout); the ``TxnResponse``.
         Raises what etcd3aio and gRPC raise (:data:`ETCD_ERRORS`). The sender's own coroutine,
         not one more around it: this is every append's path."""
         if self._txn is None:
             raise StoreUnavailable(f"etcd connection ({self.name}) is not open for appends")
-        return self._txn.send(txn, self.timeout)
+        return self._txn.send(txn, self.timeout if within is None else within)

@@ -35,13 +35,15 @@ import structlog
 from etcd3aio import prefix_range_end
 from google.protobuf.message import DecodeError
 
-from lvs_events.errors import Compacted, Fenced, StoreError, StoreUnavailable
+from lvs_events.errors import Compacted, DeadlinePassed, Fenced, StoreError, StoreUnavailable
 from lvs_events.etcd import txn as txns
 from lvs_events.etcd.connection import (
     DEFAULT_TIMEOUT,
     ETCD_ERRORS,
+    PLAINTEXT,
     RETRYABLE_ERRORS,
     Connection,
+    EtcdAccess,
     compare_mod,
     is_compacted,
     translate,
@@ -67,6 +69,7 @@ DEFAULT_PAGE = 256  # log entries per range read
 MAX_APPEND_ATTEMPTS = 8  # etcd errors per append
 MAX_CAS_CONFLICTS = 500  # lost CAS races per append
 MAX_REREADS = 64  # consecutive re-reads of a subscription without progress before giving up
+_NOSPACE = 1  # etcdserverpb.AlarmType.NOSPACE
 SNAPSHOT_READS = 3  # reads of a snapshot whose chunks etcd compacted away under the read
 
 _APPEND_RETRY = RetryPolicy(initial=0.02, cap=1.0)  # after an etcd error (the attempt may have landed)
@@ -119,11 +122,16 @@ class EtcdEventStore:
         max_append_attempts: int = MAX_APPEND_ATTEMPTS,
         max_txn_ops: int = txns.MAX_TXN_OPS,
         bytes_txn: bool = True,
+        access: EtcdAccess = PLAINTEXT,
     ) -> None:
         """``max_txn_ops``: etcd's ``--max-txn-ops`` (bounds the events per append).
         ``bytes_txn``: False sends appends through etcd3aio's public ``txn`` (see
-        :mod:`lvs_events.etcd.bypass`)."""
-        self.connection = Connection(endpoints, name="log", timeout=timeout, bytes_txn=bytes_txn)
+        :mod:`lvs_events.etcd.bypass`). ``access``: TLS and etcd user (the election's
+        connection uses the same)."""
+        self.access = access
+        self.connection = Connection(
+            endpoints, name="log", timeout=timeout, bytes_txn=bytes_txn, access=access
+        )
         self.endpoints = self.connection.endpoints
         self.cluster = cluster
         self.timeout = timeout
@@ -176,6 +184,18 @@ class EtcdEventStore:
             await self.connection.kv.get(self.keys.head, serializable=True, timeout=self.timeout)
         except ETCD_ERRORS as e:
             raise translate(e, "ping") from e
+
+    async def db_status(self) -> tuple[int, int, bool]:
+        """The etcd database's size and quota in bytes (of the member answering; quota 0: that
+        etcd does not report it) and whether the cluster has the NOSPACE alarm raised."""
+        m = self.connection.maintenance
+        try:
+            status = await m.status(timeout=self.timeout)
+            alarms = await m.alarms(timeout=self.timeout)
+        except ETCD_ERRORS as e:
+            raise translate(e, "status") from e
+        nospace = any(int(a.alarm) == _NOSPACE for a in alarms.alarms)
+        return int(status.dbSize), int(status.dbSizeQuota), nospace
 
     async def bounds(self) -> Bounds:
         bounds, _ = await self._bounds_at()
@@ -408,12 +428,18 @@ class EtcdEventStore:
 
     # --- append ---------------------------------------------------------------------------
 
-    async def append(self, events: Sequence[pb.Event], *, require_term: int | None = None) -> list[Appended]:
+    async def append(
+        self, events: Sequence[pb.Event], *, require_term: int | None = None, within: float | None = None
+    ) -> list[Appended]:
         """Append ``events`` (unique event_ids) atomically, in order; duplicates are not
         re-appended. With ``require_term`` only while the ``leader`` key holds that term (else
         :class:`Fenced`). Concurrent calls are pipelined: a call made while an earlier one is in
         flight sends its transaction at once, predicated on the earlier one succeeding (see
-        :class:`_Slot`); batches land in the order the calls were made."""
+        :class:`_Slot`); batches land in the order the calls were made.
+
+        ``within``: the callers' deadline, in seconds. No transaction is sent after it, and
+        each one's etcd deadline ends with it; past it :class:`DeadlinePassed` (``sent``: an
+        attempt went out, its outcome unknown)."""
         if not events:
             return []
         if len(events) > 1 and len({e.event_id for e in events}) != len(events):
@@ -423,7 +449,7 @@ class EtcdEventStore:
         prev, slot = self._last_slot, _Slot(asyncio.get_running_loop().create_future())
         self._last_slot = slot
         try:
-            return await self._append_chained(list(events), require_term, prev, slot)
+            return await self._append_chained(list(events), require_term, prev, slot, within)
         finally:
             slot.predicted = None
             slot.done.set_result(None)
@@ -431,7 +457,12 @@ class EtcdEventStore:
                 self._last_slot = None
 
     async def _append_chained(  # noqa: PLR0912, PLR0915 -- one CAS loop, its exits together
-        self, events: list[pb.Event], require_term: int | None, prev: _Slot | None, slot: _Slot
+        self,
+        events: list[pb.Event],
+        require_term: int | None,
+        prev: _Slot | None,
+        slot: _Slot,
+        within: float | None,
     ) -> list[Appended]:
         """CAS loop. Two bounds: ``max_append_attempts`` etcd errors, and for lost races (another
         appender moved ``head`` first) :data:`MAX_CAS_CONFLICTS` retries within ``4 x timeout``.
@@ -447,6 +478,8 @@ class EtcdEventStore:
         errors = _APPEND_RETRY.start()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 4 * self.timeout
+        callers = None if within is None else loop.time() + within  # no attempt starts after it
+        sent = False
         predicted = prev.predicted if prev is not None and not prev.done.done() else None
         after: tuple[str, int] | None = None
         guess: Head | None
@@ -459,11 +492,20 @@ class EtcdEventStore:
             guess = self._head_guess
         while True:
             try:
+                budget = self._budget(callers, sent)
                 if guess is None:
-                    guess = await self._read_head()
+                    guess = await self._read_head(budget)
+                    budget = self._budget(callers, sent)
                 request, assigned, leaves = txns.append_txn(self.keys, pending, guess, after, require_term)
                 slot.predicted = (pending[-1].event_id, leaves)
-                resp = await self.connection.append_txn(request)
+                sent = True
+                resp = await self.connection.append_txn(request, budget)
+            except DeadlinePassed:
+                slot.predicted = None
+                for ev in pending:
+                    ev.revision = 0
+                self._head_guess = None
+                raise
             except RETRYABLE_ERRORS as e:
                 # Ambiguous: the transaction may have been applied. The next attempt finds out
                 # (its id compares fail and return the revisions), so nothing is appended twice.
@@ -530,9 +572,24 @@ class EtcdEventStore:
                 raise Fenced(f"leader term is {current or 'unset'}, not {require_term}: append refused")
         return guess, still
 
-    async def _read_head(self) -> Head:
+    def _budget(self, callers: float | None, sent: bool) -> float:
+        """Seconds the next etcd call of an append may take: the store's timeout, cut at the
+        callers' deadline (``callers``, the event loop's clock); :class:`DeadlinePassed` once
+        it is reached (``sent``: an earlier attempt went out)."""
+        if callers is None:
+            return self.timeout
+        left = callers - asyncio.get_running_loop().time()
+        if left <= 0:
+            raise DeadlinePassed(
+                "the caller's deadline passed before the append was "
+                + ("retried: its outcome is unknown" if sent else "sent: nothing appended"),
+                sent=sent,
+            )
+        return min(self.timeout, left)
+
+    async def _read_head(self, within: float | None = None) -> Head:
         try:
-            resp = await self.connection.kv.get(self.keys.head, timeout=self.timeout)
+            resp = await self.connection.kv.get(self.keys.head, timeout=within or self.timeout)
         except ETCD_ERRORS as e:
             raise translate(e, "read head") from e
         return Head.parse(resp.kvs[0].value if resp.kvs else None, self.cluster)

@@ -74,6 +74,7 @@ class EtcdLeaderStore:
             rpc_max_attempts=1,
             tuning=ELECTION_CHANNEL,
             appends=False,
+            access=events.access,
         )
 
     async def connect(self) -> None:

@@ -186,6 +186,8 @@ def _escape(c: str) -> str:
 def show(text: str, limit: int = 64) -> str:
     """``text`` safe for a terminal and a log line: non-printable characters (controls, escapes,
     bidirectional overrides) escaped, at most ``limit`` characters then ``...``."""
+    if len(text) <= limit and text.isprintable():  # the common case, without a pass per character
+        return text
     out = "".join(_escape(c) for c in text[: limit + 1])
     return out if len(out) <= limit else out[:limit] + "..."
 

@@ -138,10 +138,10 @@ async def test_single_events_wait_for_room_when_the_append_queue_is_full(
         waited = 0
         queue_waiting = c.service._queue_waiting
 
-        async def counting(checked: tuple[pb.Event, int]) -> object:
+        async def counting(checked: tuple[pb.Event, int], deadline: float | None) -> object:
             nonlocal waited
             waited += 1
-            return await queue_waiting(checked)
+            return await queue_waiting(checked, deadline)
 
         c.service._queue_waiting = counting  # type: ignore[method-assign,assignment]
         async with grpc.aio.insecure_channel(c.address) as channel:

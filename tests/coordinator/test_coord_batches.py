@@ -71,7 +71,7 @@ class _SlowStore:
         self.head = 0
         self.batches: list[list[str]] = []
 
-    async def append(self, events, *, require_term=None):  # type: ignore[no-untyped-def]
+    async def append(self, events, *, require_term=None, within=None):  # type: ignore[no-untyped-def]
         await asyncio.sleep(0.001)
         self.batches.append([e.event_id for e in events])
         out = []

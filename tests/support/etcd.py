@@ -15,6 +15,11 @@ Each member gets its own temporary directory holding its data dir and a log
 file (``member.log``); the log never goes to the test's stdout, but its tail is
 included in the error raised when a member fails to come up.
 
+Members may serve clients over TLS (``tls=EtcdTls(...)``: etcd's ``--cert-file``,
+``--key-file``, ``--trusted-ca-file`` and, with ``client_cert_auth``, ``--client-cert-auth``);
+the harness's own health and status requests then present the given client certificate.
+:meth:`EtcdMember.pause` / :meth:`EtcdMember.resume` freeze a member (SIGSTOP / SIGCONT).
+
 Members may run inside network namespaces (``netns=``): the command is then
 prefixed with ``ip netns exec NAME``, and the health and status checks run
 there too (``ip netns exec NAME curl``), so the test process needs no route
@@ -29,6 +34,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -36,6 +42,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
@@ -47,6 +54,7 @@ __all__ = [
     "EtcdMember",
     "EtcdNotFoundError",
     "EtcdStartError",
+    "EtcdTls",
     "find_etcd",
     "find_etcdctl",
     "free_port",
@@ -136,10 +144,34 @@ def free_port(host: str = "127.0.0.1") -> int:
     return free_ports(1, host)[0]
 
 
-def _url(host: str, port: int) -> str:
+@dataclass(frozen=True)
+class EtcdTls:
+    """TLS for a member's client listener: its certificate and key, the CA clients' certificates
+    must chain to (``client_cert_auth``: required), and the client pair the harness presents."""
+
+    cert: Path
+    key: Path
+    ca: Path
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    client_cert_auth: bool = True
+
+    def args(self) -> list[str]:
+        out = [f"--cert-file={self.cert}", f"--key-file={self.key}"]
+        # etcd requires a client certificate whenever it is given a trusted CA
+        return [*out, f"--trusted-ca-file={self.ca}", "--client-cert-auth"] if self.client_cert_auth else out
+
+    def context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.ca))
+        if self.client_cert is not None and self.client_key is not None:
+            ctx.load_cert_chain(str(self.client_cert), str(self.client_key))
+        return ctx
+
+
+def _url(host: str, port: int, scheme: str = "http") -> str:
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return f"{scheme}://{host}:{port}"
 
 
 def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
@@ -169,11 +201,15 @@ class EtcdMember:
         election_timeout_ms: int = 500,
         extra_args: Sequence[str] = (),
         tmp_root: str | None = None,
+        tls: EtcdTls | None = None,
     ) -> None:
         binary = etcd_binary or find_etcd()
         if binary is None:
             raise EtcdNotFoundError("etcd binary not found (install the etcd-server package)")
+        if tls is not None and netns is not None:
+            raise ValueError("a TLS member inside a network namespace is not supported")
         self.name = name
+        self.tls = tls
         self.bind_address = bind_address
         self.netns = netns
         self.etcd_binary = binary
@@ -206,7 +242,7 @@ class EtcdMember:
 
     @property
     def client_url(self) -> str:
-        return _url(self.bind_address, self.client_port)
+        return _url(self.bind_address, self.client_port, "https" if self.tls is not None else "http")
 
     @property
     def peer_url(self) -> str:
@@ -232,6 +268,7 @@ class EtcdMember:
             "--auto-compaction-retention=0",
             "--logger=zap",
             "--log-outputs=stderr",
+            *(self.tls.args() if self.tls is not None else ()),
             *self.extra_args,
         ]
         if self.netns is not None:
@@ -285,6 +322,16 @@ class EtcdMember:
                 proc.wait(timeout)
         self._close_log()
 
+    def pause(self) -> None:
+        """SIGSTOP the member: its sockets stay open and take requests, nothing answers."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a paused member: it goes on with what it received meanwhile."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+
     def kill(self) -> None:
         """SIGKILL the member (simulates a crash) and reap it."""
         proc = self.proc
@@ -332,7 +379,7 @@ class EtcdMember:
                 return False
             return isinstance(body, dict) and str(body.get("health")).lower() == "true"
         try:
-            with urllib.request.urlopen(f"{self.client_url}/health", timeout=timeout) as resp:
+            with self._open(f"{self.client_url}/health", timeout) as resp:
                 body = json.loads(resp.read().decode() or "{}")
         except (OSError, ValueError, urllib.error.URLError):
             return False
@@ -357,9 +404,13 @@ class EtcdMember:
             headers={"Content-Type": "application/json"},
             method="POST",
         )
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
+        with self._open(request, timeout) as resp:
             body: dict[str, Any] = json.loads(resp.read().decode())
         return body
+
+    def _open(self, request: str | urllib.request.Request, timeout: float) -> Any:
+        ctx = self.tls.context() if self.tls is not None else None
+        return urllib.request.urlopen(request, timeout=timeout, context=ctx)
 
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
         """Last ``lines`` lines of the member's log file."""
@@ -413,10 +464,15 @@ class EtcdCluster:
         extra_args: Sequence[str] = (),
         start: bool = True,
         tmp_root: str | None = None,
+        tls: Sequence[EtcdTls] | EtcdTls | None = None,
     ) -> None:
+        """``tls``: one for every member, or one per member."""
         if size < 1:
             raise ValueError("an etcd cluster needs at least one member")
         addresses = [bind_address] * size if isinstance(bind_address, str) else list(bind_address)
+        self._tls = [tls] * size if tls is None or isinstance(tls, EtcdTls) else list(tls)
+        if len(self._tls) != size:
+            raise ValueError("tls needs one entry per member")
         namespaces = list(netns) if netns is not None else [None] * size
         if len(addresses) != size or len(namespaces) != size:
             raise ValueError("bind_address and netns need one entry per member")
@@ -451,6 +507,7 @@ class EtcdCluster:
                 f"m{i}",
                 bind_address=self._addresses[i],
                 netns=self._namespaces[i],
+                tls=self._tls[i],
                 **self._member_kwargs,
             )
             for i in range(self.size)
