@@ -34,6 +34,7 @@ from lvs_events.client.ha import HaStatus, ha_status
 from lvs_events.client.log import CoordinatorClient
 from lvs_events.domain.events import LeadershipChange
 from lvs_events.drills.drill import LINKED_WITHIN, _helper
+from lvs_events.security.tls import TlsFiles
 
 __all__ = ["SCENARIO_COMMANDS", "RunningPair", "missing_commands", "probe"]
 
@@ -87,8 +88,10 @@ class RunningPair:
         vip: tuple[str, int],
         commands: Mapping[str, str] | None = None,
         timeout: float = 5.0,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.endpoints = list(endpoints)
+        self.tls = tls  # the operator's identity (None: the environment's, else plaintext)
         self.cluster = cluster
         self.vip = vip
         self.commands = dict(commands or {})
@@ -107,7 +110,7 @@ class RunningPair:
         self._elections: dict[str, list[dict[str, Any]]] = {}
 
     async def __aenter__(self) -> RunningPair:
-        self._client = CoordinatorClient(self.endpoints, timeout=self.timeout)
+        self._client = CoordinatorClient(self.endpoints, timeout=self.timeout, tls=self.tls)
         await self._client.__aenter__()
         try:
             await self._first_look()
@@ -129,7 +132,7 @@ class RunningPair:
             self._client = None
 
     async def _first_look(self) -> None:
-        st = await ha_status(self.endpoints, within=self.timeout)
+        st = await ha_status(self.endpoints, within=self.timeout, tls=self.tls)
         names = [n.node for n in st.nodes]
         if len(names) != 2:
             raise RuntimeError(
@@ -185,7 +188,7 @@ class RunningPair:
         while True:
             t0 = time.monotonic()
             with contextlib.suppress(Exception):
-                self._observe(await ha_status(self.endpoints, within=0.3))
+                self._observe(await ha_status(self.endpoints, within=0.3, tls=self.tls))
             await asyncio.sleep(max(0.0, POLL - (time.monotonic() - t0)))
 
     async def _refresh_digests(self) -> None:
@@ -277,8 +280,11 @@ class RunningPair:
         await self._command("etcd-start", node)
 
     async def helper(self, *args: str) -> Any:
-        """The drill's helpers (marker, publish, switchover, leader), run in this process."""
+        """The drill's helpers (marker, publish, switchover, leader), run in this process. An
+        operator holds no director's key: the stale-term check (``publish``) is made with a drill
+        marker (``fence``), refused by the same fencing."""
+        cmd = "fence" if args[0] == "publish" else args[0]
         ns = argparse.Namespace(
-            cmd=args[0], rest=list(args[1:]), coordinators=",".join(self.endpoints), cluster=self.cluster
+            cmd=cmd, rest=list(args[1:]), coordinators=",".join(self.endpoints), cluster=self.cluster
         )
-        return await _helper(ns)
+        return await _helper(ns, self.tls)
