@@ -36,6 +36,7 @@ from lvs_events.security.tls import TlsFiles
 
 __all__ = [
     "ElectionReply",
+    "HaObserver",
     "HaStatus",
     "KeepAliveReply",
     "LeaderElectionClient",
@@ -280,45 +281,71 @@ def _node_view(v: lpb.NodeStatusView) -> NodeView:
     return NodeView(v.node, v.role, v.term, v.revision, v.digest, v.seen_ago, v.vips)
 
 
-async def _peer_call(address: str, fn: Callable[[Any], Awaitable[T]], tls: TlsFiles | None) -> T:
-    channels = Channels(tls)
+async def _peer_call(channels: Channels, address: str, fn: Callable[[Any], Awaitable[T]]) -> T:
     try:
         return await fn(lpb_grpc.PeerStub(channels.get(address)))
     except grpc.aio.AioRpcError as e:
         raise PeerUnavailable(f"agent at {address}: {e.code().name} {e.details() or ''}".strip()) from e
-    finally:
-        await channels.close()
 
 
-async def peer_status(address: str, *, within: float = 2.0, tls: TlsFiles | None = None) -> lpb.PeerStatus:
+async def _status_call(channels: Channels, address: str, within: float) -> lpb.PeerStatus:
     async def fn(stub: Any) -> lpb.PeerStatus:
         r: lpb.PeerStatus = await stub.Status(lpb.PeerStatusRequest(), timeout=within)
         return r
 
-    return await _peer_call(address, fn, tls)
+    return await _peer_call(channels, address, fn)
+
+
+async def peer_status(address: str, *, within: float = 2.0, tls: TlsFiles | None = None) -> lpb.PeerStatus:
+    channels = Channels(tls)
+    try:
+        return await _status_call(channels, address, within)
+    finally:
+        await channels.close()
+
+
+class HaObserver:
+    """:func:`ha_status` over channels kept open from one call to the next, for a caller that
+    asks often (a drill polls every few tens of milliseconds: no TLS handshake per poll)."""
+
+    def __init__(
+        self, coordinators: Sequence[str], *, within: float = 3.0, tls: TlsFiles | None = None
+    ) -> None:
+        self.within = within
+        self._election = LeaderElectionClient(coordinators, timeout=within, tls=tls)
+        self._peers = Channels(self._election.files)
+
+    async def close(self) -> None:
+        await self._election.close()
+        await self._peers.close()
+
+    async def status(self, *, within: float | None = None) -> HaStatus:
+        """The leader from etcd (via a coordinator) and the leader agent's view of both nodes."""
+        seconds = within or self.within
+        leader = await self._election.get_leader(within=seconds)
+        if not leader.present or not leader.address:
+            return HaStatus(
+                leader, (), (), "", error="no leader" if not leader.present else "leader has no address"
+            )
+        try:
+            st = await _status_call(self._peers, leader.address, seconds)
+        except PeerUnavailable as e:
+            return HaStatus(leader, (), (), "", error=str(e))
+        nodes = [_node_view(st.self)]
+        if st.peer.node:
+            nodes.append(_node_view(st.peer))
+        return HaStatus(leader, tuple(nodes), tuple(st.vips), st.reason)
 
 
 async def ha_status(
     coordinators: Sequence[str], *, within: float = 3.0, tls: TlsFiles | None = None
 ) -> HaStatus:
     """The leader from etcd (via a coordinator) and the leader agent's view of both nodes."""
-    client = LeaderElectionClient(coordinators, timeout=within, tls=tls)
+    observer = HaObserver(coordinators, within=within, tls=tls)
     try:
-        leader = await client.get_leader()
+        return await observer.status()
     finally:
-        await client.close()
-    if not leader.present or not leader.address:
-        return HaStatus(
-            leader, (), (), "", error="no leader" if not leader.present else "leader has no address"
-        )
-    try:
-        st = await peer_status(leader.address, within=within, tls=client.files)
-    except PeerUnavailable as e:
-        return HaStatus(leader, (), (), "", error=str(e))
-    nodes = [_node_view(st.self)]
-    if st.peer.node:
-        nodes.append(_node_view(st.peer))
-    return HaStatus(leader, tuple(nodes), tuple(st.vips), st.reason)
+        await observer.close()
 
 
 async def switchover(
@@ -350,7 +377,11 @@ async def switchover(
         )
         return r
 
-    reply = await _peer_call(leader.address, fn, client.files)
+    channels = Channels(client.files)
+    try:
+        reply = await _peer_call(channels, leader.address, fn)
+    finally:
+        await channels.close()
     if not reply.ok:
         raise SwitchoverFailed(f"{leader.node} refused the switchover: {reply.error}")
     return SwitchoverReport(leader.node, reply.node, leader.term, reply.term, reply.seconds)

@@ -243,6 +243,11 @@ class CoordinatorClient:
     # -- endpoints -----------------------------------------------------------------------------
 
     @property
+    def files(self) -> TlsFiles | None:
+        """The TLS files in use (None: plaintext)."""
+        return self._channels.files
+
+    @property
     def endpoint(self) -> str:
         """The endpoint currently in use."""
         return self._ring.current
