@@ -8,6 +8,11 @@
 #
 # It shows: the config applied through the log, both agents' tables (same digest), an operator
 # drain and enable with who and why, a real server stopped and started again, and the audit log.
+#
+# Every gRPC connection is mutual TLS: a CA made for the demo (in $RUN/pki) signs the directors'
+# certificates (master, slave: the coordinator uses master's) and the operator alice's, which the
+# lvs-events calls use (through $LVS_EVENTS_CA/_CERT/_KEY). etcd stays plaintext on the
+# namespace's loopback.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -52,7 +57,20 @@ trap cleanup EXIT
 
 in_ns() { ip netns exec "$NS" "$@"; }
 bg() { local log=$1; shift; ip netns exec "$NS" "$@" >"$RUN/$log" 2>&1 & PIDS+=($!); }  # $! is the program itself
-cli() { in_ns "$BIN/lvs-events" --endpoints 127.0.0.1:7420 --cluster "$CLUSTER" "$@"; }
+PKI=$RUN/pki
+tls() { TLS=(--tls-ca "$PKI/ca.pem" --tls-cert "$PKI/$1.pem" --tls-key "$PKI/$1-key.pem"); }  # tls NAME: its flags in TLS
+ALICE=(env LVS_EVENTS_CA="$PKI/ca.pem" LVS_EVENTS_CERT="$PKI/alice.pem" LVS_EVENTS_KEY="$PKI/alice-key.pem")
+cli() { in_ns "${ALICE[@]}" "$BIN/lvs-events" --endpoints 127.0.0.1:7420 --cluster "$CLUSTER" "$@"; }
+pki() {  # `lvs-events pki ...`, through its module
+    "$BIN/python" -c 'import argparse, sys
+from lvs_events.security import pki_cli
+p = argparse.ArgumentParser(prog="lvs-events")
+pki_cli.add_parser(p.add_subparsers(dest="command", required=True))
+sys.exit(pki_cli.run(p.parse_args(sys.argv[1:])))' "$@"
+}
+
+say "a CA and certificates in $PKI: directors master and slave, operator alice"
+pki pki init --dir "$PKI" --director master --director slave --operator alice >/dev/null
 
 say "network namespace $NS: real servers and VIPs on its loopback"
 ip netns add "$NS"
@@ -86,20 +104,22 @@ bg etcd.log etcd --name demo --data-dir "$RUN/etcd" \
     --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
     --initial-cluster demo=http://127.0.0.1:2380
 for _ in $(seq 50); do in_ns curl -fsS http://127.0.0.1:2379/health >/dev/null 2>&1 && break; sleep 0.2; done
+tls master  # the coordinator runs on master, with its certificate
 bg coordinator.log "$BIN/lvs-coordinator" --listen 127.0.0.1:7420 --etcd-endpoints 127.0.0.1:2379 \
-    --cluster "$CLUSTER" --log-format json
+    --cluster "$CLUSTER" "${TLS[@]}" --log-format json
 for _ in $(seq 50); do cli --timeout 1 status >/dev/null 2>&1 && break; sleep 0.2; done
 
 say "lvs-events tail -f (live, in $RUN/tail.log)"
-bg tail.log "$BIN/lvs-events" --endpoints 127.0.0.1:7420 tail -f
+bg tail.log "${ALICE[@]}" "$BIN/lvs-events" --endpoints 127.0.0.1:7420 tail -f
 
 say "two agents, master and slave, both loading $SEED unchanged"
 cli config validate "$SEED"
 for node in master slave; do
     extra=()
     [ "$node" = master ] && extra=(--publish-config)
+    tls "$node"
     bg "$node.log" "$BIN/lvs-agent" --node "$node" --cluster "$CLUSTER" --coordinators 127.0.0.1:7420 \
-        --state-dir "$RUN/$node" --config "$SEED" --log-format json "${extra[@]}"
+        "${TLS[@]}" --state-dir "$RUN/$node" --config "$SEED" --log-format json "${extra[@]}"
 done
 
 wait_sync() {  # until both agents report the table the log renders now

@@ -2,6 +2,12 @@
 
 SIGTERM / SIGINT: stop following the log, finish the batch in hand, persist the applied
 revision, flush queued events to the coordinator, all within ``--drain-timeout`` seconds.
+
+TLS: ``--tls-ca/--tls-cert/--tls-key`` (else ``$LVS_EVENTS_CA`` ..., else
+``/etc/default/lvs-events``): this director's certificate, used by its calls to the coordinators
+and to its peer, and by its Peer service, which then admits heartbeats and handovers only from
+``--peer-node``'s certificate. Without TLS material the Peer service listens on loopback only,
+unless ``--insecure`` (see docs/security.md).
 """
 
 from __future__ import annotations
@@ -26,7 +32,10 @@ from lvs_events.agent.ha.timing import HaTiming
 from lvs_events.agent.ha.vips import ExternalVips, NetlinkVips, VipManager
 from lvs_events.agent.runtime import Agent, AgentSettings
 from lvs_events.client.ha import LeaderElectionClient
+from lvs_events.client.log import CoordinatorClient
 from lvs_events.errors import LvsEventsError
+from lvs_events.security import tls
+from lvs_events.security.tls import ListenMode, TlsFiles, check_listen, insecure_warning
 
 log = structlog.get_logger("agent")
 
@@ -96,7 +105,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--drain-timeout", type=float, default=5.0, help="shutdown drain deadline, seconds")
     ha = p.add_argument_group("high availability (a director pair; see docs/failover.md)")
     ha.add_argument("--peer", help="the peer agent's Peer service host:port; enables HA")
-    ha.add_argument("--listen-peer", default="0.0.0.0:7421", help="our Peer service (default %(default)s)")
+    ha.add_argument(
+        "--peer-node",
+        default="",
+        help="the peer's node name (its certificate's CN): the only director whose heartbeats and "
+        "handovers our Peer service accepts; required with TLS",
+    )
+    ha.add_argument(
+        "--listen-peer",
+        default="0.0.0.0:7421",
+        help="our Peer service (default %(default)s: needs TLS, or --insecure, or a loopback address)",
+    )
     ha.add_argument("--advertise-peer", default="", help="our Peer address as others reach it")
     ha.add_argument("--vip", action="append", default=[], help="a VIP (repeatable), ADDR or ADDR/PREFIX")
     ha.add_argument("--vip-interface", default="", help="interface the VIPs go on")
@@ -120,6 +139,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ha.add_argument("--retry-deadline", type=float, default=d.retry_deadline)
     ha.add_argument("--authority", type=float, default=d.authority)
     ha.add_argument("--lease-ttl", type=int, default=d.lease_ttl)
+    tls.add_arguments(p, server=True)
     p.add_argument("--log-format", choices=logs.FORMATS, default="auto")
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
@@ -165,19 +185,38 @@ def settings_from(args: argparse.Namespace) -> AgentSettings:
     )
 
 
-async def run(settings: AgentSettings, dataplane_kind: str, args: argparse.Namespace | None = None) -> None:
+def tls_from(args: argparse.Namespace) -> TlsFiles | None:
+    """The TLS files of the flags, environment or defaults file; with HA, checks that the Peer
+    service may listen as asked (:class:`~lvs_events.security.tls.ListenRefused` if not) and
+    logs the insecure warning."""
+    files = tls.files_from_args(args)
+    if args.peer:
+        if files is not None and not args.peer_node:
+            raise SystemExit("lvs-agent: --peer-node is needed with TLS (the peer's certificate CN)")
+        if check_listen(args.listen_peer, files is not None, args.insecure) is ListenMode.INSECURE:
+            log.warning(insecure_warning(args.listen_peer), listen=args.listen_peer)
+    return files
+
+
+async def run(
+    settings: AgentSettings,
+    dataplane_kind: str,
+    args: argparse.Namespace | None = None,
+    files: TlsFiles | None = None,
+) -> None:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    client = CoordinatorClient(settings.endpoints, timeout=settings.client_timeout, tls=files)
     election = None
     ha = None
     if args is not None and args.peer:
-        election = LeaderElectionClient(settings.endpoints, timeout=args.retry_deadline)
-        ha = make_ha(args, settings, election)
+        election = LeaderElectionClient(settings.endpoints, timeout=args.retry_deadline, tls=files)
+        ha = make_ha(args, settings, election, files)
     dataplane = make_dataplane(dataplane_kind, settings.state_dir)
-    agent = Agent(settings, dataplane, ha=ha)
+    agent = Agent(settings, dataplane, client=client, ha=ha)
     if (
         ha is not None
         and args is not None
@@ -193,12 +232,18 @@ async def run(settings: AgentSettings, dataplane_kind: str, args: argparse.Names
     try:
         await agent.run(stop)
     finally:
+        await client.close()
         if election is not None:
             await election.close()
         await dataplane.close()
 
 
-def make_ha(args: argparse.Namespace, settings: AgentSettings, election: LeaderElectionClient) -> HaRunner:
+def make_ha(
+    args: argparse.Namespace,
+    settings: AgentSettings,
+    election: LeaderElectionClient,
+    files: TlsFiles | None = None,
+) -> HaRunner:
     timing = HaTiming(
         heartbeat_interval=args.heartbeat_interval,
         miss_limit=args.miss_limit,
@@ -222,6 +267,9 @@ def make_ha(args: argparse.Namespace, settings: AgentSettings, election: LeaderE
         advertise=args.advertise_peer,
         timing=timing,
         hooks=hooks,
+        tls=files,
+        peer_node=args.peer_node,
+        insecure=args.insecure,
     )
     return HaRunner(ha_settings, election, vips)
 
@@ -232,7 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.setswitchinterval(SWITCH_INTERVAL)
     try:
         settings = settings_from(args)
-        asyncio.run(run(settings, args.dataplane, args))
+        files = tls_from(args)
+        asyncio.run(run(settings, args.dataplane, args, files))
     except (LvsEventsError, ConfigSourceError, OSError) as e:
         print(f"lvs-agent: {e}", file=sys.stderr)
         return 1

@@ -10,6 +10,11 @@ Operator API (for ``lvs-events status`` / ``lvs-events switchover``)::
 
 Every call has a deadline; a coordinator that does not answer is skipped for the next one
 (the shared failover of :mod:`lvs_events.retry`: an endpoint ring, one backoff policy).
+
+TLS: every function and client takes ``tls`` (:class:`~lvs_events.security.tls.TlsFiles`, or
+None for the environment and ``/etc/default/lvs-events``, plaintext when none is found; see
+:mod:`lvs_events.client.channels`). The same files serve the calls to the coordinators and to
+the leader agent's Peer service.
 """
 
 from __future__ import annotations
@@ -22,13 +27,16 @@ from typing import Any, Final, TypeVar
 import grpc
 import grpc.aio
 
+from lvs_events.client.channels import Channels
 from lvs_events.errors import CoordinatorUnavailable, LvsEventsError
 from lvs_events.pb.v1 import leadership_pb2 as lpb
 from lvs_events.pb.v1 import leadership_pb2_grpc as lpb_grpc
 from lvs_events.retry import EndpointRing, RetryDeadline, RetryPolicy, call_over_endpoints
+from lvs_events.security.tls import TlsFiles
 
 __all__ = [
     "ElectionReply",
+    "HaObserver",
     "HaStatus",
     "KeepAliveReply",
     "LeaderElectionClient",
@@ -50,6 +58,10 @@ T = TypeVar("T")
 # election call's deadline is about a second, and a leader watch must come back quickly.
 _BACKOFF_INITIAL: Final = 0.02
 _BACKOFF_CAP: Final = 1.0
+_ELECTION_CHANNEL_OPTIONS: Final = (
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 500),
+)
 
 
 class PeerUnavailable(LvsEventsError):
@@ -104,31 +116,29 @@ class LeaderElectionClient:
     """The election as the agent sees it. Tries ``endpoints`` in order (the local coordinator
     first), each attempt bounded, the whole call bounded by ``within``."""
 
-    def __init__(self, endpoints: Sequence[str], *, timeout: float = 1.0) -> None:
+    def __init__(
+        self, endpoints: Sequence[str], *, timeout: float = 1.0, tls: TlsFiles | None = None
+    ) -> None:
         if not endpoints:
             raise ValueError("LeaderElectionClient needs at least one coordinator endpoint")
         self.endpoints = tuple(endpoints)
         self.timeout = timeout
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._channels = Channels(tls, _ELECTION_CHANNEL_OPTIONS)
         self._ring = EndpointRing(self.endpoints)
         self._policy = RetryPolicy(
             initial=_BACKOFF_INITIAL, cap=_BACKOFF_CAP, immediate=len(self._ring.endpoints)
         )
 
+    @property
+    def files(self) -> TlsFiles | None:
+        """The TLS files in use (None: plaintext)."""
+        return self._channels.files
+
     async def close(self) -> None:
-        channels, self._channels = self._channels, {}
-        for ch in channels.values():
-            await ch.close(grace=None)
+        await self._channels.close()
 
     def _stub(self, endpoint: str) -> lpb_grpc.LeaderElectionAsyncStub:
-        ch = self._channels.get(endpoint)
-        if ch is None:
-            ch = grpc.aio.insecure_channel(
-                endpoint,
-                options=[("grpc.initial_reconnect_backoff_ms", 50), ("grpc.max_reconnect_backoff_ms", 500)],
-            )
-            self._channels[endpoint] = ch
-        return lpb_grpc.LeaderElectionStub(ch)
+        return lpb_grpc.LeaderElectionStub(self._channels.get(endpoint))
 
     async def _call(
         self,
@@ -271,44 +281,76 @@ def _node_view(v: lpb.NodeStatusView) -> NodeView:
     return NodeView(v.node, v.role, v.term, v.revision, v.digest, v.seen_ago, v.vips)
 
 
-async def _peer_call(address: str, fn: Callable[[Any], Awaitable[T]]) -> T:
-    async with grpc.aio.insecure_channel(address) as ch:
-        try:
-            return await fn(lpb_grpc.PeerStub(ch))
-        except grpc.aio.AioRpcError as e:
-            raise PeerUnavailable(f"agent at {address}: {e.code().name} {e.details() or ''}".strip()) from e
+async def _peer_call(channels: Channels, address: str, fn: Callable[[Any], Awaitable[T]]) -> T:
+    try:
+        return await fn(lpb_grpc.PeerStub(channels.get(address)))
+    except grpc.aio.AioRpcError as e:
+        raise PeerUnavailable(f"agent at {address}: {e.code().name} {e.details() or ''}".strip()) from e
 
 
-async def peer_status(address: str, *, within: float = 2.0) -> lpb.PeerStatus:
+async def _status_call(channels: Channels, address: str, within: float) -> lpb.PeerStatus:
     async def fn(stub: Any) -> lpb.PeerStatus:
         r: lpb.PeerStatus = await stub.Status(lpb.PeerStatusRequest(), timeout=within)
         return r
 
-    return await _peer_call(address, fn)
+    return await _peer_call(channels, address, fn)
 
 
-async def ha_status(coordinators: Sequence[str], *, within: float = 3.0) -> HaStatus:
-    """The leader from etcd (via a coordinator) and the leader agent's view of both nodes."""
-    client = LeaderElectionClient(coordinators, timeout=within)
+async def peer_status(address: str, *, within: float = 2.0, tls: TlsFiles | None = None) -> lpb.PeerStatus:
+    channels = Channels(tls)
     try:
-        leader = await client.get_leader()
+        return await _status_call(channels, address, within)
     finally:
-        await client.close()
-    if not leader.present or not leader.address:
-        return HaStatus(
-            leader, (), (), "", error="no leader" if not leader.present else "leader has no address"
-        )
+        await channels.close()
+
+
+class HaObserver:
+    """:func:`ha_status` over channels kept open from one call to the next, for a caller that
+    asks often (a drill polls every few tens of milliseconds: no TLS handshake per poll)."""
+
+    def __init__(
+        self, coordinators: Sequence[str], *, within: float = 3.0, tls: TlsFiles | None = None
+    ) -> None:
+        self.within = within
+        self._election = LeaderElectionClient(coordinators, timeout=within, tls=tls)
+        self._peers = Channels(self._election.files)
+
+    async def close(self) -> None:
+        await self._election.close()
+        await self._peers.close()
+
+    async def status(self, *, within: float | None = None) -> HaStatus:
+        """The leader from etcd (via a coordinator) and the leader agent's view of both nodes."""
+        seconds = within or self.within
+        leader = await self._election.get_leader(within=seconds)
+        if not leader.present or not leader.address:
+            return HaStatus(
+                leader, (), (), "", error="no leader" if not leader.present else "leader has no address"
+            )
+        try:
+            st = await _status_call(self._peers, leader.address, seconds)
+        except PeerUnavailable as e:
+            return HaStatus(leader, (), (), "", error=str(e))
+        nodes = [_node_view(st.self)]
+        if st.peer.node:
+            nodes.append(_node_view(st.peer))
+        return HaStatus(leader, tuple(nodes), tuple(st.vips), st.reason)
+
+
+async def ha_status(
+    coordinators: Sequence[str], *, within: float = 3.0, tls: TlsFiles | None = None
+) -> HaStatus:
+    """The leader from etcd (via a coordinator) and the leader agent's view of both nodes."""
+    observer = HaObserver(coordinators, within=within, tls=tls)
     try:
-        st = await peer_status(leader.address, within=within)
-    except PeerUnavailable as e:
-        return HaStatus(leader, (), (), "", error=str(e))
-    nodes = [_node_view(st.self)]
-    if st.peer.node:
-        nodes.append(_node_view(st.peer))
-    return HaStatus(leader, tuple(nodes), tuple(st.vips), st.reason)
+        return await observer.status()
+    finally:
+        await observer.close()
 
 
-async def switchover(coordinators: Sequence[str], to: str = "", *, within: float = 5.0) -> SwitchoverReport:
+async def switchover(
+    coordinators: Sequence[str], to: str = "", *, within: float = 5.0, tls: TlsFiles | None = None
+) -> SwitchoverReport:
     """Planned switchover: ask the active agent to hand over to its peer (or ``to``).
 
     The active checks that the peer is ready (same applied revision and table digest), removes
@@ -316,7 +358,7 @@ async def switchover(coordinators: Sequence[str], to: str = "", *, within: float
     when the new active holds the leadership. Raises :class:`SwitchoverFailed` when refused.
     """
     started = time.monotonic()
-    client = LeaderElectionClient(coordinators, timeout=within)
+    client = LeaderElectionClient(coordinators, timeout=within, tls=tls)
     try:
         leader = await client.get_leader()
     finally:
@@ -335,7 +377,11 @@ async def switchover(coordinators: Sequence[str], to: str = "", *, within: float
         )
         return r
 
-    reply = await _peer_call(leader.address, fn)
+    channels = Channels(client.files)
+    try:
+        reply = await _peer_call(channels, leader.address, fn)
+    finally:
+        await channels.close()
     if not reply.ok:
         raise SwitchoverFailed(f"{leader.node} refused the switchover: {reply.error}")
     return SwitchoverReport(leader.node, reply.node, leader.term, reply.term, reply.seconds)

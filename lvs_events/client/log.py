@@ -18,6 +18,10 @@ Dead connections under a quiet following stream are found by HTTP/2 keepalive pi
 ``keepalive`` seconds (default 10; None turns them off) with an answer due within half that
 (the coordinator accepts pings every 5 s or more), and at the latest by ``stream_max_age``.
 
+TLS. ``tls``: the CA, certificate and key (:class:`~lvs_events.security.tls.TlsFiles`); None
+takes them from the environment or ``/etc/default/lvs-events``, and without any the channels are
+plaintext. A rotated certificate is used from the next call on (:mod:`lvs_events.client.channels`).
+
 Batches. ``publish`` sends its events in batch requests (``PublishRequest.events``, up to
 ``batch_events`` events or about ``batch_bytes`` each), answered by one ack message per request.
 
@@ -60,6 +64,7 @@ import grpc
 import structlog
 
 from lvs_events import wire
+from lvs_events.client.channels import Channels
 from lvs_events.domain import codec
 from lvs_events.domain.chain import ChainFollower
 from lvs_events.domain.events import Event
@@ -72,6 +77,7 @@ from lvs_events.pb.v1 import coordinator_pb2 as cpb
 from lvs_events.pb.v1 import coordinator_pb2_grpc as cpb_grpc
 from lvs_events.pb.v1 import events_pb2 as pb
 from lvs_events.retry import EndpointRing, RetryDeadline, RetryPolicy, call_over_endpoints
+from lvs_events.security.tls import TlsFiles
 
 __all__ = ["Ack", "CoordinatorClient", "CoordinatorRejected", "Subscription"]
 
@@ -184,6 +190,7 @@ class CoordinatorClient:
         max_message_bytes: int = 64 * 1024 * 1024,
         batch_events: int = 256,
         batch_bytes: int = 1024 * 1024,
+        tls: TlsFiles | None = None,
     ) -> None:
         if isinstance(endpoints, str):
             endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]
@@ -197,7 +204,7 @@ class CoordinatorClient:
         self.retry_policy = RetryPolicy(initial=backoff_initial, cap=backoff_max, jitter=0.5, immediate=1)
         self.batch_events = max(1, batch_events)
         self.batch_bytes = batch_bytes
-        self._options: list[tuple[str, int]] = [
+        self._options: list[tuple[str, int | str]] = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             # Reconnect quickly after a coordinator comes back; our own loop does the backoff.
@@ -212,7 +219,8 @@ class CoordinatorClient:
                 ("grpc.http2.max_pings_without_data", 0),
             ]
         self._ring = EndpointRing(self.endpoints)
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        # a Subscribe stream on a channel retired by a rotation ends by stream_max_age at the latest
+        self._channels = Channels(tls, self._options, retire_grace=stream_max_age)
         self._pub_lock = asyncio.Lock()
         self._pub_call: grpc.aio.StreamStreamCall[cpb.PublishRequest, cpb.PublishAck] | None = None
         self._pub_endpoint = ""
@@ -231,11 +239,14 @@ class CoordinatorClient:
         """End the publish stream and close every channel. Idempotent."""
         self._closed = True
         self._drop_publish_stream()
-        channels, self._channels = self._channels, {}
-        for ch in channels.values():
-            await ch.close(grace=None)
+        await self._channels.close()
 
     # -- endpoints -----------------------------------------------------------------------------
+
+    @property
+    def files(self) -> TlsFiles | None:
+        """The TLS files in use (None: plaintext)."""
+        return self._channels.files
 
     @property
     def endpoint(self) -> str:
@@ -251,11 +262,7 @@ class CoordinatorClient:
     def _channel(self, endpoint: str) -> grpc.aio.Channel:
         if self._closed:
             raise CoordinatorUnavailable("the coordinator client is closed")
-        ch = self._channels.get(endpoint)
-        if ch is None:
-            ch = grpc.aio.insecure_channel(endpoint, options=self._options)
-            self._channels[endpoint] = ch
-        return ch
+        return self._channels.get(endpoint)
 
     def _stub(self, endpoint: str) -> cpb_grpc.CoordinatorAsyncStub:
         return cpb_grpc.CoordinatorStub(self._channel(endpoint))

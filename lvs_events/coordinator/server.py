@@ -31,7 +31,7 @@ import signal
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
@@ -40,6 +40,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer  # the asyncio servicer (health.aio)
 from grpc_reflection.v1alpha import reflection
 
+from lvs_events import wire
 from lvs_events.coordinator.appender import Appender, validated_event
 from lvs_events.coordinator.election import SERVICE_NAME as LEADER_ELECTION
 from lvs_events.coordinator.election import add_leader_election, publisher_may_not, submit_fenced
@@ -63,7 +64,11 @@ from lvs_events.coordinator.trust import (
     QuotaState,
     watch_quota,
 )
+from lvs_events.domain import codec
+from lvs_events.domain.config import Config
 from lvs_events.domain.filters import InvalidFilter
+from lvs_events.domain.redact import redact, redact_state
+from lvs_events.domain.state import State
 from lvs_events.errors import (
     Compacted,
     DeadlinePassed,
@@ -80,7 +85,8 @@ from lvs_events.pb.v1 import coordinator_pb2 as cpb
 from lvs_events.pb.v1 import coordinator_pb2_grpc as cpb_grpc
 from lvs_events.pb.v1 import events_pb2 as pb
 from lvs_events.rpc import MalformedRequests
-from lvs_events.security.interceptor import AuthInterceptor, Refusals, current_principal
+from lvs_events.security.interceptor import AuthInterceptor, NoPrincipal, Refusals, current_principal
+from lvs_events.security.principal import Role
 from lvs_events.security.tls import (
     CertificateReloader,
     ListenMode,
@@ -438,7 +444,8 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
                 async for item in self.store.read(nxt, follow=request.follow):
                     nxt = item.event.revision + 1
                     if wanted(item.event):
-                        yield cpb.SubscribeResponse(event=item.event, head_revision=item.head)
+                        resp = cpb.SubscribeResponse(event=item.event, head_revision=item.head)
+                        yield await _caller_view(resp)
             except Compacted as e:
                 restarts += 1
                 if not request.snapshot_if_compacted or restarts > COMPACTED_RESTARTS:
@@ -446,7 +453,19 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
                 snap = await self._snapshot_or_abort(e, context)
                 log.info("subscriber sent to the snapshot", requested=e.requested, revision=snap.revision)
                 bounds = await self.store.bounds()
-                for resp in _snapshot_items(snap, bounds.head, chunked=request.snapshot_chunks):
+                # credentials redacted for the caller (if a reader) before the state is cut up
+                shown = await _caller_view(
+                    cpb.SubscribeResponse(
+                        snapshot=cpb.Snapshot(
+                            revision=snap.revision,
+                            state=snap.state,
+                            table_digest=snap.table_digest,
+                            chain_head=snap.chain_head,
+                        ),
+                        head_revision=bounds.head,
+                    )
+                )
+                for resp in _snapshot_items(shown.snapshot, bounds.head, chunked=request.snapshot_chunks):
                     yield resp
                 nxt = snap.revision + 1
             except StoreError as e:
@@ -494,13 +513,15 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
         )
         # the coordinator's own alarms and counters, beside the state (docs/security.md)
         await context.send_initial_metadata(self.status_metadata())
-        return cpb.GetStateResponse(
-            revision=folded.revision,
-            state=state,
-            table=table,
-            table_digest=digest,
-            head_revision=folded.bounds.head,
-            first_revision=folded.bounds.first,
+        return await _caller_view(
+            cpb.GetStateResponse(
+                revision=folded.revision,
+                state=state,
+                table=table,
+                table_digest=digest,
+                head_revision=folded.bounds.head,
+                first_revision=folded.bounds.first,
+            )
         )
 
     async def GetStateChunks(  # an async generator, as grpc.aio allows
@@ -519,7 +540,7 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
             yield cpb.StateChunk(table=table[i : i + STATE_CHUNK], last=i + STATE_CHUNK >= len(table))
 
 
-def _snapshot_items(snap: SnapshotRecord, head: int, *, chunked: bool) -> list[cpb.SubscribeResponse]:
+def _snapshot_items(snap: cpb.Snapshot, head: int, *, chunked: bool) -> list[cpb.SubscribeResponse]:
     """A snapshot as Subscribe sends it: one item, or (``chunked``) the snapshot without its
     state followed by the state in pieces of at most :data:`STATE_CHUNK` bytes."""
     header = cpb.Snapshot(revision=snap.revision, table_digest=snap.table_digest, chain_head=snap.chain_head)
@@ -532,6 +553,44 @@ def _snapshot_items(snap: SnapshotRecord, head: int, *, chunked: bool) -> list[c
         piece = cpb.Chunk(data=state[i : i + STATE_CHUNK], last=i + STATE_CHUNK >= len(state))
         items.append(cpb.SubscribeResponse(snapshot_chunk=piece, head_revision=head))
     return items
+
+
+# --- check credentials: served to directors and operators only (docs/security.md) -------------
+
+_Shown = TypeVar("_Shown", cpb.SubscribeResponse, cpb.GetStateResponse)
+# Directors run the checks, operators publish configurations; UNVERIFIED is every caller of a
+# server without TLS, which already lets it publish configurations.
+_SEE_CREDENTIALS = frozenset({Role.DIRECTOR, Role.OPERATOR, Role.UNVERIFIED})
+
+
+async def _caller_view(resp: _Shown) -> _Shown:
+    """``resp`` as the call's principal may see it: for readers and the witness, the check
+    credentials of the configurations it carries (a ``ConfigApplied`` event, a state) replaced
+    by :data:`~lvs_events.domain.redact.REDACTED`, digests as they were."""
+    try:
+        if current_principal().role in _SEE_CREDENTIALS:
+            return resp
+    except NoPrincipal:  # a server without AuthInterceptor: every caller is trusted alike
+        return resp
+    if isinstance(resp, cpb.SubscribeResponse) and not (
+        resp.HasField("snapshot") or resp.event.HasField("config_applied")
+    ):
+        return resp
+
+    def redacted() -> _Shown:  # decoding and encoding grow with the configuration: not on the loop
+        out = type(resp)()
+        out.CopyFrom(resp)
+        if isinstance(out, cpb.GetStateResponse) and out.state:
+            out.state = codec.dumps(redact_state(codec.loads(State, out.state)))
+        elif isinstance(out, cpb.SubscribeResponse) and out.HasField("snapshot"):
+            out.snapshot.state = codec.dumps(redact_state(codec.loads(State, out.snapshot.state)))
+        elif isinstance(out, cpb.SubscribeResponse):
+            config = wire.from_pb(Config, out.event.config_applied.config, "config")
+            out.event.config_applied.config.Clear()
+            wire.to_pb(redact(config), out.event.config_applied.config)
+        return out
+
+    return await asyncio.to_thread(redacted)
 
 
 @dataclass

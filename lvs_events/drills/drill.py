@@ -53,6 +53,8 @@ from lvs_events.client.log import CoordinatorClient
 from lvs_events.domain.events import DrillMarker, Leadership, RealServerHealth
 from lvs_events.domain.filters import EventFilter
 from lvs_events.domain.snapshot import Snapshot
+from lvs_events.security import tls as tls_args
+from lvs_events.security.tls import TlsFiles
 
 __all__ = [
     "SCENARIOS",
@@ -442,34 +444,45 @@ def _arpwatch(ifname: str, source: str, target: str, seconds: float, every: floa
             sys.stdout.flush()
 
 
-async def _helper(args: argparse.Namespace) -> Any:  # noqa: PLR0911 -- one return per helper
+async def _helper(args: argparse.Namespace, tls: TlsFiles | None = None) -> Any:  # noqa: PLR0911 -- one return per helper
+    """One helper call. ``tls``: the identity it calls with (None: the environment's, else
+    plaintext). ``publish NODE TERM`` speaks for NODE (a health verdict): with TLS it needs
+    NODE's director certificate. ``fence NODE TERM`` carries the same stale term on a drill
+    marker, which an operator may publish: the fencing is the same, nobody's health is forged."""
     coords = [c for c in args.coordinators.split(",") if c]
     if args.cmd == "leader":
-        client = LeaderElectionClient(coords, timeout=2.0)
+        client = LeaderElectionClient(coords, timeout=2.0, tls=tls)
         try:
             info = await client.get_leader()
         finally:
             await client.close()
         return {"node": info.node, "term": info.term, "address": info.address}
     if args.cmd == "status":
-        st = await ha_status(coords, within=2.0)
+        st = await ha_status(coords, within=2.0, tls=tls)
         peer = st.nodes[1] if len(st.nodes) == 2 else None
         linked = peer is not None and peer.role == "standby" and peer.seen_ago < LINKED_WITHIN
         return {"leader": st.leader.node, "term": st.leader.term, "linked": linked, "error": st.error}
     if args.cmd == "switchover":
         t0 = time.time()
         try:
-            rep = await switchover(coords, args.rest[0] if args.rest else "", within=5.0)
+            rep = await switchover(coords, args.rest[0] if args.rest else "", within=5.0, tls=tls)
         except Exception as e:  # reported as data to the drill
             return {"ok": False, "error": str(e), "t0": t0}
         return {"ok": True, "t0": t0, **asdict(rep)}
-    async with CoordinatorClient(coords, timeout=6.0, attempt_timeout=1.0) as c:
+    async with CoordinatorClient(coords, timeout=6.0, attempt_timeout=1.0, tls=tls) as c:
         if args.cmd == "log":
             return await _log(c, int(args.rest[0]) if args.rest else 0)
         if args.cmd == "publish":
             node, term = args.rest[0], int(args.rest[1])
             payload = RealServerHealth("TCP 198.51.100.10:80", "192.0.2.11:80", up=True, observer=node)
             ev = new_event(payload, cluster=args.cluster, origin=node, actor="drill", term=term)
+            (ack,) = await c.publish([ev])
+            return {"error_code": ack.error_code, "error": ack.error, "revision": ack.revision}
+        if args.cmd == "fence":
+            node, term = args.rest[0], int(args.rest[1])
+            detail = f"{node} term {term}"
+            marker = DrillMarker(f"fence-{uuid.uuid4().hex[:12]}", "fencing", "stale-term", detail)
+            ev = new_event(marker, cluster=args.cluster, origin="drill", actor="lvs-events drill", term=term)
             (ack,) = await c.publish([ev])
             return {"error_code": ack.error_code, "error": ack.error, "revision": ack.revision}
         if args.cmd == "marker":
@@ -510,7 +523,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument(
         "cmd",
-        choices=("serve", "probe", "arpwatch", "leader", "status", "publish", "marker", "switchover", "log"),
+        choices=(
+            *("serve", "probe", "arpwatch", "leader", "status"),
+            *("publish", "fence", "marker", "switchover", "log"),
+        ),
     )
     p.add_argument("rest", nargs="*")
     p.add_argument("--coordinators", default="")
@@ -519,6 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--every", type=float, default=0.02)
     p.add_argument("--timeout", type=float, default=0.2)
+    tls_args.add_arguments(p, server=False)
     args = p.parse_args(argv)
     if args.cmd == "serve":
         with contextlib.suppress(KeyboardInterrupt):
@@ -530,7 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cmd == "arpwatch":  # arpwatch IFNAME SOURCE TARGET
         _arpwatch(args.rest[0], args.rest[1], args.rest[2], args.seconds, min(args.every, 0.01))
         return 0
-    print(json.dumps(asyncio.run(_helper(args))))
+    print(json.dumps(asyncio.run(_helper(args, tls_args.files_from_args(args)))))
     return 0
 
 

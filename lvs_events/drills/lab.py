@@ -14,6 +14,12 @@ namespace that answers its node name: it stands in for IPVS, which this host's k
 Documentation addresses are only used inside the namespaces; the test process talks to them only
 through ``ip netns exec`` (helpers, curl) and netlink (``ip -n``), never over IP.
 
+Trust: every gRPC connection is mutual TLS with a CA made for the lab (``<tmp>/pki``): the
+coordinators and agents use their director's certificate (``dir1``, ``dir2``, their addresses
+in the subject alternative names), each agent's Peer service admits only the other director,
+and the helpers call as the operator ``drill``, or as a director to speak for it (the stale-term
+publish of the fencing check). etcd is plaintext inside the namespaces.
+
 Implements :class:`lvs_events.drills.drill.Pair`. For ``lvs-events drill`` against the lab as a running
 pair (not ``--lab``), :meth:`NetnsLab.control` serves the faults on a Unix socket (a path: it works
 across network namespaces) and :meth:`NetnsLab.operator_commands` gives the ``--*-command``
@@ -48,6 +54,8 @@ from lvs_events.domain.config import (
     VirtualService,
 )
 from lvs_events.drills.etcd_lab import LabEtcd, find_etcd
+from lvs_events.security import pki
+from lvs_events.security.principal import Role
 
 REPO = Path(__file__).resolve().parents[2]  # where the packages are (PYTHONPATH of the helpers)
 NET = "198.51.100"
@@ -60,6 +68,7 @@ ADDR = {
     "watch": f"{NET}.101",
 }
 CLUSTER = "drill"
+OPERATOR = "drill"  # the helpers' and the CLI's identity in the lab
 SHM = "/dev/shm" if os.path.isdir("/dev/shm") else None  # etcd data on tmpfs: no fsync latency
 FAST_TIMING = {  # the drill profile: silence 0.05 * 4 = 0.2 s before a takeover, authority 0.3 s
     "--heartbeat-interval": "0.05",
@@ -173,6 +182,39 @@ class NetnsLab:
     def coordinators(self) -> str:
         return f"{ADDR['dir1']}:7420,{ADDR['dir2']}:7420"
 
+    @property
+    def pki_dir(self) -> Path:
+        return self.tmp / "pki"
+
+    def _make_pki(self) -> None:
+        pki.init(
+            self.pki_dir,
+            [
+                pki.Identity("dir1", Role.DIRECTOR, (ADDR["dir1"],)),
+                pki.Identity("dir2", Role.DIRECTOR, (ADDR["dir2"],)),
+                pki.Identity(OPERATOR, Role.OPERATOR),
+            ],
+        )
+
+    def tls_argv(self, name: str = "") -> list[str]:
+        """``--tls-ca/--tls-cert/--tls-key`` of identity ``name`` (default: the operator)."""
+        who = name or OPERATOR
+        d = self.pki_dir
+        return [
+            *("--tls-ca", str(d / pki.CA_CERT)),
+            *("--tls-cert", str(pki.cert_path(d, who)), "--tls-key", str(pki.key_path(d, who))),
+        ]
+
+    def tls_env(self, name: str = "") -> dict[str, str]:
+        """The same identity as ``LVS_EVENTS_CA``/``_CERT``/``_KEY`` (for the CLI)."""
+        who = name or OPERATOR
+        d = self.pki_dir
+        return {
+            "LVS_EVENTS_CA": str(d / pki.CA_CERT),
+            "LVS_EVENTS_CERT": str(pki.cert_path(d, who)),
+            "LVS_EVENTS_KEY": str(pki.key_path(d, who)),
+        }
+
     def _agent_argv(self, node: str) -> list[str]:
         other = "dir2" if node == "dir1" else "dir1"
         state = self.tmp / f"state-{node}"
@@ -194,6 +236,9 @@ class NetnsLab:
             "json",
             "--peer",
             f"{ADDR[other]}:7421",
+            "--peer-node",
+            other,
+            *self.tls_argv(node),
             "--listen-peer",
             f"{ADDR[node]}:7421",
             "--vip",
@@ -213,6 +258,7 @@ class NetnsLab:
         return argv
 
     async def start(self) -> None:
+        await asyncio.to_thread(self._make_pki)
         await asyncio.to_thread(self._net_up)
         for name in self.nodes:
             proc = await asyncio.create_subprocess_exec(
@@ -252,6 +298,7 @@ class NetnsLab:
                     "1",
                     "--grace",
                     "1",
+                    *self.tls_argv(node),
                     "--log-format",
                     "json",
                 ],
@@ -437,6 +484,9 @@ class NetnsLab:
     # -- views ---------------------------------------------------------------------------------
 
     async def helper(self, *args: str) -> Any:
+        """A drill helper in the witness namespace, as the operator; ``publish NODE TERM`` as
+        NODE (a director speaks for itself only)."""
+        identity = args[1] if args and args[0] == "publish" else OPERATOR
         proc = await asyncio.create_subprocess_exec(
             "ip",
             "netns",
@@ -450,6 +500,7 @@ class NetnsLab:
             self.coordinators(),
             "--cluster",
             CLUSTER,
+            *self.tls_argv(identity),
             cwd=REPO,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

@@ -3,9 +3,9 @@
 
 Observed through the coordinators only:
 
-* the leader and both nodes' VIP flags from :func:`lvs_events.client.ha.ha_status`, polled every
-  20 ms (the VIP holder log is built from the changes seen; the leader agent reports itself and
-  what its peer last told it);
+* the leader and both nodes' VIP flags from :class:`lvs_events.client.ha.HaObserver`
+  (``ha_status`` on channels kept open), polled every 20 ms (the VIP holder log is built from the
+  changes seen; the leader agent reports itself and what its peer last told it);
 * the applied table digests from ``GetState`` (each node's ``TableApplied``);
 * ``detect``: the wall time of the new term's Leadership ACQUIRED event (read from the log),
   which the coordinator stamps as it builds the takeover transaction the standby asked for;
@@ -30,10 +30,11 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lvs_events.client.ha import HaStatus, ha_status
+from lvs_events.client.ha import HaObserver, HaStatus
 from lvs_events.client.log import CoordinatorClient
 from lvs_events.domain.events import LeadershipChange
 from lvs_events.drills.drill import LINKED_WITHIN, _helper
+from lvs_events.security.tls import TlsFiles
 
 __all__ = ["SCENARIO_COMMANDS", "RunningPair", "missing_commands", "probe"]
 
@@ -87,8 +88,10 @@ class RunningPair:
         vip: tuple[str, int],
         commands: Mapping[str, str] | None = None,
         timeout: float = 5.0,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.endpoints = list(endpoints)
+        self.tls = tls  # the operator's identity (None: the environment's, else plaintext)
         self.cluster = cluster
         self.vip = vip
         self.commands = dict(commands or {})
@@ -102,13 +105,16 @@ class RunningPair:
         self._tasks: list[asyncio.Task[None]] = []
         self._probe: asyncio.Task[list[tuple[float, bool, str]]] | None = None
         self._client: CoordinatorClient | None = None
+        self._observer: HaObserver | None = None
         self._head = 0
         self._linked = False
         self._elections: dict[str, list[dict[str, Any]]] = {}
 
     async def __aenter__(self) -> RunningPair:
-        self._client = CoordinatorClient(self.endpoints, timeout=self.timeout)
+        self._client = CoordinatorClient(self.endpoints, timeout=self.timeout, tls=self.tls)
         await self._client.__aenter__()
+        # one set of channels for the whole drill: a poll every POLL seconds is no handshake
+        self._observer = HaObserver(self.endpoints, within=self.timeout, tls=self._client.files)
         try:
             await self._first_look()
         except BaseException:
@@ -127,9 +133,13 @@ class RunningPair:
         if self._client is not None:
             await self._client.__aexit__(None, None, None)
             self._client = None
+        if self._observer is not None:
+            await self._observer.close()
+            self._observer = None
 
     async def _first_look(self) -> None:
-        st = await ha_status(self.endpoints, within=self.timeout)
+        assert self._observer is not None
+        st = await self._observer.status()
         names = [n.node for n in st.nodes]
         if len(names) != 2:
             raise RuntimeError(
@@ -182,10 +192,11 @@ class RunningPair:
         self._elections = elections
 
     async def _poll_ha(self) -> None:
+        assert self._observer is not None
         while True:
             t0 = time.monotonic()
             with contextlib.suppress(Exception):
-                self._observe(await ha_status(self.endpoints, within=0.3))
+                self._observe(await self._observer.status(within=0.3))
             await asyncio.sleep(max(0.0, POLL - (time.monotonic() - t0)))
 
     async def _refresh_digests(self) -> None:
@@ -277,8 +288,11 @@ class RunningPair:
         await self._command("etcd-start", node)
 
     async def helper(self, *args: str) -> Any:
-        """The drill's helpers (marker, publish, switchover, leader), run in this process."""
+        """The drill's helpers (marker, publish, switchover, leader), run in this process. An
+        operator holds no director's key: the stale-term check (``publish``) is made with a drill
+        marker (``fence``), refused by the same fencing."""
+        cmd = "fence" if args[0] == "publish" else args[0]
         ns = argparse.Namespace(
-            cmd=args[0], rest=list(args[1:]), coordinators=",".join(self.endpoints), cluster=self.cluster
+            cmd=cmd, rest=list(args[1:]), coordinators=",".join(self.endpoints), cluster=self.cluster
         )
-        return await _helper(ns)
+        return await _helper(ns, self.tls)

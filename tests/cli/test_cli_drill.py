@@ -127,7 +127,7 @@ async def test_drill_switchover_against_a_running_pair() -> None:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
+            env={**os.environ, "PYTHONPATH": str(REPO), **lab.tls_env()},  # as the lab's operator
         )
         async with asyncio.timeout(120):
             out, err = await proc.communicate()

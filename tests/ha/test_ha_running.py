@@ -50,7 +50,7 @@ async def _drill(scenario: str) -> tuple[int, str, dict[str, Any], dict[str, Any
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 cwd=REPO,
-                env={**os.environ, "PYTHONPATH": str(REPO)},
+                env={**os.environ, "PYTHONPATH": str(REPO), **lab.tls_env()},  # as the lab's operator
             )
             async with asyncio.timeout(180):
                 out, err = await proc.communicate()

@@ -5,6 +5,12 @@ The HA runner (:mod:`lvs_events.agent.ha.runner`) works on the domain values def
 of the agent's HA code that sees generated protobuf code or gRPC: :class:`PeerService` converts
 requests to calls of a :class:`PeerHandler` (the runner) and its answers back, :class:`PeerClient`
 converts the runner's calls to the peer into requests and the replies into domain values.
+
+Trust. With TLS the service requires a client certificate of the CA, and
+:class:`~lvs_events.security.interceptor.AuthInterceptor` lets only the configured peer's
+director certificate call ``Heartbeat`` and ``Handover`` (naming itself), operators call
+``Switchover``, and every principal read ``Status`` (docs/security.md). Without TLS it listens on
+loopback only, or anywhere with ``insecure`` (logged at every start).
 """
 
 from __future__ import annotations
@@ -15,11 +21,15 @@ from typing import Any, Protocol
 
 import grpc
 import grpc.aio
+import structlog
 
+from lvs_events.client.channels import Channels
 from lvs_events.client.ha import NodeView, PeerUnavailable
 from lvs_events.pb.v1 import leadership_pb2 as lpb
 from lvs_events.pb.v1 import leadership_pb2_grpc as lpb_grpc
 from lvs_events.rpc import MalformedRequests
+from lvs_events.security.interceptor import AuthInterceptor, Refusals
+from lvs_events.security.tls import ListenMode, TlsFiles, check_listen, insecure_warning, server_credentials
 
 __all__ = [
     "DEFAULT_SWITCHOVER_WITHIN",
@@ -41,7 +51,9 @@ DEFAULT_SWITCHOVER_WITHIN = 5.0  # seconds, for a Switchover request that names 
 
 # The peer channel reconnects fast: a heartbeat every interval must not wait gRPC's default
 # reconnect backoff (seconds) after the peer restarted.
-_CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 20), ("grpc.max_reconnect_backoff_ms", 200)]
+_CHANNEL_OPTIONS = (("grpc.initial_reconnect_backoff_ms", 20), ("grpc.max_reconnect_backoff_ms", 200))
+
+log = structlog.get_logger("lvs_events.agent.ha.peer")
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,12 +192,36 @@ class PeerService(lpb_grpc.PeerServicer):
         return status_to_pb(self.handler.status())
 
 
-async def serve_peer(handler: PeerHandler, listen: str, serving: Callable[[int], None]) -> None:
+async def serve_peer(
+    handler: PeerHandler,
+    listen: str,
+    serving: Callable[[int], None],
+    *,
+    tls: TlsFiles | None = None,
+    peer_node: str = "",
+    insecure: bool = False,
+    refusals: Refusals | None = None,
+) -> None:
     """Serve the Peer service on ``listen`` until cancelled; ``serving(port)`` once it listens.
-    Raises ``OSError`` when it cannot listen."""
-    server = grpc.aio.server(interceptors=[MalformedRequests()], options=[("grpc.so_reuseport", 0)])
+
+    ``tls``: mutual TLS with these files (reloaded when they change), and only ``peer_node``'s
+    director certificate may send heartbeats and handovers; None: plaintext, on loopback unless
+    ``insecure``. Raises :class:`~lvs_events.security.tls.ListenRefused` (plaintext off
+    loopback), :class:`~lvs_events.security.tls.TlsError` (files that do not check), ``OSError``
+    when it cannot listen."""
+    if tls is not None and not peer_node:
+        raise ValueError("a Peer service with TLS needs its peer's node name")
+    mode = check_listen(listen, tls is not None, insecure)
+    if mode is ListenMode.INSECURE:
+        log.warning(insecure_warning(listen), listen=listen)
+    auth = AuthInterceptor(verified=tls is not None, peer=peer_node, refusals=refusals)
+    # as on the coordinator: who calls is decided before what the request says
+    server = grpc.aio.server(interceptors=[auth, MalformedRequests()], options=[("grpc.so_reuseport", 0)])
     lpb_grpc.add_PeerServicer_to_server(PeerService(handler), server)
-    port = server.add_insecure_port(listen)
+    if tls is None:
+        port = server.add_insecure_port(listen)
+    else:
+        port = server.add_secure_port(listen, server_credentials(tls))
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
     await server.start()
@@ -200,16 +236,16 @@ async def serve_peer(handler: PeerHandler, listen: str, serving: Callable[[int],
 
 
 class PeerClient:
-    """Calls to the peer agent's Peer service on one channel, replaced by :meth:`reconnect`."""
+    """Calls to the peer agent's Peer service on one channel, replaced by :meth:`reconnect` (and
+    after a certificate rotation). ``tls``: see :mod:`lvs_events.client.channels`."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, *, tls: TlsFiles | None = None) -> None:
         self.address = address
-        self._channel: grpc.aio.Channel | None = None
+        # heartbeats are short calls: a channel retired by a rotation is closed within seconds
+        self._channels = Channels(tls, _CHANNEL_OPTIONS, retire_grace=5.0)
 
     def _stub(self) -> lpb_grpc.PeerAsyncStub:
-        if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.address, options=_CHANNEL_OPTIONS)
-        return lpb_grpc.PeerStub(self._channel)
+        return lpb_grpc.PeerStub(self._channels.get(self.address))
 
     async def heartbeat(self, beat: Heartbeat, *, within: float) -> Heartbeat:
         """Send ours, return the peer's reply; :class:`PeerUnavailable` when none came in time."""
@@ -231,11 +267,7 @@ class PeerClient:
 
     async def reconnect(self) -> bool:
         """Drop the channel (the next call opens a new one); False when there was none."""
-        channel, self._channel = self._channel, None
-        if channel is None:
-            return False
-        await channel.close(grace=None)
-        return True
+        return await self._channels.drop(self.address)
 
     async def close(self) -> None:
-        await self.reconnect()
+        await self._channels.close()

@@ -36,6 +36,7 @@ from lvs_events.agent.ha.timing import HaTiming
 from lvs_events.agent.ha.vips import VipManager
 from lvs_events.client.ha import LeaderElectionClient, NodeView, PeerUnavailable
 from lvs_events.errors import DataplaneError, LvsEventsError
+from lvs_events.security.tls import TlsFiles
 
 __all__ = ["HaRunner", "HaSettings"]
 
@@ -52,6 +53,10 @@ class HaSettings:
     advertise: str = ""  # address others use for our Peer service (default: listen)
     timing: HaTiming = field(default_factory=HaTiming)
     hooks: Hooks = field(default_factory=Hooks)
+    # mTLS of the Peer service and of the calls to the peer (None: plaintext, see serve_peer)
+    tls: TlsFiles | None = None
+    peer_node: str = ""  # the peer's node name: the only director certificate the Peer service admits
+    insecure: bool = False  # plaintext Peer service on a non-loopback address
 
 
 class HaRunner:
@@ -76,7 +81,7 @@ class HaRunner:
         self._wake = asyncio.Event()
         self._handover_waiters: list[asyncio.Future[HandoverAnswer]] = []
         self._takeover_waiters: list[asyncio.Future[m.ElectionResult | None]] = []
-        self._peer = PeerClient(settings.peer)
+        self._peer = PeerClient(settings.peer, tls=settings.tls)
         self.port = 0  # our Peer service's, once it listens
         self._heartbeat_seen = 0.0  # send time of the newest heartbeat whose reply was fed
         self._heartbeat_ok = time.monotonic()  # when a heartbeat of ours was last answered
@@ -364,7 +369,8 @@ class HaRunner:
             await self.settings.hooks.run(n.hook, n.term, n.reason)
 
     async def _serve(self) -> None:
-        await serve_peer(self, self.settings.listen, self._serving)
+        s = self.settings
+        await serve_peer(self, s.listen, self._serving, tls=s.tls, peer_node=s.peer_node, insecure=s.insecure)
 
     def _serving(self, port: int) -> None:
         self.port = port

@@ -332,6 +332,7 @@ class Drill:
         other = "dir2" if node == "dir1" else "dir1"
         return [
             "--peer", f"{ADDR[other]}:7421", "--listen-peer", f"{ADDR[node]}:7421",
+            "--insecure",  # a plaintext Peer service off loopback: this suite tests IPVS, not TLS
             "--vip", VIP, "--vip-interface", "eth0", "--no-config-vips",
             "--timeout", "2", "--drain-timeout", "2", *TIMING,
         ]  # fmt: skip
