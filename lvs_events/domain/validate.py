@@ -15,6 +15,7 @@ from lvs_events.domain.config import Config, Family, Protocol, RealServer, Virtu
 from lvs_events.domain.events import (
     AdminAction,
     AdminOverride,
+    CheckerHealth,
     ConfigApplied,
     ConfigRejected,
     DataplaneDrift,
@@ -99,8 +100,24 @@ def validate_event(event: Event, *, max_bytes: int = MAX_EVENT_BYTES, size: int 
         _need(bool(p.repairs), "dataplane_drift.repairs", "at least one repair", "none")
         for i, line in enumerate(p.repairs):
             _need(0 < len(line) <= MAX_TEXT, f"dataplane_drift.repairs[{i}]", "an operation", line)
+    elif isinstance(p, CheckerHealth):
+        _checker_health(p)
     elif isinstance(p, DrillMarker):
         _need(bool(p.drill_id), "drill_marker.drill_id", "an id", p.drill_id)
+
+
+def _checker_health(p: CheckerHealth) -> None:
+    _need(bool(_NAME_RE.match(p.node)), "checker_health.node", "a node name", p.node)
+    _need(math.isfinite(p.stretch) and p.stretch >= 1.0, "checker_health.stretch", ">= 1", p.stretch)
+    for name, value in (
+        ("effective_interval", p.effective_interval),
+        ("capacity", p.capacity),
+        ("demand", p.demand),
+    ):
+        _need(math.isfinite(value) and value >= 0, f"checker_health.{name}", ">= 0", value)
+    _need(p.inconclusive >= 0, "checker_health.inconclusive", ">= 0", p.inconclusive)
+    _need(not p.behind or p.degraded, "checker_health.degraded", "true when behind", p.degraded)
+    _need(len(p.detail) <= MAX_TEXT, "checker_health.detail", "a short text", len(p.detail))
 
 
 def validate_config(cfg: Config) -> None:

@@ -6,7 +6,8 @@ Two kinds of action are decided:
   with, when the request says so, the node it acts for (``Campaign(node=...)``) and, for the Peer
   service, the peer the serving agent is configured with;
 * :class:`PublishEvent`: one event of a ``Publish`` stream, with the node it speaks for
-  (``RealServerHealth.observer``, ``TableApplied.node``, ``DataplaneDrift.node``).
+  (``RealServerHealth.observer``, ``TableApplied.node``, ``DataplaneDrift.node``,
+  ``CheckerHealth.node``).
 
 The table (``R`` any node, ``=`` only for the principal's own name, ``P`` only the configured
 peer; ``-`` refused):
@@ -26,7 +27,8 @@ Peer Status            R         R         R       R        R
 health, reflection     R         R         R       R        R
 event RealServerHealth =         -         -       -        R
 event TableApplied,    =         -         -       -        R
-DataplaneDrift
+DataplaneDrift,
+CheckerHealth
 event ConfigApplied    R         R         -       -        R
 event ConfigRejected   R         -         -       -        R
 event AdminOverride    -         R         -       -        R
@@ -46,6 +48,7 @@ from dataclasses import dataclass
 
 from lvs_events.domain.events import (
     AdminOverride,
+    CheckerHealth,
     ConfigApplied,
     ConfigRejected,
     DataplaneDrift,
@@ -107,6 +110,7 @@ _EVENTS: dict[str, frozenset[Role]] = {
     "RealServerHealth": frozenset({Role.DIRECTOR}),
     "TableApplied": frozenset({Role.DIRECTOR}),
     "DataplaneDrift": frozenset({Role.DIRECTOR}),
+    "CheckerHealth": frozenset({Role.DIRECTOR}),
     "ConfigApplied": frozenset({Role.DIRECTOR, Role.OPERATOR}),
     "ConfigRejected": frozenset({Role.DIRECTOR}),
     "AdminOverride": frozenset({Role.OPERATOR}),
@@ -117,6 +121,7 @@ _SUBJECT_WORDS = {
     "RealServerHealth": "health",
     "TableApplied": "TableApplied",
     "DataplaneDrift": "DataplaneDrift",
+    "CheckerHealth": "CheckerHealth",
 }
 
 
@@ -157,6 +162,8 @@ def publish_action(event: Event) -> PublishEvent:
             return PublishEvent("TableApplied", p.node)
         case DataplaneDrift():
             return PublishEvent("DataplaneDrift", p.node)
+        case CheckerHealth():
+            return PublishEvent("CheckerHealth", p.node)
         case ConfigApplied() | ConfigRejected() | AdminOverride() | DrillMarker() | Leadership():
             return PublishEvent(event.type_name)
 

@@ -29,6 +29,7 @@ PAIRS = [
     (de.DrillMarker, pb.DrillMarker),
     (de.ConfigRejected, pb.ConfigRejected),
     (de.DataplaneDrift, pb.DataplaneDrift),
+    (de.CheckerHealth, pb.CheckerHealth),
 ]
 
 

@@ -61,6 +61,8 @@ TABLE: dict[str, set[str]] = {
     "publish TableApplied other": {"unverified"},
     "publish DataplaneDrift self": {"director lb1", "director lb2", "unverified"},
     "publish DataplaneDrift other": {"unverified"},
+    "publish CheckerHealth self": {"director lb1", "director lb2", "unverified"},
+    "publish CheckerHealth other": {"unverified"},
     "publish ConfigApplied": {"director lb1", "director lb2", "operator", "unverified"},
     "publish ConfigRejected": {"director lb1", "director lb2", "unverified"},
     "publish AdminOverride": {"operator", "unverified"},
