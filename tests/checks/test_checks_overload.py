@@ -146,7 +146,9 @@ def test_checks_admission_cuts_stretches_and_recovers() -> None:
     assert adm.rate == pytest.approx(210.0)
     assert adm.stretch == pytest.approx(1000 / 210)
     assert not adm.behind  # not yet: one period
-    adm.observe(1.0, 0.0, 210, 0)
+    # overloaded again right after a cut: no second cut before the first shows
+    adm.observe(1.0, 0.9, 100, 0)
+    assert adm.rate == pytest.approx(210.0)
     assert adm.behind
     # evenly spread: about rate x seconds checks admitted over a second of asks
     taken = sum(adm.take(i / 1000) for i in range(1000))
@@ -170,6 +172,14 @@ def test_checks_admission_inconclusive_checks_count_as_overload() -> None:
     adm.demand = 100.0
     adm.observe(1.0, 0.0, 100, 3)
     assert adm.rate == pytest.approx(70.0)
+
+
+def test_checks_admission_never_stretches_more_than_fifty_fold() -> None:
+    adm = Admission()
+    adm.demand = 1000.0
+    for _ in range(30):  # the loop stalled by something else: finished next to nothing
+        adm.observe(1.0, 0.95, 1, 0)
+    assert adm.rate == pytest.approx(20.0)
 
 
 def test_checks_fixed_capacity() -> None:

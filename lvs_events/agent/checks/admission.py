@@ -11,7 +11,7 @@ and how many checks a second it admits.
 * :class:`Admission`: the rate at which the checker starts checks. Unlimited while the loop keeps
   up; once it does not (a stalled share of a period above ``OVERLOAD``, or inconclusive checks),
   the rate the checker actually finished checks at, less a margin, then back up step by step
-  while the loop keeps up (additive increase, multiplicative decrease). The configuration's
+  while the loop keeps up (multiplicative decrease and increase, the decrease larger). The configuration's
   demand above that rate stretches every check interval by the same factor.
 
 :class:`Admission` is pure (the caller passes the time and the measurements).
@@ -39,11 +39,19 @@ __all__ = [
 
 #: A check is given at most this many times its timeout of wall time (then it is inconclusive).
 CAP_FACTOR: Final = 4.0
-#: A period whose stalled share exceeds this is an overloaded one (the admitted rate is cut).
-OVERLOAD: Final = 0.2
+#: A period whose stalled share exceeds this is an overloaded one (the admitted rate is cut). A
+#: busy shared host delays a loop's timers now and then; a starved checker's loop is stalled most
+#: of the time. Checks of a loop stalled less than this still measure the server (ServerTimeout).
+OVERLOAD: Final = 0.5
 _CUT: Final = 0.7  # multiplicative decrease, of the rate the checker finished checks at
-_STEP: Final = 0.1  # additive increase per calm period, as a share of the rate (at least 1/s)
+_RAISE: Final = 1.25  # increase per calm period with checks waiting (plus _RAISE_MIN a second)
+_RAISE_MIN: Final = 2.0
 _CALM_BEFORE_RAISE: Final = 2  # calm periods after a cut before the rate goes up again
+_CUT_EVERY: Final = 2  # periods between two cuts: a cut shows in the next period's stalls first
+#: the rate is never cut below this share of the demand (at most a 50-fold stretch): a loop
+#: stalled by something else than the checks (the apply loop catching up, another process)
+#: must not starve the checks for long after it ends
+_MIN_SHARE: Final = 0.02
 _BEHIND_AFTER: Final = 2  # periods with a stretch above _BEHIND_STRETCH before "behind"
 _AHEAD_AFTER: Final = 3  # periods without before "not behind"
 _BEHIND_STRETCH: Final = 1.05
@@ -227,6 +235,7 @@ class Admission:
         self.behind = False
         self._refilled: float | None = None
         self._calm = 0
+        self._since_cut = _CUT_EVERY
         self._over = 0
         self._under = 0
 
@@ -273,21 +282,25 @@ class Admission:
         if elapsed <= 0:
             return
         overloaded = stalled > OVERLOAD * elapsed or inconclusive > 0
+        self._since_cut += 1
         if not self.fixed:
             if overloaded:
-                done = finished / elapsed
-                base = done if self.rate is None else min(self.rate, done)
-                self.rate = max(self.min_rate, base * _CUT)
                 self._calm = 0
+                if self._since_cut >= _CUT_EVERY:
+                    done = finished / elapsed
+                    base = done if self.rate is None else min(self.rate, done)
+                    floor = max(self.min_rate, self.demand * _MIN_SHARE)
+                    self.rate = max(floor, base * _CUT)
+                    self._since_cut = 0
             else:
                 self._calm += 1
                 rate = self.rate
                 if rate is not None and self._calm >= _CALM_BEFORE_RAISE:
-                    if rate >= self.demand * (1.0 + _STEP):
+                    if rate >= self.demand:
                         self.rate = None  # keeps up with the whole demand: no limit
                         self._refilled = None
                     elif self.limited:
-                        self.rate = rate + max(1.0, rate * _STEP)
+                        self.rate = min(self.demand, rate * _RAISE + _RAISE_MIN)
         self.limited = False
         if self.stretch > _BEHIND_STRETCH:
             self._over += 1
