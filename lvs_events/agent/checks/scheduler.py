@@ -612,9 +612,10 @@ class Checker:
             self._set(t, False, f"server in maintenance: file {in_maintenance}", 0.0)
         elif not result.inconclusive:
             self._verdict(t, result, (end - started) * 1000.0)
-        # fixed rate (the interval stretched when over capacity), keeping the phase; after an
-        # overrun, as soon as possible (the admission then decides, oldest due first)
-        interval = self.admission.effective(spec.checkinterval)
+        # fixed rate, keeping the phase; after an overrun, as soon as possible. Over capacity the
+        # admission starts the due checks oldest first at the rate it can finish: due times fall
+        # behind and the interval stretches by demand / rate, whatever the rate does next
+        interval = spec.checkinterval
         nxt = t.due + interval
         if nxt < end:
             nxt = end if end - nxt < interval else end + self._rng.uniform(0.0, self.tick)
