@@ -67,8 +67,10 @@ class LoopLag:
     ``stalled`` never decreases, and ``t - stalled(t)`` decreases by at most ``tolerance``.
     """
 
+    # A beat's lateness is seen only past its period: the period is short next to the stalls that
+    # matter (a CPU quota's throttling lasts tens of milliseconds), so most of a stall is counted.
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, period: float = 0.02, tolerance: float = 0.005
+        self, loop: asyncio.AbstractEventLoop, period: float = 0.005, tolerance: float = 0.002
     ) -> None:
         self.loop = loop
         self.period = period
