@@ -19,7 +19,16 @@ Measured per scenario:
   The reporter stands in for "the event in the log": the full agent -> coordinator -> etcd path
   is not part of this benchmark.
 
+Overload (``--overload``, root and the cgroup v1 cpu controller): the checker's process is put in
+a cgroup limited to ``--quota`` of a CPU (the listeners are not). Its capacity is measured first
+(checks finished a second when asked for far more), then every server is healthy and the
+checkinterval is set so that the demand is 1x, 2x and 4x that capacity. Per level: the checks
+a second, the achieved interval (p50, p99), the CPU share, the checker's own view (stretch,
+admitted rate, behind), the **inconclusive** checks and the **false DOWN** verdicts (every
+server answers: any DOWN is false; it must be 0 at every level).
+
 Usage: ``python bench/bench_checks.py [--sizes 1000,10000] [--modes connect,http] [--window 10]``
+``python bench/bench_checks.py --overload [--overload-size 1000] [--quota 0.1]``
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ import socket
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -56,6 +66,7 @@ from lvs_events.domain.config import (
     RealServer,
     VirtualService,
 )
+from lvs_events.domain.events import CheckerHealth
 from lvs_events.domain.state import State
 
 PORT = 8000
@@ -199,6 +210,7 @@ class Recorder:
     def __init__(self) -> None:
         self.downs: dict[str, list[float]] = {}
         self.reports = 0
+        self.checker_health: list[CheckerHealth] = []
 
     def report(
         self, virtual: str, real: str, up: bool, *, checktype: str, detail: str = "", latency_ms: float = 0.0
@@ -206,6 +218,10 @@ class Recorder:
         self.reports += 1
         if not up:
             self.downs.setdefault(real, []).append(time.monotonic())
+        return True
+
+    def report_checker(self, health: CheckerHealth) -> bool:
+        self.checker_health.append(health)
         return True
 
     def down_after(self, real: str, at: float) -> float | None:
@@ -382,6 +398,115 @@ async def scenario(  # noqa: PLR0915, PLR0917 -- one measured run
     }
 
 
+CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
+
+
+@contextlib.contextmanager
+def cpu_quota(share: float) -> Iterator[None]:
+    """This process (all its threads) in a cgroup limited to ``share`` of a CPU; removed after."""
+    group = CGROUP_CPU / f"bench-checks-{os.getpid()}"
+    group.mkdir()
+    try:
+        period = max(20_000, int(1000 / share) + 1)  # the kernel's smallest quota is 1 ms
+        (group / "cpu.cfs_period_us").write_text(str(period))
+        (group / "cpu.cfs_quota_us").write_text(str(int(period * share)))
+        (group / "cgroup.procs").write_text(str(os.getpid()))
+        yield
+    finally:
+        (CGROUP_CPU / "cgroup.procs").write_text(str(os.getpid()))
+        group.rmdir()
+
+
+def healthy_config(n: int, mode: str, interval: float, timeout: float) -> Config:
+    check = CheckSettings(
+        checktype="connect" if mode == "connect" else "negotiate",
+        service="http",
+        request="/",
+        receive="OK web1",
+        checktimeout=timeout,
+        negotiatetimeout=timeout,
+    )
+    reals = tuple(RealServer(address(i), PORT) for i in range(n))
+    return Config(
+        GlobalSettings(checkinterval=interval),
+        (VirtualService(Protocol.TCP, "10.255.0.1", 80, reals=reals, check=check),),
+    )
+
+
+async def overload_level(
+    n: int, mode: str, interval: float, checktimeout: float, window: float
+) -> dict[str, object]:
+    """Every server healthy, checked every ``interval`` seconds: what the checker makes of it."""
+    last_start: dict[str, float] = {}
+    gaps: list[float] = []
+    measuring = False
+
+    def on_check(spec: CheckSpec, result: Result, started: float, ended: float) -> None:
+        prev = last_start.get(spec.real)
+        last_start[spec.real] = started
+        if measuring and prev is not None:
+            gaps.append(started - prev)
+
+    rec = Recorder()
+    checker = Checker("bench", on_check=on_check, max_concurrency=2000)
+    checker.on_state(State(config=healthy_config(n, mode, interval, checktimeout)))
+    task = asyncio.create_task(checker.run(rec))
+    await asyncio.sleep(max(12.0, interval * 2))  # the first round, the admission settling
+    measuring = True
+    st0 = checker.stats
+    finished0, inconclusive0 = st0.finished, st0.inconclusive
+    own0, wall0 = os.times(), time.monotonic()
+    await asyncio.sleep(window)
+    own1, wall1 = os.times(), time.monotonic()
+    measuring = False
+    wall = wall1 - wall0
+    status = checker.status()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return {
+        "checkinterval_s": round(interval, 4),
+        "demand_checks_per_s": round(n / interval, 1),
+        "checks_per_s": round((checker.stats.finished - finished0) / wall, 1),
+        "interval_p50_s": round(pct(gaps, 0.5), 4),
+        "interval_p99_s": round(pct(gaps, 0.99), 4),
+        "cpu_share": round((own1.user - own0.user + own1.system - own0.system) / wall, 3),
+        "stretch": status["stretch"],
+        "admitted_checks_per_s": status["capacity"],
+        "behind": status["behind"],
+        "inconclusive_in_window": checker.stats.inconclusive - inconclusive0,
+        "inconclusive_total": checker.stats.inconclusive,
+        "false_down": sum(len(v) for v in rec.downs.values()),  # every server answers
+        "downs_held": status["downs_held"],
+    }
+
+
+async def overload(n: int, mode: str, quota: float, checktimeout: float, window: float) -> dict[str, object]:
+    listeners = Listeners(n, mode == "http", 2, 4096)
+    try:
+        with cpu_quota(quota):
+            # capacity: asked for 20 times what one core could do, the checks finished a second
+            probe = await overload_level(n, mode, n / 20_000, checktimeout, window)
+            capacity = float(probe["checks_per_s"])  # type: ignore[arg-type]
+            levels = {}
+            for factor in (1, 2, 4):
+                levels[f"{factor}x"] = await overload_level(
+                    n, mode, n / (capacity * factor), checktimeout, window
+                )
+    finally:
+        listeners.close()
+    return {
+        "real_servers": n,
+        "mode": "connect" if mode == "connect" else "negotiate:http",
+        "cpu_quota": quota,
+        "checktimeout_s": checktimeout,
+        "capacity_checks_per_s": capacity,
+        "capacity_run": probe,
+        "levels": levels,
+        "false_down_total": sum(int(v["false_down"]) for v in levels.values()),  # type: ignore[call-overload]
+    }
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="1000,10000")
@@ -393,11 +518,25 @@ async def main() -> None:
     ap.add_argument("--listener-procs", type=int, default=2, help="processes sharing the listeners")
     ap.add_argument("--backlog", type=int, default=4096, help="listen backlog (capped by net.core.somaxconn)")
     ap.add_argument("--max-concurrency", type=int, default=2000)
+    ap.add_argument("--overload", action="store_true", help="the starved-checker runs (see the docstring)")
+    ap.add_argument("--overload-size", type=int, default=1000)
+    ap.add_argument("--quota", type=float, default=0.1, help="the checker's CPU share in --overload")
     args = ap.parse_args()
     # the checker logs every transition at INFO; keep the report clean (and the warm-up cheap)
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     nofile = raise_nofile()
     load0 = os.getloadavg()
+    if args.overload:
+        result = await overload(args.overload_size, "http", args.quota, args.timeout, args.window)
+        report = {
+            "benchmark": "health checks, starved checker",
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "loadavg_1m_before_after": [round(load0[0], 2), round(os.getloadavg()[0], 2)],
+            "result": result,
+        }
+        print(json.dumps(report, indent=2))
+        return
     results = []
     for mode in args.modes.split(","):
         for n in (int(x) for x in args.sizes.split(",")):

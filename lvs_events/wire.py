@@ -33,6 +33,7 @@ PAYLOAD_FIELDS: dict[type[Any], str] = {
     de.DataplaneDrift: "dataplane_drift",
     de.CommandRefused: "command_refused",
     de.LogIntegrity: "log_integrity",
+    de.CheckerHealth: "checker_health",
 }
 FIELD_PAYLOADS = {v: k for k, v in PAYLOAD_FIELDS.items()}
 

@@ -101,6 +101,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="allowed commands, one per line as --allow-command ('#' comments), e.g. "
         "/etc/lvs-events/commands.allow; read at start",
     )
+    checks = p.add_argument_group("health checks (see docs/health-checks.md)")
+    checks.add_argument(
+        "--check-capacity",
+        type=float,
+        default=None,
+        help="checks a second the checker starts at most (default: measured from its own lateness)",
+    )
+    checks.add_argument(
+        "--mass-down-threshold",
+        type=float,
+        default=0.5,
+        help="share of a virtual service's real servers this node may take down within one check "
+        "interval without the other director's view confirming it (1 = no guard; default %(default)s)",
+    )
     p.add_argument("--timeout", type=float, default=10.0, help="deadline of coordinator calls, seconds")
     p.add_argument("--drain-timeout", type=float, default=5.0, help="shutdown drain deadline, seconds")
     ha = p.add_argument_group("high availability (a director pair; see docs/failover.md)")
@@ -169,6 +183,10 @@ def settings_from(args: argparse.Namespace) -> AgentSettings:
         raise SystemExit("lvs-agent: --coordinators is empty")
     if args.publish_config and args.config is None and args.config_json is None:
         raise SystemExit("lvs-agent: --publish-config needs --config or --config-json")
+    if not 0.0 < args.mass_down_threshold <= 1.0:
+        raise SystemExit("lvs-agent: --mass-down-threshold must be in (0, 1]")
+    if args.check_capacity is not None and args.check_capacity <= 0:
+        raise SystemExit("lvs-agent: --check-capacity must be positive")
     return AgentSettings(
         node=args.node,
         cluster=args.cluster,
@@ -182,6 +200,8 @@ def settings_from(args: argparse.Namespace) -> AgentSettings:
         client_timeout=args.timeout,
         drift_interval=args.drift_interval,
         allowlist=load_allowlist(args.allow_command, args.commands_allow_file),
+        check_capacity=args.check_capacity,
+        mass_down_threshold=args.mass_down_threshold,
     )
 
 

@@ -95,6 +95,8 @@ class AgentSettings:
     drain_timeout: float = 5.0
     client_timeout: float = 10.0
     drift_interval: float = 30.0  # the drift check's period (lvs_events.agent.drift); 0: never
+    check_capacity: float | None = None  # checks a second admitted; None: measured by the checker
+    mass_down_threshold: float = 0.5  # see docs/health-checks.md
     policy: Policy = field(default_factory=Policy)
     # commands a configuration names run only if listed here or named by ``config`` (see
     # lvs_events.agent.commands)
@@ -218,7 +220,13 @@ class Agent:
         )
         self._own_digest = own.digest if own is not None else ""
         if checker is None and settings.health_checks:
-            checker = Checker(settings.node, commands=self.commands)
+            checker = Checker(
+                settings.node,
+                commands=self.commands,
+                capacity=settings.check_capacity,
+                mass_down_threshold=settings.mass_down_threshold,
+                on_health=self._status_changed,
+            )
         self.checker = checker
         self.publisher = Publisher(
             self.client,
@@ -662,6 +670,7 @@ class Agent:
                 "events_folded": core.events_folded,
                 "snapshots_loaded": core.snapshots_loaded,
                 "resyncs": self.resyncs,
+                "checker": self.checker.status() if self.checker is not None else None,
                 "time": time.time(),
             }
         )

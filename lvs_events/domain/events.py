@@ -119,6 +119,29 @@ class LogIntegrity:
     detail: str = ""  # which link failed
 
 
+@dataclass(frozen=True, slots=True)
+class CheckerHealth:
+    """A node's health checker about itself, published on its transitions (not every tick).
+
+    ``behind``: the configuration asks for more checks a second (``demand``) than the checker
+    can finish (``capacity``), so it stretches every check interval by ``stretch`` (the longest
+    interval between two checks of one server is then ``effective_interval`` seconds).
+    ``degraded``: behind, or some of its checks were inconclusive (their deadline passed while
+    the checker itself could not run): its verdicts may lag the real servers, and the table
+    follows another node's view where that node's checker is not degraded.
+    """
+
+    node: str
+    degraded: bool
+    behind: bool = False
+    stretch: float = 1.0
+    effective_interval: float = 0.0
+    capacity: float = 0.0  # checks a second the checker admits
+    demand: float = 0.0  # checks a second the configuration asks for
+    inconclusive: int = 0  # inconclusive checks since the checker started
+    detail: str = ""
+
+
 Payload = (
     ConfigApplied
     | RealServerHealth
@@ -130,6 +153,7 @@ Payload = (
     | DataplaneDrift
     | CommandRefused
     | LogIntegrity
+    | CheckerHealth
 )
 
 PAYLOAD_TYPES: dict[type[object], str] = {
@@ -143,6 +167,7 @@ PAYLOAD_TYPES: dict[type[object], str] = {
     DataplaneDrift: "DataplaneDrift",
     CommandRefused: "CommandRefused",
     LogIntegrity: "LogIntegrity",
+    CheckerHealth: "CheckerHealth",
 }
 
 

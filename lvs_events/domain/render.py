@@ -8,6 +8,9 @@ For each virtual service in the config in force, each real server is:
   after its first good check): present at weight 0 when ``quiescent=yes``, absent otherwise;
 * **disabled** by the operator: absent.
 
+The check verdict followed is the active director's, unless its checker says it is degraded and
+another node's is not (:func:`followed_health`).
+
 The fallback server is present only while no real server of the service is available (present
 with a weight above 0), as ldirectord does. The virtual service itself is always present.
 
@@ -34,12 +37,13 @@ from lvs_events.domain.config import Config, Family, Forwarding, Protocol, RealS
 from lvs_events.domain.events import (
     AdminAction,
     AdminOverride,
+    CheckerHealth,
     ConfigApplied,
     Event,
     Leadership,
     RealServerHealth,
 )
-from lvs_events.domain.state import RealKey, State, effective_health
+from lvs_events.domain.state import Observation, RealKey, State, checker_degraded, effective_health
 from lvs_events.domain.table import (
     SCHED_FLAG_BITS,
     Dest,
@@ -109,7 +113,8 @@ def virtual_positions(cfg: Config | None) -> dict[str, tuple[int, ...]]:
 
 
 def touched_reals(event: Event) -> frozenset[RealKey] | None:
-    """The (virtual, real) pairs whose rendering ``event`` may change; None: any (config, leader).
+    """The (virtual, real) pairs whose rendering ``event`` may change; None: any (config, leader,
+    a checker's health: which node's view the table follows).
 
     The clock an event advances can also end an operator's timed override elsewhere: see
     :func:`expiring_reals`.
@@ -117,7 +122,7 @@ def touched_reals(event: Event) -> frozenset[RealKey] | None:
     p = event.payload
     if isinstance(p, (RealServerHealth, AdminOverride)):
         return frozenset(((p.virtual, p.real),))
-    if isinstance(p, (ConfigApplied, Leadership)):
+    if isinstance(p, (ConfigApplied, Leadership, CheckerHealth)):
         return None
     return frozenset()
 
@@ -424,6 +429,31 @@ def fallback_commands(state: State, table: Table) -> dict[str, FallbackCommand]:
     return out
 
 
+def followed_health(state: State, virtual: str, real: str) -> Observation | None:
+    """The verdict the table follows for one real server.
+
+    :func:`lvs_events.domain.state.effective_health` (the active director's view, else the most
+    recent), except that the view of a node whose checker says it is degraded (behind schedule,
+    inconclusive checks: ``CheckerHealth``) gives way to the most recent view of a node whose
+    checker is not. With no such view, the degraded one is still followed: it is the best there is.
+    """
+    checkers = state.checkers
+    if not checkers or not any(c.degraded for c in checkers.values()):
+        return effective_health(state, virtual, real)
+    views = state.health.get((virtual, real))
+    if views is None:
+        return None
+    leader = state.leader
+    if leader is not None:
+        obs = views.get(leader)
+        if obs is not None and not checker_degraded(state, leader):
+            return obs
+    healthy = [o for node, o in views.items() if not checker_degraded(state, node)]
+    if healthy:
+        return max(healthy, key=lambda o: o.revision)
+    return effective_health(state, virtual, real)
+
+
 def real_is_up(state: State, v: VirtualService, r: RealServer) -> bool:
     """The health the table follows (check verdict, or the ``on`` / ``off`` check types)."""
     checktype = v.check.checktype
@@ -431,7 +461,7 @@ def real_is_up(state: State, v: VirtualService, r: RealServer) -> bool:
         return True
     if checktype == "off":
         return False
-    obs = effective_health(state, v.key, r.key)
+    obs = followed_health(state, v.key, r.key)
     return obs is not None and obs.up
 
 
@@ -448,7 +478,7 @@ def _render_real(state: State, v: VirtualService, r: RealServer, quiescent: bool
     elif checktype == "off":
         up = False
     else:  # real_is_up, inlined with the keys already made
-        obs = effective_health(state, vkey, rkey)
+        obs = followed_health(state, vkey, rkey)
         up = obs is not None and obs.up
     if not up:
         return _dest(v, r, 0) if quiescent else None

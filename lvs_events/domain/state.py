@@ -16,6 +16,7 @@ from lvs_events.domain.config import Config
 from lvs_events.domain.events import (
     AdminAction,
     AdminOverride,
+    CheckerHealth,
     ConfigApplied,
     ConfigRejected,
     DrillMarker,
@@ -67,6 +68,18 @@ class NodeStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckerStatus:
+    """What a node last said about its own health checker (from ``CheckerHealth``)."""
+
+    degraded: bool
+    behind: bool
+    stretch: float
+    revision: int
+    wall_time: float
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class State:
     cluster: str = ""
     revision: int = 0  # last folded log revision
@@ -81,6 +94,8 @@ class State:
     term: int = 0
     last_drill: str = ""
     config_error: str = ""  # the last refused config (autoreload) since the last one applied
+    # node -> its checker's last word about itself; a node absent here has never been degraded
+    checkers: Map[str, CheckerStatus] = field(default_factory=Map)
 
 
 def fold(state: State, event: Event) -> State:  # noqa: PLR0912 -- one branch per payload type
@@ -95,6 +110,7 @@ def fold(state: State, event: Event) -> State:  # noqa: PLR0912 -- one branch pe
     health, overrides, nodes = state.health, state.overrides, state.nodes
     leader, term, last_drill = state.leader, state.term, state.last_drill
     config_error = state.config_error
+    checkers = state.checkers
     kind = type(p)
     if kind is RealServerHealth:
         assert isinstance(p, RealServerHealth)
@@ -130,6 +146,11 @@ def fold(state: State, event: Event) -> State:  # noqa: PLR0912 -- one branch pe
     elif kind is ConfigRejected:
         assert isinstance(p, ConfigRejected)
         config_error = f"revision {revision}: {p.error}"
+    elif kind is CheckerHealth:
+        assert isinstance(p, CheckerHealth)
+        checkers = checkers.set(
+            p.node, CheckerStatus(p.degraded, p.behind, p.stretch, revision, event.wall_time, p.detail)
+        )
     return State(
         state.cluster or event.cluster,
         revision,
@@ -143,6 +164,7 @@ def fold(state: State, event: Event) -> State:  # noqa: PLR0912 -- one branch pe
         term,
         last_drill,
         config_error,
+        checkers,
     )
 
 
@@ -166,6 +188,12 @@ def effective_health(state: State, virtual: str, real: str) -> Observation | Non
         if obs is not None:
             return obs
     return max(views.values(), key=lambda o: o.revision, default=None)
+
+
+def checker_degraded(state: State, node: str) -> bool:
+    """Whether ``node``'s health checker last said it is degraded (behind, inconclusive)."""
+    status = state.checkers.get(node) if state.checkers else None
+    return status is not None and status.degraded
 
 
 def observations(state: State, virtual: str, real: str) -> dict[str, Observation]:

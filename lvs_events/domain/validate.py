@@ -15,6 +15,7 @@ from lvs_events.domain.config import Config, Family, Protocol, RealServer, Virtu
 from lvs_events.domain.events import (
     AdminAction,
     AdminOverride,
+    CheckerHealth,
     CommandRefused,
     ConfigApplied,
     ConfigRejected,
@@ -51,7 +52,7 @@ def _need(cond: bool, field: str, expected: str, found: object) -> None:
         raise InvalidEvent(f"{field}: expected {expected}, found {found!r}")
 
 
-def validate_event(event: Event, *, max_bytes: int = MAX_EVENT_BYTES, size: int = 0) -> None:  # noqa: PLR0912 -- one check per payload
+def validate_event(event: Event, *, max_bytes: int = MAX_EVENT_BYTES, size: int = 0) -> None:  # noqa: PLR0912, PLR0915 -- one check per payload
     """Raise :class:`InvalidEvent` if ``event`` must not be appended. ``size``: its encoded size."""
     # The checks that format their expectation run it only on failure (this is the append path).
     if size > max_bytes:
@@ -117,6 +118,8 @@ def validate_event(event: Event, *, max_bytes: int = MAX_EVENT_BYTES, size: int 
         for name, value in (("expected", p.expected), ("found", p.found)):
             _need(bool(_HASH_RE.fullmatch(value)), f"log_integrity.{name}", "sha256 hex or empty", value)
         _need(len(p.detail) <= MAX_TEXT, "log_integrity.detail", "a short text", len(p.detail))
+    elif isinstance(p, CheckerHealth):
+        _checker_health(p)
     elif isinstance(p, DrillMarker):
         _need(bool(p.drill_id), "drill_marker.drill_id", "an id", p.drill_id)
 
@@ -131,6 +134,20 @@ def _command_refused(p: CommandRefused) -> None:
     for i, v in enumerate(p.virtuals):
         _need(0 < len(v) <= MAX_ID_LEN, f"command_refused.virtuals[{i}]", "a virtual service key", v)
     _need(p.config_revision > 0, "command_refused.config_revision", "a revision > 0", p.config_revision)
+
+
+def _checker_health(p: CheckerHealth) -> None:
+    _need(bool(_NAME_RE.match(p.node)), "checker_health.node", "a node name", p.node)
+    _need(math.isfinite(p.stretch) and p.stretch >= 1.0, "checker_health.stretch", ">= 1", p.stretch)
+    for name, value in (
+        ("effective_interval", p.effective_interval),
+        ("capacity", p.capacity),
+        ("demand", p.demand),
+    ):
+        _need(math.isfinite(value) and value >= 0, f"checker_health.{name}", ">= 0", value)
+    _need(p.inconclusive >= 0, "checker_health.inconclusive", ">= 0", p.inconclusive)
+    _need(not p.behind or p.degraded, "checker_health.degraded", "true when behind", p.degraded)
+    _need(len(p.detail) <= MAX_TEXT, "checker_health.detail", "a short text", len(p.detail))
 
 
 def validate_config(cfg: Config) -> None:

@@ -6,7 +6,8 @@ Two kinds of action are decided:
   with, when the request says so, the node it acts for (``Campaign(node=...)``) and, for the Peer
   service, the peer the serving agent is configured with;
 * :class:`PublishEvent`: one event of a ``Publish`` stream, with the node it speaks for
-  (``RealServerHealth.observer``, ``TableApplied.node``, ``DataplaneDrift.node``).
+  (``RealServerHealth.observer``, ``TableApplied.node``, ``DataplaneDrift.node``,
+  ``CheckerHealth.node``).
 
 The table (``R`` any node, ``=`` only for the principal's own name, ``P`` only the configured
 peer; ``-`` refused):
@@ -28,7 +29,8 @@ event RealServerHealth =         -         -       -        R
 event TableApplied,    =         -         -       -        R
 DataplaneDrift,
 CommandRefused,
-LogIntegrity
+LogIntegrity,
+CheckerHealth
 event ConfigApplied    R         R         -       -        R
 event ConfigRejected   R         -         -       -        R
 event AdminOverride    -         R         -       -        R
@@ -48,6 +50,7 @@ from dataclasses import dataclass
 
 from lvs_events.domain.events import (
     AdminOverride,
+    CheckerHealth,
     CommandRefused,
     ConfigApplied,
     ConfigRejected,
@@ -116,6 +119,7 @@ _EVENTS: dict[str, frozenset[Role]] = {
     "DataplaneDrift": frozenset({Role.DIRECTOR}),
     "CommandRefused": frozenset({Role.DIRECTOR}),
     "LogIntegrity": frozenset({Role.DIRECTOR}),
+    "CheckerHealth": frozenset({Role.DIRECTOR}),
     "ConfigApplied": frozenset({Role.DIRECTOR, Role.OPERATOR}),
     "ConfigRejected": frozenset({Role.DIRECTOR}),
     "AdminOverride": frozenset({Role.OPERATOR}),
@@ -128,6 +132,7 @@ _SUBJECT_WORDS = {
     "DataplaneDrift": "DataplaneDrift",
     "CommandRefused": "CommandRefused",
     "LogIntegrity": "LogIntegrity",
+    "CheckerHealth": "CheckerHealth",
 }
 
 
@@ -164,14 +169,8 @@ def publish_action(event: Event) -> PublishEvent:
     match p:
         case RealServerHealth():
             return PublishEvent("RealServerHealth", p.observer)
-        case TableApplied():
-            return PublishEvent("TableApplied", p.node)
-        case DataplaneDrift():
-            return PublishEvent("DataplaneDrift", p.node)
-        case CommandRefused():
-            return PublishEvent("CommandRefused", p.node)
-        case LogIntegrity():
-            return PublishEvent("LogIntegrity", p.node)
+        case TableApplied() | DataplaneDrift() | CommandRefused() | LogIntegrity() | CheckerHealth():
+            return PublishEvent(event.type_name, p.node)  # a node's report about itself
         case ConfigApplied() | ConfigRejected() | AdminOverride() | DrillMarker() | Leadership():
             return PublishEvent(event.type_name)
 

@@ -19,6 +19,7 @@ from lvs_events.domain.config import (
     RealServer,
     VirtualService,
 )
+from lvs_events.domain.events import CheckerHealth
 from lvs_events.domain.state import State
 from tests.checks.servers import HOST, TIMEOUT, check, closed_port, make_spec, tcp_server
 
@@ -136,11 +137,16 @@ def _connect_state(ports: list[int], timeout: float = 0.2) -> State:
 class _Reports:
     def __init__(self) -> None:
         self.items: list[tuple[str, bool, str]] = []
+        self.checker_health: list[CheckerHealth] = []
 
     def report(
         self, virtual: str, real: str, up: bool, *, checktype: str, detail: str = "", latency_ms: float = 0.0
     ) -> bool:
         self.items.append((real, up, detail))
+        return True
+
+    def report_checker(self, health: CheckerHealth) -> bool:
+        self.checker_health.append(health)
         return True
 
 

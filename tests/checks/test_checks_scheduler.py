@@ -23,6 +23,7 @@ from lvs_events.domain.config import (
     RealServer,
     VirtualService,
 )
+from lvs_events.domain.events import CheckerHealth
 from lvs_events.domain.state import Observation, State
 
 VIP = "TCP 10.0.0.1:80"
@@ -32,6 +33,7 @@ INTERVAL = 0.05
 @dataclass
 class Reports:
     items: list[tuple[str, bool, str, str]] = field(default_factory=list)
+    checker_health: list[CheckerHealth] = field(default_factory=list)
     refuse: int = 0  # refuse this many reports first
 
     def report(
@@ -41,6 +43,10 @@ class Reports:
             self.refuse -= 1
             return False
         self.items.append((real, up, checktype, detail))
+        return True
+
+    def report_checker(self, health: CheckerHealth) -> bool:
+        self.checker_health.append(health)
         return True
 
     def of(self, real: str) -> list[bool]:

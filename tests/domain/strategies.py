@@ -17,6 +17,7 @@ from lvs_events.domain.config import (
 from lvs_events.domain.events import (
     AdminAction,
     AdminOverride,
+    CheckerHealth,
     ConfigApplied,
     ConfigRejected,
     DataplaneDrift,
@@ -107,6 +108,12 @@ def payloads(draw: st.DrawFn, universe: Config) -> Payload:  # noqa: PLR0911 -- 
     if draw(st.booleans()):
         repairs = ("edit-dest TCP 203.0.113.10:80 -> 192.0.2.13:80 w=30",)
         return DataplaneDrift(draw(st.sampled_from(NODES)), draw(st.integers(0, 100)), repairs, ("FWM 99",))
+    if draw(st.booleans()):
+        behind = draw(st.booleans())
+        degraded = behind or draw(st.booleans())
+        return CheckerHealth(
+            draw(st.sampled_from(NODES)), degraded, behind, 2.5 if behind else 1.0, 2.5, 400.0, 1000.0, 3
+        )
     return DrillMarker("d1", "switchover", "start")
 
 

@@ -30,6 +30,7 @@ PAIRS = [
     (de.ConfigRejected, pb.ConfigRejected),
     (de.DataplaneDrift, pb.DataplaneDrift),
     (de.LogIntegrity, pb.LogIntegrity),
+    (de.CheckerHealth, pb.CheckerHealth),
 ]
 
 

@@ -64,6 +64,8 @@ TABLE: dict[str, set[str]] = {
     "publish DataplaneDrift other": {"unverified"},
     "publish LogIntegrity self": {"director lb1", "director lb2", "unverified"},
     "publish LogIntegrity other": {"unverified"},
+    "publish CheckerHealth self": {"director lb1", "director lb2", "unverified"},
+    "publish CheckerHealth other": {"unverified"},
     "publish ConfigApplied": {"director lb1", "director lb2", "operator", "unverified"},
     "publish ConfigRejected": {"director lb1", "director lb2", "unverified"},
     "publish AdminOverride": {"operator", "unverified"},

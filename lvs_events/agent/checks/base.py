@@ -4,7 +4,9 @@ A probe is ``async def probe(spec) -> Result``. It returns ``Result(False, detai
 :class:`Down` for a failed check; anything else it raises (``OSError``, ``TimeoutError``,
 ``ssl.SSLError``, protocol parsing errors) is turned into a down verdict by the scheduler with
 the exception as the detail. The scheduler bounds every probe by its overall timeout; the TCP
-connect phase is additionally bounded by ``connecttimeout`` when the configuration sets it.
+connect phase is additionally bounded by ``connecttimeout`` when the configuration sets it. Both
+count the time the server had to answer, not the time the checker could not run
+(:class:`lvs_events.agent.checks.admission.ServerTimeout`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import ssl
 from dataclasses import dataclass
 from typing import Final
 
+from lvs_events.agent.checks.admission import ServerTimeout
 from lvs_events.agent.checks.spec import CheckSpec
 
 __all__ = ["MAX_BODY", "Down", "Result", "close_writer", "insecure_tls", "open_tcp", "read_line", "sockaddr"]
@@ -27,8 +30,12 @@ MAX_LINE: Final = 8192
 
 @dataclass(frozen=True, slots=True)
 class Result:
+    """A check's outcome. ``inconclusive``: it says nothing about the server (the checker was too
+    late to tell, or ran out of its own resources); the verdict stays as it was."""
+
     up: bool
     detail: str = ""
+    inconclusive: bool = False
 
 
 class Down(Exception):
@@ -68,7 +75,7 @@ async def open_tcp(
         limit=limit,
     )
     if spec.connecttimeout is not None:
-        async with asyncio.timeout(spec.connecttimeout):
+        async with ServerTimeout(spec.connecttimeout):
             return await connect
     return await connect
 

@@ -14,6 +14,22 @@ Timing, per target:
   loop does not bunch the checks together); when a check outlasts the interval the next one
   starts as soon as it ends;
 * each probe is bounded by its timeout (see :mod:`lvs_events.agent.checks.probes`) and is cancelled there.
+  The timeout counts the time the server had to answer: time the checker itself could not run
+  (loop lag, a thread holding the GIL, a collector pause; :class:`~lvs_events.agent.checks.admission.LoopLag`)
+  extends it; a check that takes ``CAP_FACTOR`` times its timeout without the server having had it
+  is *inconclusive* and changes no verdict (nor does a check that failed for lack of the checker's
+  own resources: file descriptors, buffers, source ports).
+
+Admission (:class:`~lvs_events.agent.checks.admission.Admission`): every ``control_period`` the
+checker compares how much its loop stalled and how many checks it finished with what the
+configuration asks; when it cannot keep up it starts checks at the rate it can finish, oldest due
+first, and stretches every interval by demand / rate (``check.behind`` in the log, ``status()``,
+and a ``CheckerHealth`` event on each transition of its degraded / behind flags).
+
+Mass DOWN guard: within one (effective) interval, a node takes at most ``mass_down_threshold`` of a
+virtual service's real servers (at least one) down on its own; a DOWN beyond that is held (the
+server stays up, ``check.down_held``) until another node's view, from a checker that is not
+degraded, confirms it, or the window has room again.
 
 Verdicts, as ldirectord's ``_service_up`` / ``_service_down``:
 
@@ -47,13 +63,23 @@ from typing import Final
 
 import structlog
 
+from lvs_events.agent.checks.admission import (
+    CAP_FACTOR,
+    Admission,
+    CheckerLate,
+    LoopLag,
+    ServerTimeout,
+    acquire_lag,
+    release_lag,
+)
 from lvs_events.agent.checks.base import Down, Result, sockaddr
 from lvs_events.agent.checks.probes import Probe, plan
 from lvs_events.agent.checks.spec import CheckSpec, specs_from_config
 from lvs_events.agent.commands import NO_CONSENT, CommandConsent
 from lvs_events.agent.health import HealthReporter
 from lvs_events.domain.config import Config, Protocol
-from lvs_events.domain.state import RealKey, State
+from lvs_events.domain.events import CheckerHealth
+from lvs_events.domain.state import RealKey, State, checker_degraded
 
 __all__ = ["Checker", "CheckerStats"]
 
@@ -61,6 +87,11 @@ log = structlog.get_logger("lvs_events.agent.checks")
 
 _NEVER: Final = 1 << 30  # "negotiate next" for a combined check
 _RETRY: Final = 1.0  # seconds between retries of refused reports when nothing else is due
+_DEGRADED_PERIODS: Final = 3  # control periods an inconclusive check keeps the checker degraded
+#: errno values of a failed check that tell about the checker's host, not about the server
+_OWN_ERRNOS: Final = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL, errno.EAGAIN}
+)
 
 
 @dataclass(slots=True, eq=False)
@@ -79,6 +110,7 @@ class _Target:
     checks: int = 0
     addr: tuple[socket.AddressFamily, tuple[str, int]] = (socket.AF_INET, ("", 0))
     addr_of: CheckSpec | None = None  # the spec ``addr`` was computed for
+    held: bool = False  # a DOWN verdict held back by the mass DOWN guard
 
 
 @dataclass(slots=True)
@@ -91,6 +123,8 @@ class CheckerStats:
     reports: int = 0
     refused: int = 0
     late_starts: int = 0  # started more than one tick after their due time
+    inconclusive: int = 0  # checks that said nothing about the server (the checker was late)
+    held: int = 0  # DOWN verdicts held back by the mass DOWN guard
     lateness: list[float] = field(default_factory=list)  # sampled when ``sample_lateness``
 
 
@@ -101,6 +135,11 @@ class Checker:
     ``probe`` replaces every probe (tests); ``rng`` makes the jitter reproducible; ``on_check``
     sees every finished check ``(spec, result, started, ended)`` (the benchmark's probe point);
     ``commands`` decides whether an external check's command may run (default: never).
+    ``capacity`` fixes the checks a second admitted (default: measured, see the module docstring);
+    ``mass_down_threshold`` is the share of a virtual service's real servers this node may take
+    down within one interval without another node's confirmation (1 turns the guard off);
+    ``on_health`` is called after each transition of the checker's own health (the status file).
+    ``clock`` must be the event loop's clock (loop-time values are compared with it).
     """
 
     def __init__(
@@ -114,9 +153,17 @@ class Checker:
         clock: Callable[[], float] = time.monotonic,
         on_check: Callable[[CheckSpec, Result, float, float], None] | None = None,
         commands: CommandConsent = NO_CONSENT,
+        capacity: float | None = None,
+        mass_down_threshold: float = 0.5,
+        control_period: float = 1.0,
+        on_health: Callable[[], None] | None = None,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
+        if not 0.0 < mass_down_threshold <= 1.0:
+            raise ValueError("mass_down_threshold must be in (0, 1]")
+        if control_period <= 0:
+            raise ValueError("control_period must be positive")
         self.node = node
         self.max_concurrency = max_concurrency
         self.tick = tick
@@ -139,10 +186,32 @@ class Checker:
         self._kicked = False
         self._connector: _Connector | None = None
         self._maintenance: dict[RealKey, str] = {}  # servers forced down by a maintenancedir file
+        self.admission = Admission(capacity=capacity)
+        self.mass_down_threshold = mass_down_threshold
+        self.control_period = control_period
+        self._on_health = on_health
+        self._state: State | None = None  # the latest folded state (other nodes' views)
+        self._sizes: collections.Counter[str] = collections.Counter()  # probed reals per virtual
+        self._downs: dict[str, collections.deque[float]] = {}  # unconfirmed DOWNs per virtual
+        self._lag: LoopLag | None = None
+        self._control: asyncio.TimerHandle | None = None
+        self._period_at = 0.0
+        self._period_stalled = 0.0
+        self._period_finished = 0
+        self._period_inconclusive = 0
+        self._inconclusive_periods = 0  # control periods left during which the checker is degraded
+        self._published: CheckerHealth | None = None  # the last CheckerHealth the log has of us
+        self._logged_degraded: bool | None = None  # from the log at start (None: nothing said)
+        self._longest_interval = 0.0
 
     # -- HealthChecker -------------------------------------------------------------------------
 
     def on_state(self, state: State) -> None:
+        self._state = state
+        if self._logged_degraded is None and self._published is None:
+            own = state.checkers.get(self.node) if state.checkers else None
+            if own is not None:
+                self._logged_degraded = own.degraded
         if state.config is self._config and self._targets:
             return
         self._config = state.config
@@ -169,7 +238,24 @@ class Checker:
                 if changed_type:
                     t.failures = 0
                 self._place(t, now)
+        self._demand()
         self._kick()
+
+    def _demand(self) -> None:
+        """The checks a second the configuration asks for, and the probed reals per service."""
+        demand = 0.0
+        longest = 0.0
+        sizes: collections.Counter[str] = collections.Counter()
+        for t in self._targets.values():
+            spec = t.spec
+            if spec.checktype in ("on", "off"):
+                continue
+            sizes[spec.virtual] += 1
+            demand += 1.0 / max(spec.checkinterval, 1e-3)
+            longest = max(longest, spec.checkinterval)
+        self._sizes = sizes
+        self._longest_interval = longest
+        self.admission.demand = demand
 
     def set_maintenance(self, files: dict[RealKey, str]) -> None:
         """Servers with a file in ``maintenancedir`` (key -> file name): forced down at once,
@@ -193,10 +279,19 @@ class Checker:
         self._loop = asyncio.get_running_loop()
         self._kicked = False
         self._connector = _Connector(self, self._loop) if self._probe is None else None
+        self._lag = acquire_lag(self._loop)
+        self._period_at = self._loop.time()
+        self._period_stalled = self._lag.stalled(self._period_at)
+        self._control = self._loop.call_later(self.control_period, self._on_control)
         self._kick()
         try:
             await self._loop.create_future()
         finally:
+            if self._control is not None:
+                self._control.cancel()
+                self._control = None
+            release_lag(self._lag)
+            self._lag = None
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
@@ -226,6 +321,115 @@ class Checker:
     @property
     def inflight(self) -> int:
         return self._inflight
+
+    @property
+    def degraded(self) -> bool:
+        """Behind schedule, or inconclusive checks in the last few control periods."""
+        return self.admission.behind or self._inconclusive_periods > 0
+
+    def health(self) -> CheckerHealth:
+        """This checker's health as the ``CheckerHealth`` event says it."""
+        adm = self.admission
+        stretch = adm.stretch
+        reasons = []
+        if adm.behind:
+            reasons.append(f"behind: {adm.demand:.0f} checks/s asked, {adm.capacity:.0f}/s admitted")
+        if self._inconclusive_periods > 0:
+            reasons.append("inconclusive checks: the checker was too late to tell")
+        return CheckerHealth(
+            node=self.node,
+            degraded=self.degraded,
+            behind=adm.behind,
+            stretch=round(stretch, 3),
+            effective_interval=round(self._longest_interval * stretch, 3),
+            capacity=round(adm.capacity, 1),
+            demand=round(adm.demand, 1),
+            inconclusive=self.stats.inconclusive,
+            detail="; ".join(reasons),
+        )
+
+    def status(self) -> dict[str, object]:
+        """For the agent's status file."""
+        h = self.health()
+        st = self.stats
+        return {
+            "degraded": h.degraded,
+            "behind": h.behind,
+            "stretch": h.stretch,
+            "effective_interval": h.effective_interval,
+            "capacity": h.capacity,
+            "demand": h.demand,
+            "checks_started": st.started,
+            "checks_finished": st.finished,
+            "timeouts": st.timeouts,
+            "inconclusive": st.inconclusive,
+            "downs_held": st.held,
+            "late_starts": st.late_starts,
+            "inflight": self._inflight,
+            "mass_down_threshold": self.mass_down_threshold,
+        }
+
+    # -- the checker's own health --------------------------------------------------------------
+
+    def _on_control(self) -> None:
+        """Every ``control_period``: admission from what the period showed, then the checker's
+        health, published on a transition (and once at start when the log says otherwise)."""
+        loop, lag = self._loop, self._lag
+        if loop is None or lag is None:
+            return
+        now = loop.time()
+        stalled = lag.stalled(now)
+        adm = self.admission
+        was_behind, was_degraded = adm.behind, self.degraded
+        adm.observe(
+            now - self._period_at,
+            stalled - self._period_stalled,
+            self._period_finished,
+            self._period_inconclusive,
+        )
+        if self._period_inconclusive:
+            self._inconclusive_periods = _DEGRADED_PERIODS
+        elif self._inconclusive_periods > 0:
+            self._inconclusive_periods -= 1
+        self._period_at, self._period_stalled = now, stalled
+        self._period_finished = self._period_inconclusive = 0
+        if adm.behind != was_behind or self.degraded != was_degraded:
+            h = self.health()
+            log.warning(
+                "check.behind" if h.behind else ("check.degraded" if h.degraded else "check.caught_up"),
+                node=self.node,
+                degraded=h.degraded,
+                behind=h.behind,
+                stretch=h.stretch,
+                effective_interval=h.effective_interval,
+                capacity=h.capacity,
+                demand=h.demand,
+                inconclusive=h.inconclusive,
+            )
+            if self._on_health is not None:
+                self._on_health()
+        self._publish_health()
+        self._control = loop.call_later(self.control_period, self._on_control)
+        if adm.rate is not None or was_behind:
+            self._kick()  # a new rate: re-arm for the next token
+
+    def _publish_health(self) -> None:
+        """Publish ``CheckerHealth`` when its flags differ from what the log has of this node."""
+        reporter = self._reporter
+        if reporter is None:
+            return
+        degraded, behind = self.degraded, self.admission.behind
+        last = self._published
+        if last is None:
+            if self._logged_degraded is None and not degraded:
+                return  # the log has nothing and there is nothing to say
+            if self._logged_degraded is not None and self._logged_degraded == degraded and not behind:
+                return
+        elif last.degraded == degraded and last.behind == behind:
+            return
+        h = self.health()
+        if reporter.report_checker(h):
+            self._published = h
 
     # -- placement -----------------------------------------------------------------------------
 
@@ -285,10 +489,15 @@ class Checker:
         late = now - self.tick * 2
         limit = self.max_concurrency
         heappop = heapq.heappop
+        admission = self.admission
         while heap and heap[0][0] <= horizon and self._inflight < limit:
-            due, _, t, gen = heappop(heap)
+            due, _, t, gen = heap[0]
             if gen != t.gen or t.removed or t.task is not None:
+                heappop(heap)
                 continue
+            if not admission.take(now):
+                break  # over capacity: the oldest due stay first in line
+            heappop(heap)
             if due < late:
                 stats.late_starts += 1
             self._start(loop, t, now)
@@ -300,6 +509,8 @@ class Checker:
         at = float("inf")
         if self._heap and self._inflight < self.max_concurrency:  # else a finishing probe kicks
             at = self._heap[0][0]
+            if at <= now + self.tick:
+                at = max(at, self.admission.next_token(now))
         if self._connector is not None and self._connector.queues:
             at = min(at, self._connector.next_deadline())
         if self._dirty:
@@ -341,16 +552,20 @@ class Checker:
             if self._probe is not None:
                 probe = self._probe
             try:
-                async with asyncio.timeout(timeout):
+                async with ServerTimeout(timeout):
                     result = await probe(spec)
-            except TimeoutError:
-                self.stats.timeouts += 1
-                return Result(False, f"{kind}: timeout after {timeout:g}s")
+            except TimeoutError as e:
+                late = isinstance(e, CheckerLate)  # no verdict: the checker could not run
+                if not late:
+                    self.stats.timeouts += 1
+                detail = f"{kind}: {e}" if late else f"{kind}: timeout after {timeout:g}s"
+                return Result(False, detail, inconclusive=late)
             except Down as e:
                 return Result(False, f"{kind}: {e}")
             except (OSError, ValueError, EOFError, asyncio.IncompleteReadError) as e:
                 text = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-                return Result(False, f"{kind}: {type(e).__name__}: {text}" if text else f"{kind}: {e!r}")
+                detail = f"{kind}: {type(e).__name__}: {text}" if text else f"{kind}: {e!r}"
+                return Result(False, detail, inconclusive=isinstance(e, OSError) and e.errno in _OWN_ERRNOS)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # a probe bug must not kill the scheduler
@@ -383,7 +598,12 @@ class Checker:
             return
         spec = t.spec
         end = self._clock()
-        if spec.checktype == "combined":
+        self._period_finished += 1
+        if result.inconclusive:
+            self.stats.inconclusive += 1
+            self._period_inconclusive += 1
+            log.debug("check.inconclusive", virtual=spec.virtual, real=spec.real, detail=result.detail)
+        elif spec.checktype == "combined":
             if negotiate:
                 t.since_negotiate = 0 if result.up else _NEVER
             else:
@@ -394,12 +614,15 @@ class Checker:
         in_maintenance = self._maintenance.get(spec.key) if self._maintenance else None
         if in_maintenance is not None:
             self._set(t, False, f"server in maintenance: file {in_maintenance}", 0.0)
-        else:
+        elif not result.inconclusive:
             self._verdict(t, result, (end - started) * 1000.0)
-        # fixed rate, keeping the phase; after an overrun, as soon as possible
-        nxt = t.due + spec.checkinterval
+        # fixed rate, keeping the phase; after an overrun, as soon as possible. Over capacity the
+        # admission starts the due checks oldest first at the rate it can finish: due times fall
+        # behind and the interval stretches by demand / rate, whatever the rate does next
+        interval = spec.checkinterval
+        nxt = t.due + interval
         if nxt < end:
-            nxt = end if end - nxt < spec.checkinterval else end + self._rng.uniform(0.0, self.tick)
+            nxt = end if end - nxt < interval else end + self._rng.uniform(0.0, self.tick)
         t.due = nxt
         self._push(t)
         loop = self._loop
@@ -411,6 +634,11 @@ class Checker:
     def _verdict(self, t: _Target, result: Result, latency_ms: float) -> None:
         if result.up:
             t.failures = 0
+            if t.held:
+                t.held = False
+                log.info(
+                    "check.down_released", virtual=t.spec.virtual, real=t.spec.real, detail=result.detail
+                )
             self._set(t, True, result.detail, latency_ms)
             return
         if t.verdict is True:
@@ -426,7 +654,54 @@ class Checker:
                 )
                 t.detail, t.latency_ms = result.detail, latency_ms
                 return
+            if not self._may_take_down(t, result.detail):
+                t.detail, t.latency_ms = result.detail, latency_ms
+                return
         self._set(t, False, result.detail, latency_ms)
+
+    def _may_take_down(self, t: _Target, detail: str) -> bool:
+        """The mass DOWN guard, for an up server whose checks say down: yes when another node's
+        view (from a checker not degraded) says down too, or when fewer than the threshold's share
+        of its service went down on this node's word alone within the last (effective) interval."""
+        spec = t.spec
+        state = self._state
+        if state is not None:
+            views = state.health.get(spec.key)
+            if views is not None and any(
+                node != self.node and not obs.up and not checker_degraded(state, node)
+                for node, obs in views.items()
+            ):
+                if t.held:
+                    t.held = False
+                    log.info("check.down_confirmed", virtual=spec.virtual, real=spec.real)
+                return True
+        if self.mass_down_threshold >= 1.0:
+            return True
+        now = self._clock()
+        window = self.admission.effective(spec.checkinterval)
+        downs = self._downs.get(spec.virtual)
+        if downs is None:
+            downs = self._downs[spec.virtual] = collections.deque()
+        while downs and downs[0] <= now - window:
+            downs.popleft()
+        allowed = max(1, int(self.mass_down_threshold * self._sizes.get(spec.virtual, 1)))
+        if len(downs) < allowed:
+            downs.append(now)
+            t.held = False
+            return True
+        self.stats.held += 1
+        if not t.held:
+            t.held = True
+            log.warning(
+                "check.down_held",
+                virtual=spec.virtual,
+                real=spec.real,
+                downs_in_interval=len(downs),
+                allowed=allowed,
+                mass_down_threshold=self.mass_down_threshold,
+                detail=detail,
+            )
+        return False
 
     def _set(self, t: _Target, up: bool, detail: str, latency_ms: float) -> None:
         if t.verdict is not up:
@@ -492,17 +767,25 @@ class _Connect:
     """One TCP connect check in flight: a non-blocking socket in the :class:`_Connector`'s epoll
     set. No task, no timer and no event-loop registration of its own."""
 
-    __slots__ = ("connector", "deadline", "done", "gen", "sock", "started", "target")
+    __slots__ = ("connector", "deadline", "done", "gen", "sock", "stalled", "started", "target")
 
     def __init__(
-        self, connector: _Connector, t: _Target, sock: _socket.socket | None, started: float, deadline: float
+        self,
+        connector: _Connector,
+        t: _Target,
+        sock: _socket.socket | None,
+        started: float,
+        deadline: float,
+        *,
+        stalled: float = 0.0,
     ) -> None:
         self.connector = connector
         self.target = t
         self.gen = t.gen
         self.sock = sock
         self.started = started
-        self.deadline = deadline
+        self.deadline = deadline  # in server time: started + timeout, extended by the loop's stalls
+        self.stalled = stalled  # the loop's stalled seconds when it started
         self.done = False
 
     def cancel(self) -> None:
@@ -519,7 +802,9 @@ class _Connector:
     * a socket leaves the set by being closed (no ``epoll_ctl`` to remove it); a successful
       connect is known from ``EPOLLOUT`` alone (``SO_ERROR`` is read only on an error event);
     * no timer per check: checks with the same timeout expire in start order, from one FIFO per
-      timeout value, on the scheduler's tick (so up to about a tick late);
+      timeout value, on the scheduler's tick (so up to about a tick late); the timeout counts the
+      server's time (the loop's stalls since a check started extend it, in the same order for
+      every check of a FIFO), a check past ``CAP_FACTOR`` times its timeout is inconclusive;
     * the socket is a bare ``_socket.socket`` created non-blocking (no Python wrapper, no
       ``fcntl``/``ioctl``), the sockaddr is computed once per target.
     """
@@ -552,7 +837,8 @@ class _Connector:
             c = _Connect(self, t, None, now, now)
             self.loop.call_soon(self._immediate, c, e.errno or errno.EIO)
             return c
-        c = _Connect(self, t, sock, now, now + timeout)
+        lag = self.checker._lag
+        c = _Connect(self, t, sock, now, now + timeout, stalled=lag.stalled(now) if lag is not None else 0.0)
         err = sock.connect_ex(addr)
         if err == errno.EINPROGRESS:
             fd = sock.fileno()
@@ -603,15 +889,22 @@ class _Connector:
         checker._release(c.target, c)
         checker._finish(c.target, c.gen, False, result, c.started)
 
+    def _deadline(self, c: _Connect, timeout: float, stalled: float) -> float:
+        """When ``c`` ends: its timeout in server time, or its wall-time cap, the earlier."""
+        return min(c.deadline + (stalled - c.stalled), c.started + timeout * CAP_FACTOR)
+
     def expire(self, now: float) -> None:
-        """Time out the checks whose deadline has passed."""
+        """End the checks whose deadline has passed: timed out when the server had its timeout,
+        inconclusive when the checker could not run for most of it."""
+        lag = self.checker._lag
+        stalled = lag.stalled(now) if lag is not None else 0.0
         for timeout, q in self.queues.items():
             while q:
                 c = q[0]
                 if c.done:
                     q.popleft()
                     continue
-                if c.deadline > now:
+                if self._deadline(c, timeout, stalled) > now:
                     break
                 q.popleft()
                 sock = c.sock
@@ -619,16 +912,25 @@ class _Connector:
                 self.pending.pop(sock.fileno(), None)
                 sock.close()
                 c.sock = None
-                self.checker.stats.timeouts += 1
-                self._end(c, Result(False, f"connect: timeout after {timeout:g}s"))
+                granted = now - c.started - (stalled - c.stalled)
+                if granted >= timeout:
+                    self.checker.stats.timeouts += 1
+                    self._end(c, Result(False, f"connect: timeout after {timeout:g}s"))
+                else:
+                    detail = (
+                        f"connect: checker too late to tell: the server had {granted:.3g}s of {timeout:g}s"
+                    )
+                    self._end(c, Result(False, detail, inconclusive=True))
 
     def next_deadline(self) -> float:
+        lag = self.checker._lag
+        stalled = lag.stalled(self.loop.time()) if lag is not None else 0.0
         at = float("inf")
-        for q in self.queues.values():
+        for timeout, q in self.queues.items():
             while q and q[0].done:
                 q.popleft()
-            if q and q[0].deadline < at:
-                at = q[0].deadline
+            if q:
+                at = min(at, self._deadline(q[0], timeout, stalled))
         return at
 
     def cancel(self, c: _Connect) -> None:
@@ -645,4 +947,4 @@ class _Connector:
 
 def _failure(err: int) -> Result:
     name = errno.errorcode.get(err, str(err))
-    return Result(False, f"connect: {name}: {os.strerror(err)}")
+    return Result(False, f"connect: {name}: {os.strerror(err)}", inconclusive=err in _OWN_ERRNOS)

@@ -921,6 +921,60 @@ class LogIntegrity(_message.Message):
 Global___LogIntegrity: _TypeAlias = LogIntegrity  # noqa: Y015
 
 @_typing.final
+class CheckerHealth(_message.Message):
+    """A node's health checker about itself, published on its transitions: behind schedule (the
+    configuration asks for more checks a second than it can finish, so it stretches every interval)
+    or giving inconclusive verdicts (a deadline passed while the checker itself could not run).
+    While a node's checker is degraded the table follows another node's view where that one is not.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    DEGRADED_FIELD_NUMBER: _builtins.int
+    BEHIND_FIELD_NUMBER: _builtins.int
+    STRETCH_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_INTERVAL_FIELD_NUMBER: _builtins.int
+    CAPACITY_FIELD_NUMBER: _builtins.int
+    DEMAND_FIELD_NUMBER: _builtins.int
+    INCONCLUSIVE_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    degraded: _builtins.bool
+    behind: _builtins.bool
+    stretch: _builtins.float
+    """effective interval / configured interval (1 = on time)"""
+    effective_interval: _builtins.float
+    """seconds between two checks of one server, the longest"""
+    capacity: _builtins.float
+    """checks a second the checker admits"""
+    demand: _builtins.float
+    """checks a second the configuration asks for"""
+    inconclusive: _builtins.int
+    """inconclusive checks since the checker started"""
+    detail: _builtins.str
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+        degraded: _builtins.bool = ...,
+        behind: _builtins.bool = ...,
+        stretch: _builtins.float = ...,
+        effective_interval: _builtins.float = ...,
+        capacity: _builtins.float = ...,
+        demand: _builtins.float = ...,
+        inconclusive: _builtins.int = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["behind", b"behind", "capacity", b"capacity", "degraded", b"degraded", "demand", b"demand", "detail", b"detail", "effective_interval", b"effective_interval", "inconclusive", b"inconclusive", "node", b"node", "stretch", b"stretch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckerHealth: _TypeAlias = CheckerHealth  # noqa: Y015
+
+@_typing.final
 class Event(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -942,6 +996,7 @@ class Event(_message.Message):
     DATAPLANE_DRIFT_FIELD_NUMBER: _builtins.int
     COMMAND_REFUSED_FIELD_NUMBER: _builtins.int
     LOG_INTEGRITY_FIELD_NUMBER: _builtins.int
+    CHECKER_HEALTH_FIELD_NUMBER: _builtins.int
     PREV_HASH_FIELD_NUMBER: _builtins.int
     HASH_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
@@ -984,6 +1039,8 @@ class Event(_message.Message):
     def command_refused(self) -> Global___CommandRefused: ...
     @_builtins.property
     def log_integrity(self) -> Global___LogIntegrity: ...
+    @_builtins.property
+    def checker_health(self) -> Global___CheckerHealth: ...
     def __init__(
         self,
         *,
@@ -1005,14 +1062,15 @@ class Event(_message.Message):
         dataplane_drift: Global___DataplaneDrift | None = ...,
         command_refused: Global___CommandRefused | None = ...,
         log_integrity: Global___LogIntegrity | None = ...,
+        checker_health: Global___CheckerHealth | None = ...,
         prev_hash: _builtins.bytes = ...,
         hash: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["admin_override", b"admin_override", "command_refused", b"command_refused", "config_applied", b"config_applied", "config_rejected", b"config_rejected", "dataplane_drift", b"dataplane_drift", "drill_marker", b"drill_marker", "leadership", b"leadership", "log_integrity", b"log_integrity", "payload", b"payload", "real_server_health", b"real_server_health", "table_applied", b"table_applied"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["admin_override", b"admin_override", "checker_health", b"checker_health", "command_refused", b"command_refused", "config_applied", b"config_applied", "config_rejected", b"config_rejected", "dataplane_drift", b"dataplane_drift", "drill_marker", b"drill_marker", "leadership", b"leadership", "log_integrity", b"log_integrity", "payload", b"payload", "real_server_health", b"real_server_health", "table_applied", b"table_applied"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "admin_override", b"admin_override", "cluster", b"cluster", "command_refused", b"command_refused", "config_applied", b"config_applied", "config_rejected", b"config_rejected", "dataplane_drift", b"dataplane_drift", "drill_marker", b"drill_marker", "event_id", b"event_id", "hash", b"hash", "leadership", b"leadership", "log_integrity", b"log_integrity", "origin", b"origin", "payload", b"payload", "prev_hash", b"prev_hash", "real_server_health", b"real_server_health", "reason", b"reason", "revision", b"revision", "table_applied", b"table_applied", "term", b"term", "wall_time", b"wall_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "admin_override", b"admin_override", "checker_health", b"checker_health", "cluster", b"cluster", "command_refused", b"command_refused", "config_applied", b"config_applied", "config_rejected", b"config_rejected", "dataplane_drift", b"dataplane_drift", "drill_marker", b"drill_marker", "event_id", b"event_id", "hash", b"hash", "leadership", b"leadership", "log_integrity", b"log_integrity", "origin", b"origin", "payload", b"payload", "prev_hash", b"prev_hash", "real_server_health", b"real_server_health", "reason", b"reason", "revision", b"revision", "table_applied", b"table_applied", "term", b"term", "wall_time", b"wall_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["config_applied", "real_server_health", "admin_override", "table_applied", "leadership", "drill_marker", "config_rejected", "dataplane_drift", "command_refused", "log_integrity"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["config_applied", "real_server_health", "admin_override", "table_applied", "leadership", "drill_marker", "config_rejected", "dataplane_drift", "command_refused", "log_integrity", "checker_health"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
