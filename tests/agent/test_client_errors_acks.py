@@ -10,6 +10,7 @@ What ``CoordinatorClient.publish`` promises (``lvs_events/client/log.py``):
 * a retry is idempotent: an event whose transaction landed although its ack said
   ``UNAVAILABLE`` (the answer was lost) comes back ``duplicate`` with its original revision, and
   is in the log once;
+* the retry goes to the next coordinator (the one that said ``UNAVAILABLE`` goes to the back);
 * a refusal (``FAILED_PRECONDITION``: a fenced term) is returned at once, never retried;
 * when the retries run past the deadline, ``CoordinatorUnavailable`` names the ack's error, and
   publishing the same events again later still puts each in the log exactly once.
@@ -203,3 +204,23 @@ async def test_unavailable_past_the_deadline_raises_and_a_later_publish_is_exact
         assert [(x.ok, x.duplicate) for x in acks] == [(True, True), (True, False), (True, True)], acks
         in_log = await log_revisions(client)
     assert in_log == {x.event_id: [x.revision] for x in acks}
+
+
+async def test_an_unavailable_ack_moves_the_retry_to_the_next_coordinator(
+    etcd: EtcdCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (a,) = verdicts(1)
+    faults = Faults(fail={a.event_id: 1})  # the first append of it, wherever it is, fails
+    async with (
+        faulty_coordinator(etcd, monkeypatch, faults) as c1,
+        faulty_coordinator(etcd, monkeypatch, faults) as c2,
+        CoordinatorClient([c1.address, c2.address], timeout=20.0) as client,
+    ):
+        assert client.endpoint == c1.address
+        (ack,) = await client.publish([a])
+        assert (ack.ok, ack.duplicate) == (True, False), ack
+        assert faults.appends(a.event_id) == 2
+        # the coordinator whose store said "unavailable" is not asked again first
+        assert client.endpoint == c2.address
+        assert c1.appender.appended_total == 0
+        assert c2.appender.appended_total == 1
