@@ -22,8 +22,9 @@ from typing import Any
 
 from lvs_events.domain import codec
 from lvs_events.domain.state import State
+from lvs_events.errors import LvsEventsError
 
-__all__ = ["StateStore", "Stored", "atomic_write"]
+__all__ = ["StateStore", "Stored", "UnreadableState", "atomic_write"]
 
 FORMAT = 1
 
@@ -41,19 +42,30 @@ def _object_text(parts: dict[str, str]) -> str:
     return "{" + ",".join(f"{json.dumps(k)}:{parts[k]}" for k in sorted(parts)) + "}"
 
 
+class UnreadableState(LvsEventsError):
+    """The state file is there but cannot be used: unreadable, corrupt, or of an unknown format.
+    The agent then starts from the log (the file is replaced at its first write)."""
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new content, never a mix."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        # a failed write (disk full, the path taken by a directory) leaves no temp file behind:
+        # the agent tries again every persist interval
+        tmp.unlink(missing_ok=True)
+        raise
     dfd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dfd)
@@ -81,18 +93,31 @@ class StateStore:
         self.directory.mkdir(parents=True, exist_ok=True)
 
     def load(self) -> Stored | None:
-        """The stored state, or None when there is none. A corrupt file raises ValueError."""
+        """The stored state, or None when there is none. A file that cannot be used raises
+        :class:`UnreadableState` (never anything else: the caller starts from the log)."""
         try:
             blob = self.path.read_bytes()
         except FileNotFoundError:
             return None
-        data = json.loads(blob)
+        except OSError as e:
+            raise UnreadableState(f"{self.path}: {e}") from e
+        try:
+            data = json.loads(blob)
+        except ValueError as e:  # not JSON, not UTF-8: a torn or foreign file
+            raise UnreadableState(f"{self.path}: not a state file: {e}") from e
         if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise ValueError(f"{self.path}: unknown format")
-        state: State = codec.decode(State, data["state"])
-        if state.revision != data["revision"]:
-            raise ValueError(f"{self.path}: revision {data['revision']} != state revision {state.revision}")
-        return Stored(str(data["node"]), int(data["revision"]), str(data["digest"]), state)
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise UnreadableState(f"{self.path}: unknown format {found!r} (this agent reads {FORMAT})")
+        try:
+            state: State = codec.decode(State, data["state"])
+            revision, node, digest = data["revision"], data["node"], data["digest"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise UnreadableState(f"{self.path}: corrupt state: {e!r}") from e
+        if not isinstance(revision, int) or state.revision != revision:
+            raise UnreadableState(f"{self.path}: revision {revision!r} != state revision {state.revision}")
+        if not isinstance(node, str) or not isinstance(digest, str):
+            raise UnreadableState(f"{self.path}: corrupt header: node {node!r}, digest {digest!r}")
+        return Stored(node, revision, digest, state)
 
     def encode(self, node: str, state: State, digest: str) -> bytes:
         """The file's content: the same JSON as ``json.dumps(doc, sort_keys=True, separators=(",",

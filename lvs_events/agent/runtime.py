@@ -59,7 +59,7 @@ from lvs_events.agent.fallback import FallbackRunner
 from lvs_events.agent.ha.runner import HaRunner
 from lvs_events.agent.health import HealthChecker, PublisherReporter
 from lvs_events.agent.maintenance import MaintenanceWatcher
-from lvs_events.agent.persist import StateStore
+from lvs_events.agent.persist import StateStore, UnreadableState
 from lvs_events.agent.publisher import Publisher
 from lvs_events.client.log import CoordinatorClient
 from lvs_events.domain.chain import HASH_BYTES, ChainBreak, ChainFollower, genesis
@@ -328,12 +328,23 @@ class Agent:
         self.store.ensure_dir()
         try:
             stored = await asyncio.to_thread(self.store.load)
-        except (ValueError, KeyError, TypeError) as e:
-            self.log.exception("agent.state_unreadable", path=str(self.store.path), error=str(e))
+        except UnreadableState as e:
+            self.log.exception(
+                "agent.state_unreadable", path=str(self.store.path), error=f"{e}: starting from the log"
+            )
+            stored = None
+        if stored is not None and stored.node != self.settings.node:
+            # another director's file (a copied state dir, a shared path): its revision numbers
+            # may be of another log, so it is never applied here; the log rebuilds ours
+            self.log.error(
+                "agent.state_other_node",
+                path=str(self.store.path),
+                stored_node=stored.node,
+                stored_revision=stored.revision,
+                error=f"the state file is {stored.node!r}'s, not this node's: ignored, starting from the log",
+            )
             stored = None
         if stored is not None:
-            if stored.node != self.settings.node:
-                self.log.warning("agent.state_other_node", stored_node=stored.node)
             self.core = ApplyCore(self.settings.node, stored.state, policy=self.settings.policy)
             self._freeze_due = True
         start = self.core.state.revision
@@ -363,10 +374,7 @@ class Agent:
                 await apply
                 await self.persister.idle()  # a write under way finishes first (one writer)
                 if self.core.state.revision > self.core.persisted_revision:
-                    revision = self.core.state.revision
-                    await self.store.save(self.settings.node, self.core.state, self.core.applied_digest)
-                    self.core.persisted(revision, time.monotonic())
-                    self._status_changed()
+                    await self._persist_final()
                 await self._status.idle()
                 await self.publisher.flush()
         except TimeoutError:
@@ -376,6 +384,18 @@ class Agent:
         for t in writers:
             t.cancel()
         self.log.info("agent.stopped", revision=self.core.state.revision)
+
+    async def _persist_final(self) -> None:
+        """The state once more at stop; a failed write is logged (the log has it all: a restart
+        replays from the older file) and the drain goes on."""
+        revision = self.core.state.revision
+        try:
+            await self.store.save(self.settings.node, self.core.state, self.core.applied_digest)
+        except OSError as e:
+            self.log.exception("agent.persist_failed", revision=revision, error=str(e))
+            return
+        self.core.persisted(revision, time.monotonic())
+        self._status_changed()
 
     # -- subscriber ----------------------------------------------------------------------------
 

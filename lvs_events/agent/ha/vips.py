@@ -19,6 +19,10 @@ asked. Where those settings cannot be made, ``silence`` removes the VIPs (break-
 A crashed agent (SIGKILL) cannot remove its VIPs. :func:`spawn_guard` starts a tiny guard
 process holding a pipe from the agent; when the pipe closes (the agent died, however), the guard
 removes the VIPs, from the interface and ``lo`` (``python -m lvs_events.agent.ha.vips --guard``).
+The guard runs from the first :meth:`NetlinkVips.remove` (the HA runner's start) on, and the
+agent tells it, one line per change, which VIPs are to go if it dies: the set is written
+*before* the VIPs are added and emptied only after they are removed, so a VIP on the interface
+is always covered, and arming it costs a pipe write, not a process start, on the failover path.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import asyncio
 import errno
 import importlib
 import ipaddress
+import os
 import socket
 import struct
 import subprocess
@@ -228,7 +233,7 @@ class NetlinkVips:
         self.dynamic = dynamic
         self.vips: tuple[str, ...] = self.static
         importlib.import_module("pyroute2")  # now, not on the first failover (it takes a while)
-        self._guard: subprocess.Popen[bytes] | None = None
+        self._guard: subprocess.Popen[bytes] | None = None  # see spawn_guard
         self._want_guard = guard
         self._announcer: asyncio.Task[None] | None = None
         self._silent: tuple[str, ...] = ()  # on lo, ARP-silent (a switchover)
@@ -258,6 +263,8 @@ class NetlinkVips:
         if not self.vips:
             log.warning("vips.none", interface=self.interface)
             return
+        # before they exist: a crash from here on removes them (and a silent copy still on lo)
+        await self._arm(tuple(dict.fromkeys(self.vips + self._silent)))
         try:
             await asyncio.to_thread(change, self.interface, self.vips, "add")
         except OSError as e:
@@ -270,12 +277,35 @@ class NetlinkVips:
         log.info("vips.added", interface=self.interface, vips=list(self.vips))
         if self._silent:  # held and announced here now: the silent copy is not needed any more
             await self._change_silent("del")
-        # the repeats and the crash guard after the first announcement: they are not urgent
+        # the repeats after the first announcement: they are not urgent
         if self._announcer is None or self._announcer.done():
             self._announcer = asyncio.create_task(self._repeat(ips))
-        if self._want_guard:
-            self.close()  # a guard for exactly this set
-            self._guard = await asyncio.to_thread(spawn_guard, self.interface, self.vips)
+
+    async def _arm(self, vips: Sequence[str]) -> None:
+        """Tell the crash guard which VIPs to remove if we die (none: nothing), starting it if
+        it is not running. A guard that cannot be started is logged: the VIPs are still added
+        (serving comes first), only a crash would then leave them behind."""
+        if not self._want_guard:
+            return
+        line = (" ".join(vips) + "\n").encode()
+        for _ in range(2):
+            guard = self._guard
+            try:
+                if guard is None or guard.poll() is not None:
+                    guard = self._guard = await asyncio.to_thread(spawn_guard, self.interface)
+                assert guard.stdin is not None  # spawned with stdin=PIPE
+                # the guard reads all the time (a few lines per role change): this does not
+                # wait; a line up to PIPE_BUF (4 KiB) goes in one atomic write, and the guard
+                # takes complete lines only
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(guard.stdin.fileno(), view) :]
+            except OSError as e:  # BrokenPipeError: the guard died; or it cannot be started
+                error = e
+                self._guard = None
+            else:
+                return
+        log.error("vips.guard_failed", interface=self.interface, vips=list(vips), error=str(error))
 
     async def _repeat(self, ips: list[str]) -> None:
         for _ in range(ANNOUNCE_COUNT - 1):
@@ -317,15 +347,17 @@ class NetlinkVips:
             self._announcer.cancel()
         if not self.vips:
             self.vips = self.wanted()  # nothing added by us yet: the ones we would add
-        if not self.vips and not self._silent:
-            return
-        try:
-            await asyncio.to_thread(change, self.interface, self.vips, "del")
-        except OSError as e:
-            raise DataplaneError(f"removing VIPs {list(self.vips)} from {self.interface}: {e}") from e
-        # a silent copy, or one a crashed predecessor left on lo during a switchover
-        await self._change_silent("del", tuple(dict.fromkeys(self._silent + self.vips)))
-        log.info("vips.removed", interface=self.interface, vips=list(self.vips))
+        if self.vips or self._silent:
+            try:
+                await asyncio.to_thread(change, self.interface, self.vips, "del")
+            except OSError as e:
+                raise DataplaneError(f"removing VIPs {list(self.vips)} from {self.interface}: {e}") from e
+            # a silent copy, or one a crashed predecessor left on lo during a switchover
+            await self._change_silent("del", tuple(dict.fromkeys(self._silent + self.vips)))
+            log.info("vips.removed", interface=self.interface, vips=list(self.vips))
+        # none of ours is left: nothing for the guard to remove (the first call, at the HA
+        # runner's start, starts the guard, so that add() only writes to it)
+        await self._arm(())
 
     def close(self) -> None:
         """Stop the guard without it removing anything (a clean exit already removed the VIPs)."""
@@ -335,10 +367,12 @@ class NetlinkVips:
             g.wait(5)
 
 
-def spawn_guard(interface: str, vips: Sequence[str]) -> subprocess.Popen[bytes]:
-    """A child that removes the VIPs when our end of its stdin pipe closes (we died)."""
+def spawn_guard(interface: str) -> subprocess.Popen[bytes]:
+    """A child that, when our end of its stdin pipe closes (we died), removes the VIPs named by
+    the last line we wrote to it (space-separated; an empty line: none) from ``interface`` and
+    ``lo``. Blocking (a process start): call in a thread."""
     return subprocess.Popen(
-        [sys.executable, "-m", "lvs_events.agent.ha.vips", "--guard", interface, *vips],
+        [sys.executable, "-m", "lvs_events.agent.ha.vips", "--guard", interface],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         start_new_session=True,  # a signal to our process group does not reach it
@@ -348,13 +382,17 @@ def spawn_guard(interface: str, vips: Sequence[str]) -> subprocess.Popen[bytes]:
 def _guard_main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="lvs_events.agent.ha.vips")
     p.add_argument("--guard", required=True, metavar="INTERFACE")
-    p.add_argument("vips", nargs="+")
     args = p.parse_args(argv)
     importlib.import_module("pyroute2")  # before waiting: the removal must be quick when it comes
-    sys.stdin.buffer.read()  # until EOF: the agent is gone
+    armed: list[str] = []
+    for line in sys.stdin.buffer:  # until EOF: the agent is gone
+        if line.endswith(b"\n"):  # whole lines only (each is one atomic write)
+            armed = line.decode().split()
+    if not armed:
+        return 0
     try:
-        change(args.guard, args.vips, "del")
-        change(SILENT_INTERFACE, args.vips, "del", host=True)  # a copy silenced for a switchover
+        change(args.guard, armed, "del")
+        change(SILENT_INTERFACE, armed, "del", host=True)  # a copy silenced for a switchover
     except (OSError, DataplaneError) as e:
         print(f"vip guard: {e}", file=sys.stderr)
         return 1
