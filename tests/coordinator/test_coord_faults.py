@@ -14,7 +14,8 @@ sees the error the client would raise. Where it can (etcd gone), etcd is stopped
   up after ``MAX_CAS_CONFLICTS`` lost races ("head kept moving"), acks ``UNAVAILABLE``, appends
   nothing; below the limit the batch lands once, chained behind the head it lost to;
 * a failure inside a pipelined pair (the first's or the second's transaction lost, or applied
-  with its answer lost): the log is in submission order, dense, without a duplicate.
+  with its answer lost): the log is in submission order, dense, without a duplicate; and the
+  same with the real fault, a pair sent to a frozen etcd (SIGSTOP) that may apply it on SIGCONT.
 
 A frozen etcd (SIGSTOP) under a caller's deadline is covered in ``test_coord_trust_etcd.py``.
 """
@@ -393,3 +394,24 @@ async def test_pipelined_second_transaction_applied_but_its_answer_lost(
     assert outcome(a) == [("a1", 2, False), ("a2", 3, False)]
     assert outcome(b) == [("b1", 4, True), ("b2", 5, True)]
     assert seam.sent() == [A, B, B]
+
+
+async def test_a_pipelined_pair_sent_to_a_frozen_etcd_lands_once_in_order(etcd: EtcdCluster) -> None:
+    """The real fault: both transactions reach a frozen etcd (SIGSTOP), every attempt times
+    out meanwhile, and after SIGCONT etcd may still apply what it received while frozen. The
+    retries sort it out: each batch once, in submission order, the chain intact."""
+    async with EtcdEventStore(etcd.endpoints, CLUSTER, timeout=0.5) as store:
+        await store.append([health_event("w")])
+        etcd[0].pause()
+        try:
+            first = asyncio.create_task(store.append([health_event(i) for i in A]))
+            second = asyncio.create_task(store.append([health_event(i) for i in B]))
+            await asyncio.sleep(1.5)  # a few attempts time out
+            assert not first.done()
+            assert not second.done()
+        finally:
+            etcd[0].resume()
+        async with asyncio.timeout(30):
+            a, b = await asyncio.gather(first, second)
+        assert [(x.event_id, x.revision) for x in a + b] == [("a1", 2), ("a2", 3), ("b1", 4), ("b2", 5)]
+        await assert_log(store, ["w", *A, *B])
