@@ -30,6 +30,7 @@ PAYLOAD_FIELDS: dict[type[Any], str] = {
     de.DrillMarker: "drill_marker",
     de.ConfigRejected: "config_rejected",
     de.DataplaneDrift: "dataplane_drift",
+    de.OverrideExpired: "override_expired",
 }
 FIELD_PAYLOADS = {v: k for k, v in PAYLOAD_FIELDS.items()}
 

@@ -37,6 +37,7 @@ from grpc_reflection.v1alpha import reflection
 from lvs_events.coordinator.appender import Appender, check_event
 from lvs_events.coordinator.election import SERVICE_NAME as LEADER_ELECTION
 from lvs_events.coordinator.election import add_leader_election, publisher_may_not, submit_fenced
+from lvs_events.coordinator.expiry import ExpiryTask
 from lvs_events.coordinator.filters import first_revision_since, request_filter, wire_matcher
 from lvs_events.coordinator.snapshots import (
     DEFAULT_ETCD_HISTORY,
@@ -484,13 +485,19 @@ async def _watch_health(store: EventStore, servicer: HealthServicer, interval: f
         await asyncio.sleep(interval)
 
 
-async def _background(
-    appender: Appender, states: StateService, store: EventStore, servicer: HealthServicer, interval: float
+async def _background(  # noqa: PLR0917 -- the coordinator's background parts, each once
+    appender: Appender,
+    states: StateService,
+    store: EventStore,
+    servicer: HealthServicer,
+    interval: float,
+    expiry: ExpiryTask,
 ) -> None:
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(appender.run(), name="appender")
             tg.create_task(states.run(), name="snapshots")
+            tg.create_task(expiry.run(), name="override-expiry")
             tg.create_task(_watch_health(store, servicer, interval), name="health")
     except Exception:
         log.exception("coordinator background task failed")
@@ -560,7 +567,14 @@ async def serve_coordinator(settings: CoordinatorSettings) -> AsyncIterator[Runn
         # the caller's block is not turned into an ExceptionGroup, and a failed background task
         # (see ``RunningCoordinator.background``) is visible to whoever runs the coordinator.
         running.background = asyncio.create_task(
-            _background(appender, states, store, health_servicer, settings.health_interval),
+            _background(
+                appender,
+                states,
+                store,
+                health_servicer,
+                settings.health_interval,
+                ExpiryTask(store, appender, states, settings.cluster),
+            ),
             name="coordinator-background",
         )
         try:

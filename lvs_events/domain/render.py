@@ -37,6 +37,7 @@ from lvs_events.domain.events import (
     ConfigApplied,
     Event,
     Leadership,
+    OverrideExpired,
     RealServerHealth,
 )
 from lvs_events.domain.state import RealKey, State, effective_health
@@ -115,7 +116,7 @@ def touched_reals(event: Event) -> frozenset[RealKey] | None:
     :func:`expiring_reals`.
     """
     p = event.payload
-    if isinstance(p, (RealServerHealth, AdminOverride)):
+    if isinstance(p, (RealServerHealth, AdminOverride, OverrideExpired)):
         return frozenset(((p.virtual, p.real),))
     if isinstance(p, (ConfigApplied, Leadership)):
         return None

@@ -562,8 +562,13 @@ class ConfigApplied(_message.Message):
 
     CONFIG_FIELD_NUMBER: _builtins.int
     DIGEST_FIELD_NUMBER: _builtins.int
+    REPLACES_REVISION_FIELD_NUMBER: _builtins.int
     digest: _builtins.str
     """sha256 of the source text"""
+    replaces_revision: _builtins.int
+    """The revision of the ConfigApplied this one replaces (0: none in force); when it is not the
+    config in force, the fold keeps that one and records the refusal. Unset: unconditional.
+    """
     @_builtins.property
     def config(self) -> Global___Config: ...
     def __init__(
@@ -571,12 +576,15 @@ class ConfigApplied(_message.Message):
         *,
         config: Global___Config | None = ...,
         digest: _builtins.str = ...,
+        replaces_revision: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_replaces_revision", b"_replaces_revision", "config", b"config", "replaces_revision", b"replaces_revision"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "digest", b"digest"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_replaces_revision", b"_replaces_revision", "config", b"config", "digest", b"digest", "replaces_revision", b"replaces_revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__replaces_revision: _TypeAlias = _typing.Literal["replaces_revision"]  # noqa: Y015
+    _WhichOneofArgType__replaces_revision: _TypeAlias = _typing.Literal["_replaces_revision", b"_replaces_revision"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__replaces_revision) -> _WhichOneofReturnType__replaces_revision | None: ...
 
 Global___ConfigApplied: _TypeAlias = ConfigApplied  # noqa: Y015
 
@@ -673,6 +681,36 @@ class AdminOverride(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AdminOverride: _TypeAlias = AdminOverride  # noqa: Y015
+
+@_typing.final
+class OverrideExpired(_message.Message):
+    """An operator override reached its expiry: appended by a coordinator (event id
+    "expire:<cluster>:<override_revision>", so several coordinators append it once); the fold ends
+    the override set at override_revision, and no later one.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VIRTUAL_FIELD_NUMBER: _builtins.int
+    REAL_FIELD_NUMBER: _builtins.int
+    OVERRIDE_REVISION_FIELD_NUMBER: _builtins.int
+    virtual: _builtins.str
+    real: _builtins.str
+    override_revision: _builtins.int
+    def __init__(
+        self,
+        *,
+        virtual: _builtins.str = ...,
+        real: _builtins.str = ...,
+        override_revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["override_revision", b"override_revision", "real", b"real", "virtual", b"virtual"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OverrideExpired: _TypeAlias = OverrideExpired  # noqa: Y015
 
 @_typing.final
 class TableApplied(_message.Message):
@@ -856,6 +894,7 @@ class Event(_message.Message):
     DRILL_MARKER_FIELD_NUMBER: _builtins.int
     CONFIG_REJECTED_FIELD_NUMBER: _builtins.int
     DATAPLANE_DRIFT_FIELD_NUMBER: _builtins.int
+    OVERRIDE_EXPIRED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """made by the publisher; a retry with the same id is a no-op"""
     cluster: _builtins.str
@@ -886,6 +925,8 @@ class Event(_message.Message):
     def config_rejected(self) -> Global___ConfigRejected: ...
     @_builtins.property
     def dataplane_drift(self) -> Global___DataplaneDrift: ...
+    @_builtins.property
+    def override_expired(self) -> Global___OverrideExpired: ...
     def __init__(
         self,
         *,
@@ -905,12 +946,13 @@ class Event(_message.Message):
         drill_marker: Global___DrillMarker | None = ...,
         config_rejected: Global___ConfigRejected | None = ...,
         dataplane_drift: Global___DataplaneDrift | None = ...,
+        override_expired: Global___OverrideExpired | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["admin_override", b"admin_override", "config_applied", b"config_applied", "config_rejected", b"config_rejected", "dataplane_drift", b"dataplane_drift", "drill_marker", b"drill_marker", "leadership", b"leadership", "payload", b"payload", "real_server_health", b"real_server_health", "table_applied", b"table_applied"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["admin_override", b"admin_override", "config_applied", b"config_applied", "config_rejected", b"config_rejected", "dataplane_drift", b"dataplane_drift", "drill_marker", b"drill_marker", "leadership", b"leadership", "override_expired", b"override_expired", "payload", b"payload", "real_server_health", b"real_server_health", "table_applied", b"table_applied"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "admin_override", b"admin_override", "cluster", b"cluster", "config_applied", b"config_applied", "config_rejected", b"config_rejected", "dataplane_drift", b"dataplane_drift", "drill_marker", b"drill_marker", "event_id", b"event_id", "leadership", b"leadership", "origin", b"origin", "payload", b"payload", "real_server_health", b"real_server_health", "reason", b"reason", "revision", b"revision", "table_applied", b"table_applied", "term", b"term", "wall_time", b"wall_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "admin_override", b"admin_override", "cluster", b"cluster", "config_applied", b"config_applied", "config_rejected", b"config_rejected", "dataplane_drift", b"dataplane_drift", "drill_marker", b"drill_marker", "event_id", b"event_id", "leadership", b"leadership", "origin", b"origin", "override_expired", b"override_expired", "payload", b"payload", "real_server_health", b"real_server_health", "reason", b"reason", "revision", b"revision", "table_applied", b"table_applied", "term", b"term", "wall_time", b"wall_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["config_applied", "real_server_health", "admin_override", "table_applied", "leadership", "drill_marker", "config_rejected", "dataplane_drift"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["config_applied", "real_server_health", "admin_override", "table_applied", "leadership", "drill_marker", "config_rejected", "dataplane_drift", "override_expired"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
