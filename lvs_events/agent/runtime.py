@@ -50,7 +50,7 @@ from lvs_events.agent.maintenance import MaintenanceWatcher
 from lvs_events.agent.persist import StateStore
 from lvs_events.agent.publisher import Publisher
 from lvs_events.client.log import CoordinatorClient
-from lvs_events.domain.events import ConfigApplied, Event, Payload
+from lvs_events.domain.events import ConfigApplied, Event, Payload, TableApplied
 from lvs_events.domain.snapshot import Snapshot
 from lvs_events.domain.state import State
 from lvs_events.domain.table import Op, Table
@@ -82,6 +82,7 @@ class AgentSettings:
     drain_timeout: float = 5.0
     client_timeout: float = 10.0
     drift_interval: float = 30.0  # the drift check's period (lvs_events.agent.drift); 0: never
+    report_interval: float = 10.0  # a TableApplied this often even on a quiet log (liveness); 0: never
     policy: Policy = field(default_factory=Policy)
 
 
@@ -252,6 +253,8 @@ class Agent:
                     side.append(tg.create_task(self.drift.run(), name="drift"))
                 if self.settings.config_path is not None:
                     side.append(tg.create_task(self._autoreloader().run(), name="autoreload"))
+                if self.settings.report_interval > 0:
+                    side.append(tg.create_task(self._report(), name="report"))
                 self.started.set()
                 await stop.wait()
                 if ha_task is not None:  # let go of the VIPs and the leadership first
@@ -534,6 +537,15 @@ class Agent:
             self.log.warning("agent.status_write_failed", error=str(e))
 
     # -- publishing ----------------------------------------------------------------------------
+
+    async def _report(self) -> None:
+        """Every ``report_interval`` s, ``TableApplied`` with the revision and digest held, so
+        that ``lvs-events status`` sees this node alive on a quiet log (and a silent one)."""
+        while True:
+            await asyncio.sleep(self.settings.report_interval)
+            if self.core.applied_digest:
+                payload = TableApplied(self.settings.node, self.core.holds_revision, self.core.applied_digest)
+                self.publisher.submit(payload, reason="report")
 
     def _on_outbox_overflow(self) -> None:
         if self.checker is not None:

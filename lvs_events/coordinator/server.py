@@ -187,6 +187,7 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
         self.cluster = cluster
         self.publish_window = publish_window
         self._readers: set[asyncio.Task[None]] = set()
+        self._followers: set[asyncio.Task[Any]] = set()  # the tasks serving following Subscribes
         self._publishers = 0
         self._no_publishers = asyncio.Event()
         self._no_publishers.set()
@@ -350,6 +351,12 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
         except TimeoutError:
             log.warning("publish streams still open after the grace period", streams=self._publishers)
 
+    def stop_followers(self) -> None:
+        """End every following Subscribe now: a stream open until the grace period ends would
+        only delay the shutdown, and its client resumes on another coordinator."""
+        for task in list(self._followers):
+            task.cancel()
+
     # --- Subscribe ------------------------------------------------------------------------
 
     async def Subscribe(  # an async generator, as grpc.aio allows
@@ -359,6 +366,10 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
             wanted = wire_matcher(request_filter(request))
         except InvalidFilter as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        task = asyncio.current_task()
+        if request.follow and task is not None:  # cancelled at shutdown: the client fails over
+            self._followers.add(task)
+            task.add_done_callback(self._followers.discard)
         nxt = max(request.from_revision, 1)
         if request.since_wall_time > 0:
             try:
@@ -459,6 +470,7 @@ class RunningCoordinator:
         deadline = loop.time() + grace
         log.info("draining", grace=grace)
         await self.health.enter_graceful_shutdown()
+        self.service.stop_followers()
         await self.service.stop_publishers(grace)
         await self.appender.close(max(0.0, deadline - loop.time()))
         await self.server.stop(max(0.1, deadline - loop.time()))
