@@ -188,6 +188,7 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
         self.publish_window = publish_window
         self._readers: set[asyncio.Task[None]] = set()
         self._followers: set[asyncio.Task[Any]] = set()  # the tasks serving following Subscribes
+        self._followers_stopped = False
         self._publishers = 0
         self._no_publishers = asyncio.Event()
         self._no_publishers.set()
@@ -354,6 +355,7 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
     def stop_followers(self) -> None:
         """End every following Subscribe now: a stream open until the grace period ends would
         only delay the shutdown, and its client resumes on another coordinator."""
+        self._followers_stopped = True
         for task in list(self._followers):
             task.cancel()
 
@@ -367,9 +369,27 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
         except InvalidFilter as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         task = asyncio.current_task()
-        if request.follow and task is not None:  # cancelled at shutdown: the client fails over
-            self._followers.add(task)
-            task.add_done_callback(self._followers.discard)
+        if not request.follow or task is None:
+            async for resp in self._subscribe(request, context, wanted):
+                yield resp
+            return
+        self._followers.add(task)  # ended at shutdown (stop_followers): the client fails over
+        task.add_done_callback(self._followers.discard)
+        try:
+            async for resp in self._subscribe(request, context, wanted):
+                yield resp
+        except asyncio.CancelledError:
+            if not self._followers_stopped:
+                raise
+            # a cancelled handler alone would leave the stream open until the grace period ends
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "coordinator is shutting down")
+
+    async def _subscribe(
+        self,
+        request: cpb.SubscribeRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+        wanted: Callable[[pb.Event], bool],
+    ) -> AsyncIterator[cpb.SubscribeResponse]:
         nxt = max(request.from_revision, 1)
         if request.since_wall_time > 0:
             try:
