@@ -52,6 +52,7 @@ from lvs_events.domain.events import (
     DrillMarker,
     Event,
     Leadership,
+    OverrideExpired,
     RealServerHealth,
     TableApplied,
 )
@@ -112,6 +113,7 @@ _EVENTS: dict[str, frozenset[Role]] = {
     "AdminOverride": frozenset({Role.OPERATOR}),
     "DrillMarker": frozenset({Role.OPERATOR}),
     "Leadership": frozenset(),
+    "OverrideExpired": frozenset(),  # appended by the coordinators themselves, never published
 }
 _SUBJECT_WORDS = {
     "RealServerHealth": "health",
@@ -157,7 +159,14 @@ def publish_action(event: Event) -> PublishEvent:
             return PublishEvent("TableApplied", p.node)
         case DataplaneDrift():
             return PublishEvent("DataplaneDrift", p.node)
-        case ConfigApplied() | ConfigRejected() | AdminOverride() | DrillMarker() | Leadership():
+        case (
+            ConfigApplied()
+            | ConfigRejected()
+            | AdminOverride()
+            | DrillMarker()
+            | Leadership()
+            | OverrideExpired()
+        ):
             return PublishEvent(event.type_name)
 
 
