@@ -23,12 +23,18 @@ from typing import Protocol
 import structlog
 
 from lvs_events.domain.config import Config
+from lvs_events.domain.config_diff import removal
 from lvs_events.domain.events import ConfigApplied, ConfigRejected, Payload
 from lvs_events.domain.validate import validate_config
 from lvs_events.errors import InvalidEvent
 from lvs_events.ldirectord import ConfigError, parse_text
 
 __all__ = ["AutoReloader", "Loaded", "decide", "load"]
+
+# The blast-radius guard: a reloaded file removing every virtual service or real server in force,
+# or more than this share of either, is refused (recorded); an operator applies it on purpose
+# with ``lvs-events config apply --yes``.
+MAX_REMOVAL = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +72,12 @@ def decide(in_force: Config | None, loaded: Loaded, source: str, last_rejected: 
         return ConfigRejected(source, loaded.error[:4096], loaded.digest)
     if _same(in_force, loaded.config):
         return None
+    cut = removal(in_force, loaded.config)
+    if cut.exceeds(MAX_REMOVAL):
+        if loaded.digest == last_rejected:
+            return None
+        why = f"{source} {cut.describe()}: not reloaded; apply it with lvs-events config apply --yes"
+        return ConfigRejected(source, why, loaded.digest)
     return ConfigApplied(replace(loaded.config, source=source), loaded.digest)
 
 
