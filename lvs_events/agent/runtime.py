@@ -50,7 +50,7 @@ from lvs_events.agent.maintenance import MaintenanceWatcher
 from lvs_events.agent.persist import StateStore
 from lvs_events.agent.publisher import Publisher
 from lvs_events.client.log import CoordinatorClient
-from lvs_events.domain.events import ConfigApplied, Event, Payload, TableApplied
+from lvs_events.domain.events import ConfigApplied, ConfigRejected, Event, Payload, TableApplied
 from lvs_events.domain.snapshot import Snapshot
 from lvs_events.domain.state import State
 from lvs_events.domain.table import Op, Table
@@ -553,16 +553,36 @@ class Agent:
         self.inbox.wake()  # the core re-decides TableApplied by itself (republish_after)
 
     async def _publish_config(self, loaded: LoadedConfig) -> None:
-        """Publish ``ConfigApplied`` if the config in force differs from ours (once, at start)."""
+        """Publish ``ConfigApplied`` if the config in force differs from ours (once, at start).
+
+        Only over a config this node published itself from its file (or over none): a config
+        applied since by an operator or another director is not replaced by this file, which
+        may well be older; the refusal is recorded (``ConfigRejected``). The event names the
+        config it replaces (``replaces_revision``): if another one lands first, the log keeps
+        that one."""
         backoff = COORDINATOR_RETRY.start()
         while True:
             try:
                 view = await self.client.get_state()
+                in_force = view.state.config_revision
                 if same_config(view.state.config, loaded.config):
-                    self.log.info("agent.config_in_force", revision=view.state.config_revision)
+                    self.log.info("agent.config_in_force", revision=in_force)
+                    return
+                if view.state.config is not None and not await self._published_here(in_force):
+                    error = (
+                        f"{loaded.config.source} not published at start: the config in force (revision "
+                        f"{in_force}) was not published from this node's file; apply the file with "
+                        "lvs-events config apply if it is the one wanted"
+                    )
+                    self.log.warning("agent.config_not_published", revision=in_force)
+                    self.publisher.submit(
+                        ConfigRejected(loaded.config.source or "config", error, loaded.digest),
+                        reason="config at start",
+                    )
                     return
                 ev = self.publisher.event(
-                    ConfigApplied(loaded.config, loaded.digest), reason=f"config {loaded.config.source}"
+                    ConfigApplied(loaded.config, loaded.digest, in_force),
+                    reason=f"config {loaded.config.source}",
                 )
                 (ack,) = await self.client.publish([ev])
             except CoordinatorUnavailable as e:
@@ -577,6 +597,18 @@ class Agent:
                     "agent.config_refused", event_id=ev.event_id, code=ack.error_code, error=ack.error
                 )
             return
+
+    async def _published_here(self, revision: int) -> bool:
+        """Whether the event at ``revision`` was published by this node's agent."""
+        async with self.client.subscribe(revision) as sub:
+            async for item in sub:
+                return (
+                    isinstance(item, Event)
+                    and item.revision == revision
+                    and item.origin == self.settings.node
+                    and item.actor == self.publisher.actor
+                )
+        return False
 
 
 class _Fenced:
