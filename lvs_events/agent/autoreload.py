@@ -104,6 +104,9 @@ class AutoReloader:
         self.min_interval = min_interval
         self.last_rejected = ""
         self._seen: tuple[int, int] | None = None
+        # the file as it was when the agent started: not a change (publishing the file at start
+        # is --publish-config's decision, which never replaces a config published elsewhere)
+        self._started_with: tuple[int, int] | None = None
         self.log = structlog.get_logger("lvs_events.agent.autoreload").bind(path=str(path))
 
     def interval(self) -> float:
@@ -123,7 +126,7 @@ class AutoReloader:
             self.log.warning("autoreload.stat_failed", error=str(e))
             return None
         seen = (st.st_mtime_ns, st.st_size)
-        if seen == self._seen:
+        if seen in (self._seen, self._started_with):
             return None
         try:
             loaded = await asyncio.to_thread(load, self.path)
@@ -146,6 +149,11 @@ class AutoReloader:
         return payload
 
     async def run(self) -> None:
+        try:
+            st = await asyncio.to_thread(os.stat, self.path)
+            self._started_with = (st.st_mtime_ns, st.st_size)
+        except OSError as e:
+            self.log.warning("autoreload.stat_failed", error=str(e))
         while True:
             await self.poll_once()
             await asyncio.sleep(self.interval())
