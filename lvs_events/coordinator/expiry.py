@@ -34,6 +34,9 @@ from lvs_events.retry import RetryPolicy
 log = structlog.get_logger(__name__)
 
 ACTOR = "lvs-coordinator"
+# The payloads (oneof fields of pb.Event) that set or end an override: the only ones folded here.
+# The state's clock and revision then lag behind the log, which nothing here reads.
+_OVERRIDE_PAYLOADS = frozenset({"admin_override", "override_expired", "config_applied"})
 # Errors of the store (etcd away, the log trimmed under the reader) restart the task after a
 # backoff: a missed expiry is appended late, never lost, as the state is folded again.
 ERROR_RETRY = RetryPolicy(initial=0.5, cap=10.0)
@@ -96,7 +99,13 @@ class ExpiryTask:
 
     async def _follow(self) -> None:
         async for item in self.store.read(self.state.revision + 1, follow=True):
-            event = await asyncio.to_thread(wire.event_from_pb, item.event)  # a config can be big
+            which = item.event.WhichOneof("payload")
+            if which not in _OVERRIDE_PAYLOADS:  # the rest never sets or ends an override
+                continue
+            if which == "config_applied":  # thousands of servers: decoded off the event loop
+                event = await asyncio.to_thread(wire.event_from_pb, item.event)
+            else:
+                event = wire.event_from_pb(item.event)
             self.state = fold(self.state, event)
             self._changed.set()
 
