@@ -110,7 +110,7 @@ bg coordinator.log "$BIN/lvs-coordinator" --listen 127.0.0.1:7420 --etcd-endpoin
 for _ in $(seq 50); do cli --timeout 1 status >/dev/null 2>&1 && break; sleep 0.2; done
 
 say "lvs-events tail -f (live, in $RUN/tail.log)"
-bg tail.log "${ALICE[@]}" "$BIN/lvs-events" --endpoints 127.0.0.1:7420 tail -f
+bg tail.log "${ALICE[@]}" "$BIN/lvs-events" --endpoints 127.0.0.1:7420 --cluster "$CLUSTER" tail -f
 
 say "two agents, master and slave, both loading $SEED unchanged"
 cli config validate "$SEED"
@@ -183,8 +183,8 @@ sleep 6
 wait_sync
 
 say "lvs-events tail: who changed what, when and why (the whole log is in $RUN/tail.log)"
-cli tail --type ConfigApplied --type AdminOverride
-cli tail --type RealServerHealth --real 192.0.2.12
+cli tail --rev 1 --type ConfigApplied --type AdminOverride
+cli tail --rev 1 --type RealServerHealth --real 192.0.2.12
 say "lvs-events status"
 cli status
 for node in master slave; do

@@ -34,6 +34,7 @@ PAYLOAD_FIELDS: dict[type[Any], str] = {
     de.CommandRefused: "command_refused",
     de.LogIntegrity: "log_integrity",
     de.CheckerHealth: "checker_health",
+    de.OverrideExpired: "override_expired",
 }
 FIELD_PAYLOADS = {v: k for k, v in PAYLOAD_FIELDS.items()}
 

@@ -23,12 +23,18 @@ from typing import Protocol
 import structlog
 
 from lvs_events.domain.config import Config
+from lvs_events.domain.config_diff import removal
 from lvs_events.domain.events import ConfigApplied, ConfigRejected, Payload
 from lvs_events.domain.validate import validate_config
 from lvs_events.errors import InvalidEvent
 from lvs_events.ldirectord import ConfigError, parse_text
 
 __all__ = ["AutoReloader", "Loaded", "decide", "load"]
+
+# The blast-radius guard: a reloaded file removing every virtual service or real server in force,
+# or more than this share of either, is refused (recorded); an operator applies it on purpose
+# with ``lvs-events config apply --yes``.
+MAX_REMOVAL = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +72,12 @@ def decide(in_force: Config | None, loaded: Loaded, source: str, last_rejected: 
         return ConfigRejected(source, loaded.error[:4096], loaded.digest)
     if _same(in_force, loaded.config):
         return None
+    cut = removal(in_force, loaded.config)
+    if cut.exceeds(MAX_REMOVAL):
+        if loaded.digest == last_rejected:
+            return None
+        why = f"{source} {cut.describe()}: not reloaded; apply it with lvs-events config apply --yes"
+        return ConfigRejected(source, why, loaded.digest)
     return ConfigApplied(replace(loaded.config, source=source), loaded.digest)
 
 
@@ -92,6 +104,9 @@ class AutoReloader:
         self.min_interval = min_interval
         self.last_rejected = ""
         self._seen: tuple[int, int] | None = None
+        # the file as it was when the agent started: not a change (publishing the file at start
+        # is --publish-config's decision, which never replaces a config published elsewhere)
+        self._started_with: tuple[int, int] | None = None
         self.log = structlog.get_logger("lvs_events.agent.autoreload").bind(path=str(path))
 
     def interval(self) -> float:
@@ -111,7 +126,7 @@ class AutoReloader:
             self.log.warning("autoreload.stat_failed", error=str(e))
             return None
         seen = (st.st_mtime_ns, st.st_size)
-        if seen == self._seen:
+        if seen in (self._seen, self._started_with):
             return None
         try:
             loaded = await asyncio.to_thread(load, self.path)
@@ -134,6 +149,11 @@ class AutoReloader:
         return payload
 
     async def run(self) -> None:
+        try:
+            st = await asyncio.to_thread(os.stat, self.path)
+            self._started_with = (st.st_mtime_ns, st.st_size)
+        except OSError as e:
+            self.log.warning("autoreload.stat_failed", error=str(e))
         while True:
             await self.poll_once()
             await asyncio.sleep(self.interval())

@@ -175,6 +175,19 @@ class ApplyCore:
         return self._applied_revision
 
     @property
+    def holds_revision(self) -> int:
+        """The newest folded revision whose table the dataplane holds: the folded revision once
+        its table is rendered and applied, else the last revision applied."""
+        if (
+            self._rendered_revision == self.state.revision
+            and self._retry_at is None
+            and self._applied is not None
+            and (self._applied is self._desired or self._applied == self._desired)
+        ):
+            return self.state.revision
+        return self._applied_revision
+
+    @property
     def applied_table(self) -> Table | None:
         """The table last applied and verified (None: unknown, a reconcile is due)."""
         return None if self._retry_at is not None else self._applied

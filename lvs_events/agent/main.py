@@ -68,6 +68,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "repair a difference (0: never; default %(default)s)",
     )
     p.add_argument(
+        "--report-interval",
+        type=float,
+        default=10.0,
+        help="report the applied revision and digest (TableApplied) this often, even on a quiet "
+        "log, for lvs-events status to see this node alive (0: only on change; default %(default)s)",
+    )
+    p.add_argument(
         "--state-dir", type=Path, required=True, help="where the applied revision and tables are kept"
     )
     src = p.add_mutually_exclusive_group()
@@ -202,6 +209,7 @@ def settings_from(args: argparse.Namespace) -> AgentSettings:
         allowlist=load_allowlist(args.allow_command, args.commands_allow_file),
         check_capacity=args.check_capacity,
         mass_down_threshold=args.mass_down_threshold,
+        report_interval=args.report_interval,
     )
 
 

@@ -63,7 +63,14 @@ from lvs_events.agent.persist import StateStore, UnreadableState
 from lvs_events.agent.publisher import Publisher
 from lvs_events.client.log import CoordinatorClient
 from lvs_events.domain.chain import HASH_BYTES, ChainBreak, ChainFollower, genesis
-from lvs_events.domain.events import ConfigApplied, Event, LogIntegrity, Payload
+from lvs_events.domain.events import (
+    ConfigApplied,
+    ConfigRejected,
+    Event,
+    LogIntegrity,
+    Payload,
+    TableApplied,
+)
 from lvs_events.domain.snapshot import Snapshot, StateView
 from lvs_events.domain.state import State
 from lvs_events.domain.table import Op, Table
@@ -97,6 +104,7 @@ class AgentSettings:
     drift_interval: float = 30.0  # the drift check's period (lvs_events.agent.drift); 0: never
     check_capacity: float | None = None  # checks a second admitted; None: measured by the checker
     mass_down_threshold: float = 0.5  # see docs/health-checks.md
+    report_interval: float = 10.0  # a TableApplied this often even on a quiet log (liveness); 0: never
     policy: Policy = field(default_factory=Policy)
     # commands a configuration names run only if listed here or named by ``config`` (see
     # lvs_events.agent.commands)
@@ -292,6 +300,8 @@ class Agent:
                     side.append(tg.create_task(self.drift.run(), name="drift"))
                 if self.settings.config_path is not None:
                     side.append(tg.create_task(self._autoreloader().run(), name="autoreload"))
+                if self.settings.report_interval > 0:
+                    side.append(tg.create_task(self._report(), name="report"))
                 self.started.set()
                 await stop.wait()
                 if ha_task is not None:  # let go of the VIPs and the leadership first
@@ -703,22 +713,51 @@ class Agent:
 
     # -- publishing ----------------------------------------------------------------------------
 
+    async def _report(self) -> None:
+        """Every ``report_interval`` s, ``TableApplied`` with the revision and digest held, so
+        that ``lvs-events status`` sees this node alive on a quiet log (and a silent one)."""
+        while True:
+            await asyncio.sleep(self.settings.report_interval)
+            if self.core.applied_digest:
+                payload = TableApplied(self.settings.node, self.core.holds_revision, self.core.applied_digest)
+                self.publisher.submit(payload, reason="report")
+
     def _on_outbox_overflow(self) -> None:
         if self.checker is not None:
             self.checker.resync()
         self.inbox.wake()  # the core re-decides TableApplied by itself (republish_after)
 
     async def _publish_config(self, loaded: LoadedConfig) -> None:
-        """Publish ``ConfigApplied`` if the config in force differs from ours (once, at start)."""
+        """Publish ``ConfigApplied`` if the config in force differs from ours (once, at start).
+
+        Only over a config this node published itself from its file (or over none): a config
+        applied since by an operator or another director is not replaced by this file, which
+        may well be older; the refusal is recorded (``ConfigRejected``). The event names the
+        config it replaces (``replaces_revision``): if another one lands first, the log keeps
+        that one."""
         backoff = COORDINATOR_RETRY.start()
         while True:
             try:
                 view = await self.client.get_state()
+                in_force = view.state.config_revision
                 if same_config(view.state.config, loaded.config):
-                    self.log.info("agent.config_in_force", revision=view.state.config_revision)
+                    self.log.info("agent.config_in_force", revision=in_force)
+                    return
+                if view.state.config is not None and not await self._published_here(in_force):
+                    error = (
+                        f"{loaded.config.source} not published at start: the config in force (revision "
+                        f"{in_force}) was not published from this node's file; apply the file with "
+                        "lvs-events config apply if it is the one wanted"
+                    )
+                    self.log.warning("agent.config_not_published", revision=in_force)
+                    self.publisher.submit(
+                        ConfigRejected(loaded.config.source or "config", error, loaded.digest),
+                        reason="config at start",
+                    )
                     return
                 ev = self.publisher.event(
-                    ConfigApplied(loaded.config, loaded.digest), reason=f"config {loaded.config.source}"
+                    ConfigApplied(loaded.config, loaded.digest, in_force),
+                    reason=f"config {loaded.config.source}",
                 )
                 (ack,) = await self.client.publish([ev])
             except CoordinatorUnavailable as e:
@@ -733,6 +772,18 @@ class Agent:
                     "agent.config_refused", event_id=ev.event_id, code=ack.error_code, error=ack.error
                 )
             return
+
+    async def _published_here(self, revision: int) -> bool:
+        """Whether the event at ``revision`` was published by this node's agent."""
+        async with self.client.subscribe(revision) as sub:
+            async for item in sub:
+                return (
+                    isinstance(item, Event)
+                    and item.revision == revision
+                    and item.origin == self.settings.node
+                    and item.actor == self.publisher.actor
+                )
+        return False
 
 
 def _read_if_changed(path: Path, digest: str) -> LoadedConfig | None:

@@ -93,7 +93,12 @@ async def run_drill_command(args: argparse.Namespace) -> int:
         endpoints = [e.strip() for e in args.endpoints.split(",") if e.strip()]
         try:
             async with RunningPair(
-                endpoints, cluster=args.cluster, vip=vip, commands=commands, timeout=args.timeout
+                endpoints,
+                cluster=args.cluster,
+                vip=vip,
+                commands=commands,
+                timeout=args.timeout,
+                tls=args.tls,
             ) as pair:
                 await runs(pair)
         except RuntimeError as e:

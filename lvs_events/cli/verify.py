@@ -14,6 +14,7 @@ import sys
 from lvs_events.client.log import CoordinatorClient, CoordinatorRejected
 from lvs_events.domain.chain import ChainBreak, ChainFollower, genesis
 from lvs_events.domain.snapshot import Snapshot
+from lvs_events.errors import LvsEventsError
 
 EXIT_INTACT, EXIT_BROKEN = 0, 1
 
@@ -47,7 +48,8 @@ async def run_verify(client: CoordinatorClient, args: argparse.Namespace) -> int
     except CoordinatorRejected as e:
         if e.code != "OUT_OF_RANGE":
             raise
-        raise CoordinatorRejected(e.code, f"{e}; the log is trimmed: verify --from-snapshot") from e
+        # not bad input (exit 2): the log cannot be verified from its start, which is exit 1
+        raise LvsEventsError(f"{e}; the log is trimmed: verify --from-snapshot") from e
     if breaks:
         sys.stdout.write(f"chain BROKEN at revision {breaks[0].revision}: {breaks[0].describe()}\n")
         return EXIT_BROKEN

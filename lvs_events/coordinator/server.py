@@ -44,6 +44,7 @@ from lvs_events import wire
 from lvs_events.coordinator.appender import Appender, validated_event
 from lvs_events.coordinator.election import SERVICE_NAME as LEADER_ELECTION
 from lvs_events.coordinator.election import add_leader_election, publisher_may_not, submit_fenced
+from lvs_events.coordinator.expiry import ExpiryTask
 from lvs_events.coordinator.filters import first_revision_since, request_filter, wire_matcher
 from lvs_events.coordinator.snapshots import (
     DEFAULT_ETCD_HISTORY,
@@ -242,6 +243,8 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
         self.cluster = cluster
         self.publish_window = publish_window
         self._readers: set[asyncio.Task[None]] = set()
+        self._followers: set[asyncio.Task[Any]] = set()  # the tasks serving following Subscribes
+        self._followers_stopped = False
         self._publishers = 0
         self._no_publishers = asyncio.Event()
         self._no_publishers.set()
@@ -423,6 +426,13 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
         except TimeoutError:
             log.warning("publish streams still open after the grace period", streams=self._publishers)
 
+    def stop_followers(self) -> None:
+        """End every following Subscribe now: a stream open until the grace period ends would
+        only delay the shutdown, and its client resumes on another coordinator."""
+        self._followers_stopped = True
+        for task in list(self._followers):
+            task.cancel()
+
     # --- Subscribe ------------------------------------------------------------------------
 
     async def Subscribe(  # an async generator, as grpc.aio allows
@@ -432,6 +442,28 @@ class CoordinatorService(cpb_grpc.CoordinatorServicer):
             wanted = wire_matcher(request_filter(request))
         except InvalidFilter as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        task = asyncio.current_task()
+        if not request.follow or task is None:
+            async for resp in self._subscribe(request, context, wanted):
+                yield resp
+            return
+        self._followers.add(task)  # ended at shutdown (stop_followers): the client fails over
+        task.add_done_callback(self._followers.discard)
+        try:
+            async for resp in self._subscribe(request, context, wanted):
+                yield resp
+        except asyncio.CancelledError:
+            if not self._followers_stopped:
+                raise
+            # a cancelled handler alone would leave the stream open until the grace period ends
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "coordinator is shutting down")
+
+    async def _subscribe(
+        self,
+        request: cpb.SubscribeRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+        wanted: Callable[[pb.Event], bool],
+    ) -> AsyncIterator[cpb.SubscribeResponse]:
         nxt = max(request.from_revision, 1)
         if request.since_wall_time > 0:
             try:
@@ -631,6 +663,7 @@ class RunningCoordinator:
         deadline = loop.time() + grace
         log.info("draining", grace=grace)
         await self.health.enter_graceful_shutdown()
+        self.service.stop_followers()
         await self.service.stop_publishers(grace)
         await self.appender.close(max(0.0, deadline - loop.time()))
         await self.server.stop(max(0.1, deadline - loop.time()))
@@ -664,11 +697,13 @@ async def _background(  # noqa: PLR0917 -- the parts serve_coordinator made, eac
     servicer: HealthServicer,
     settings: CoordinatorSettings,
     quota: QuotaState,
+    expiry: ExpiryTask,
 ) -> None:
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(appender.run(), name="appender")
             tg.create_task(states.run(), name="snapshots")
+            tg.create_task(expiry.run(), name="override-expiry")
             tg.create_task(_watch_health(store, servicer, settings.health_interval), name="health")
             tg.create_task(watch_quota(store, quota, settings.quota_interval), name="etcd-quota")
     except Exception:
@@ -759,7 +794,15 @@ async def serve_coordinator(settings: CoordinatorSettings) -> AsyncIterator[Runn
         # the caller's block is not turned into an ExceptionGroup, and a failed background task
         # (see ``RunningCoordinator.background``) is visible to whoever runs the coordinator.
         running.background = asyncio.create_task(
-            _background(appender, states, store, health_servicer, settings, quota),
+            _background(
+                appender,
+                states,
+                store,
+                health_servicer,
+                settings,
+                quota,
+                ExpiryTask(store, appender, states, settings.cluster),
+            ),
             name="coordinator-background",
         )
         try:

@@ -12,6 +12,48 @@ from typing import Any
 from lvs_events.domain.config import Config, GlobalSettings, RealServer, VirtualService
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Removal:
+    """How much of a configuration another one removes (the blast radius of applying it)."""
+
+    virtuals_before: int
+    virtuals_removed: int
+    reals_before: int
+    reals_removed: int
+
+    def exceeds(self, share: float) -> bool:
+        """Removes every virtual service or real server there was, or more than ``share``
+        (0..1) of either."""
+        for before, removed in (
+            (self.virtuals_before, self.virtuals_removed),
+            (self.reals_before, self.reals_removed),
+        ):
+            if before and (removed == before or removed / before > share):
+                return True
+        return False
+
+    def describe(self) -> str:
+        return (
+            f"removes {self.virtuals_removed} of {self.virtuals_before} virtual services and "
+            f"{self.reals_removed} of {self.reals_before} real servers"
+        )
+
+
+def removal(old: Config | None, new: Config) -> Removal:
+    """What applying ``new`` removes from ``old`` (a real server counts per virtual service)."""
+    if old is None:
+        return Removal(0, 0, 0, 0)
+    kept = {(v.key, r.key) for v in new.virtuals for r in v.reals}
+    keys = {v.key for v in new.virtuals}
+    pairs = [(v.key, r.key) for v in old.virtuals for r in v.reals]
+    return Removal(
+        len(old.virtuals),
+        sum(1 for v in old.virtuals if v.key not in keys),
+        len(pairs),
+        sum(1 for p in pairs if p not in kept),
+    )
+
+
 def _fields_changed(old: Any, new: Any, skip: frozenset[str] = frozenset()) -> list[str]:
     out: list[str] = []
     for f in dataclasses.fields(old):

@@ -28,6 +28,10 @@ class LeadershipChange(enum.StrEnum):
 class ConfigApplied:
     config: Config
     digest: str = ""  # digest of the source text, informative
+    # Optimistic concurrency: the revision of the ConfigApplied this one replaces (0: it
+    # replaces no config). When it is not the config in force at the event's revision the fold
+    # keeps the config in force and records the refusal. None: unconditional.
+    replaces_revision: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +52,19 @@ class AdminOverride:
     action: AdminAction
     weight: int = 0  # for WEIGHT
     expires_at: float = 0.0  # unix seconds; 0 = never
+
+
+@dataclass(frozen=True, slots=True)
+class OverrideExpired:
+    """The operator override set at ``override_revision`` reached its ``expires_at``.
+
+    Appended by a coordinator once its clock passes the expiry, with an event id derived from
+    the override's revision (:func:`expiry_event_id`), so several coordinators append it once.
+    The fold ends that override (and no later one) here, at the same revision on every node."""
+
+    virtual: str
+    real: str
+    override_revision: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +171,7 @@ Payload = (
     | CommandRefused
     | LogIntegrity
     | CheckerHealth
+    | OverrideExpired
 )
 
 PAYLOAD_TYPES: dict[type[object], str] = {
@@ -168,6 +186,7 @@ PAYLOAD_TYPES: dict[type[object], str] = {
     CommandRefused: "CommandRefused",
     LogIntegrity: "LogIntegrity",
     CheckerHealth: "CheckerHealth",
+    OverrideExpired: "OverrideExpired",
 }
 
 
@@ -207,3 +226,9 @@ def format_event_id(ms: int, entropy: bytes) -> str:
         chars.append(_CROCKFORD[value & 31])
         value >>= 5
     return "".join(reversed(chars))
+
+
+def expiry_event_id(cluster: str, override_revision: int) -> str:
+    """The one event id of the :class:`OverrideExpired` ending the override of that revision:
+    every coordinator derives the same, and the log keeps one of them."""
+    return f"expire:{cluster}:{override_revision}"

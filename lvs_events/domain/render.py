@@ -41,6 +41,7 @@ from lvs_events.domain.events import (
     ConfigApplied,
     Event,
     Leadership,
+    OverrideExpired,
     RealServerHealth,
 )
 from lvs_events.domain.state import Observation, RealKey, State, checker_degraded, effective_health
@@ -120,7 +121,7 @@ def touched_reals(event: Event) -> frozenset[RealKey] | None:
     :func:`expiring_reals`.
     """
     p = event.payload
-    if isinstance(p, (RealServerHealth, AdminOverride)):
+    if isinstance(p, (RealServerHealth, AdminOverride, OverrideExpired)):
         return frozenset(((p.virtual, p.real),))
     if isinstance(p, (ConfigApplied, Leadership, CheckerHealth)):
         return None

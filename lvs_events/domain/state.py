@@ -1,7 +1,15 @@
 """The folded state of the log and the fold itself: ``fold(state, event) -> state``.
 
-Pure and deterministic: the result depends only on the previous state and the event (the event's
-own wall time stands in for "now"; no clock is read). Maps are persistent (HAMT, from
+Pure and deterministic: the result depends only on the previous state and the event; no clock is
+read. Time: ``State.clock`` is the highest wall time seen in the log, the state's "now" (an
+override whose ``expires_at`` it has passed no longer applies, see ``Override.active``). On a
+quiet log that clock stands still, so a coordinator appends :class:`OverrideExpired` when an
+override's expiry passes (``lvs_events.coordinator.expiry``), stamped at that time: the override
+ends at that event's revision on every node, with or without other traffic.
+
+Overrides apply to the configuration: one naming a virtual service and real server the config in
+force does not define is ignored, and a ``ConfigApplied`` ends the overrides of the servers it
+does not define (those recorded before any config included). Maps are persistent (HAMT, from
 ``immutables``) so a fold costs O(log n) and every intermediate state stays valid: the
 coordinator keeps snapshots and serves ``GetState`` at old revisions without copying.
 """
@@ -23,6 +31,7 @@ from lvs_events.domain.events import (
     Event,
     Leadership,
     LeadershipChange,
+    OverrideExpired,
     RealServerHealth,
     TableApplied,
 )
@@ -98,7 +107,7 @@ class State:
     checkers: Map[str, CheckerStatus] = field(default_factory=Map)
 
 
-def fold(state: State, event: Event) -> State:  # noqa: PLR0912 -- one branch per payload type
+def fold(state: State, event: Event) -> State:  # noqa: PLR0912, PLR0915 -- one branch per payload type
     """Apply one event. Events at or below ``state.revision`` are ignored (replay is idempotent)."""
     if event.revision and event.revision <= state.revision:
         return state
@@ -123,13 +132,26 @@ def fold(state: State, event: Event) -> State:  # noqa: PLR0912 -- one branch pe
         key = (p.virtual, p.real)
         if p.action is AdminAction.ENABLE:
             overrides = overrides.delete(key) if key in overrides else overrides
-        else:
+        elif config is None or defines(config, p.virtual, p.real):
             overrides = overrides.set(
                 key, Override(p.action, p.weight, p.expires_at, event.actor, event.reason, revision)
             )
+    elif kind is OverrideExpired:
+        assert isinstance(p, OverrideExpired)
+        key = (p.virtual, p.real)
+        ov = overrides.get(key)
+        if ov is not None and ov.revision == p.override_revision:  # a later override stays
+            overrides = overrides.delete(key)
     elif kind is ConfigApplied:
         assert isinstance(p, ConfigApplied)
-        config, config_revision, config_error = p.config, revision, ""
+        if p.replaces_revision is not None and p.replaces_revision != config_revision:
+            config_error = (
+                f"revision {revision}: stale config{_from(p)} refused: it replaces the config of "
+                f"revision {p.replaces_revision}, the config in force is of revision {config_revision}"
+            )
+        else:
+            config, config_revision, config_error = p.config, revision, ""
+            overrides = _overrides_within(overrides, p.config)
     elif kind is TableApplied:
         assert isinstance(p, TableApplied)
         nodes = nodes.set(p.node, NodeStatus(p.revision, p.digest, revision, event.wall_time))
@@ -166,6 +188,38 @@ def fold(state: State, event: Event) -> State:  # noqa: PLR0912 -- one branch pe
         config_error,
         checkers,
     )
+
+
+def _from(p: ConfigApplied) -> str:
+    return f" from {p.config.source}" if p.config.source else ""
+
+
+def defines(config: Config, virtual: str, real: str) -> bool:
+    """Whether ``config`` has the virtual service ``virtual`` with the real server ``real``."""
+    for v in config.virtuals:
+        if v.key == virtual:
+            return any(r.key == real for r in v.reals)
+    return False
+
+
+def _overrides_within(overrides: Map[RealKey, Override], config: Config) -> Map[RealKey, Override]:
+    """``overrides`` without those of servers ``config`` does not define (they end with it)."""
+    if not overrides:
+        return overrides
+    pairs = {(v.key, r.key) for v in config.virtuals for r in v.reals}
+    gone = [key for key in overrides if key not in pairs]
+    if not gone:
+        return overrides
+    m = overrides.mutate()
+    for key in gone:
+        del m[key]
+    return m.finish()
+
+
+def ended_overrides(state: State, config: Config) -> list[tuple[RealKey, Override]]:
+    """The overrides in force that applying ``config`` would end (their servers are removed)."""
+    pairs = {(v.key, r.key) for v in config.virtuals for r in v.reals}
+    return sorted((k, ov) for k, ov in state.overrides.items() if k not in pairs and ov.active(state.clock))
 
 
 def fold_all(state: State, events: list[Event] | tuple[Event, ...]) -> State:

@@ -24,6 +24,7 @@ from lvs_events.domain.events import (
     Event,
     Leadership,
     LogIntegrity,
+    OverrideExpired,
     RealServerHealth,
     TableApplied,
 )
@@ -122,6 +123,11 @@ def validate_event(event: Event, *, max_bytes: int = MAX_EVENT_BYTES, size: int 
         _checker_health(p)
     elif isinstance(p, DrillMarker):
         _need(bool(p.drill_id), "drill_marker.drill_id", "an id", p.drill_id)
+    elif isinstance(p, OverrideExpired):
+        _service_key(p.virtual, "override_expired.virtual")
+        _endpoint(p.real, "override_expired.real")
+        rev = p.override_revision
+        _need(rev > 0, "override_expired.override_revision", "a revision > 0", rev)
 
 
 def _command_refused(p: CommandRefused) -> None:

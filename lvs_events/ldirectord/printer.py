@@ -8,6 +8,7 @@ a zero that ldirectord would otherwise refuse as false).
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
 
 from lvs_events.domain.config import (
@@ -22,7 +23,7 @@ from lvs_events.domain.config import (
 
 from .parser import derived_service
 
-__all__ = ["format_config"]
+__all__ = ["format_config", "format_config_diff"]
 
 _INDENT = "    "
 
@@ -186,3 +187,38 @@ def format_config(config: Config) -> str:
         lines.append("")
         lines.extend(_virtual(v))
     return "\n".join(lines) + "\n" if lines else ""
+
+
+def _changed_lines(old: list[str], new: list[str]) -> list[str]:
+    """``-``/``+`` lines turning ``old`` into ``new`` (a line diff; equal lines left out)."""
+    out: list[str] = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=old, b=new, autojunk=False).get_opcodes():
+        if tag in ("replace", "delete"):
+            out += [f"-{line}" for line in old[i1:i2]]
+        if tag in ("replace", "insert"):
+            out += [f"+{line}" for line in new[j1:j2]]
+    return out
+
+
+def format_config_diff(old: Config | None, new: Config) -> list[str]:
+    """What turns ``old`` into ``new``, as ldirectord.cf lines: ``-`` removed, ``+`` added, `` ``
+    (one space) the ``virtual=`` line of a changed service; globals first, then each service that
+    is added, changed or removed. Empty: the two configurations write the same file."""
+    old_globals = list(_globals(old.globals)) if old is not None else []
+    lines = _changed_lines(old_globals, list(_globals(new.globals)))
+    before = {v.key: v for v in (old.virtuals if old is not None else ())}
+    after = {v.key: v for v in new.virtuals}
+    for key, v in after.items():
+        prev = before.get(key)
+        block = list(_virtual(v))
+        if prev is None:
+            lines += [f"+{line}" for line in block]
+            continue
+        prev_block = list(_virtual(prev))
+        if prev_block != block:
+            lines.append(f" {block[0]}")
+            lines += _changed_lines(prev_block[1:], block[1:])
+    for key, v in before.items():
+        if key not in after:
+            lines += [f"-{line}" for line in _virtual(v)]
+    return lines

@@ -59,6 +59,7 @@ from lvs_events.domain.events import (
     Event,
     Leadership,
     LogIntegrity,
+    OverrideExpired,
     RealServerHealth,
     TableApplied,
 )
@@ -125,6 +126,7 @@ _EVENTS: dict[str, frozenset[Role]] = {
     "AdminOverride": frozenset({Role.OPERATOR}),
     "DrillMarker": frozenset({Role.OPERATOR}),
     "Leadership": frozenset(),
+    "OverrideExpired": frozenset(),  # appended by the coordinators themselves, never published
 }
 _SUBJECT_WORDS = {
     "RealServerHealth": "health",
@@ -171,7 +173,14 @@ def publish_action(event: Event) -> PublishEvent:
             return PublishEvent("RealServerHealth", p.observer)
         case TableApplied() | DataplaneDrift() | CommandRefused() | LogIntegrity() | CheckerHealth():
             return PublishEvent(event.type_name, p.node)  # a node's report about itself
-        case ConfigApplied() | ConfigRejected() | AdminOverride() | DrillMarker() | Leadership():
+        case (
+            ConfigApplied()
+            | ConfigRejected()
+            | AdminOverride()
+            | DrillMarker()
+            | Leadership()
+            | OverrideExpired()
+        ):
             return PublishEvent(event.type_name)
 
 

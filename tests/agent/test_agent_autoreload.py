@@ -7,6 +7,7 @@ from pathlib import Path
 from lvs_events.agent.autoreload import AutoReloader, Loaded, decide, load
 from lvs_events.domain.config import Config, GlobalSettings
 from lvs_events.domain.events import ConfigApplied, ConfigRejected, Payload
+from lvs_events.ldirectord import parse_text
 
 GOOD = (
     "autoreload=yes\ncheckinterval=1\n\n"
@@ -27,6 +28,20 @@ def test_decide() -> None:
     refused = decide(cfg, Loaded("d3", None, "x.cf:3:1: bad"), "x.cf", "")
     assert refused == ConfigRejected("x.cf", "x.cf:3:1: bad", "d3")
     assert decide(cfg, Loaded("d3", None, "x.cf:3:1: bad"), "x.cf", "d3") is None
+
+
+def test_a_reload_that_removes_everything_is_refused_once() -> None:
+    web = load_text(GOOD)
+    empty = Config(GlobalSettings(autoreload=True))
+    refused = decide(web, Loaded("d4", empty), "x.cf", "")
+    assert isinstance(refused, ConfigRejected)
+    assert "removes 1 of 1 virtual services" in refused.error
+    assert "--yes" in refused.error
+    assert decide(web, Loaded("d4", empty), "x.cf", "d4") is None  # recorded once
+
+
+def load_text(text: str) -> Config:
+    return parse_text(text, "x.cf")
 
 
 class Sink:

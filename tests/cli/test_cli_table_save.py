@@ -58,9 +58,14 @@ class FakeClient:
         return StateView(state.revision, state, table, table.digest(), 2, 1)
 
 
+async def _all_reachable(endpoints: list[str], _within: float, _tls: object) -> list[str]:
+    return endpoints
+
+
 def _run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     monkeypatch.setattr(cli, "CoordinatorClient", FakeClient)
-    args = cli._parser().parse_args(["table", "-o", "ipvsadm-save", *argv])
+    monkeypatch.setattr(cli, "reachable", _all_reachable)
+    args = cli._parser().parse_args(["--cluster", "c", "table", "-o", "ipvsadm-save", *argv])
     assert asyncio.run(cli.run(args)) == 0
     return capsys.readouterr().out
 

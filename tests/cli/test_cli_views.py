@@ -69,16 +69,50 @@ def test_status_shows_lag_sync_and_disagreeing_views() -> None:
             }
         ),
     )
-    text = views.status_text(s, head=12, now_digest="a" * 64)
+    text = views.status_text(s, head=12, now_digest="a" * 64, now=0.0)
     assert "master" in text
     assert "slave" in text
     master = next(line for line in text.splitlines() if line.startswith("master"))
     slave = next(line for line in text.splitlines() if line.startswith("slave"))
-    assert master.split()[1:3] == ["10", "0"]
-    assert master.endswith("yes")
-    assert slave.split()[1:3] == ["7", "5"]
-    assert slave.endswith("no")
+    # LAG is head - applied for every node, in sync or not
+    assert master.split()[1:5] == ["10", "2", "a" * 12, "yes"]
+    assert slave.split()[1:5] == ["7", "5", "b" * 12, "no"]
     assert "192.0.2.11:80: master=up, slave=down" in text
+
+
+def test_status_shows_when_each_node_last_reported_and_which_is_silent() -> None:
+    s = State(
+        cluster="c1",
+        nodes=Map(
+            {"master": NodeStatus(10, "a" * 64, 11, 1000.0), "slave": NodeStatus(10, "a" * 64, 9, 960.0)}
+        ),
+    )
+    text = views.status_text(s, head=11, now_digest="a" * 64, now=1002.0, silent_after=30.0)
+    master = next(line for line in text.splitlines() if line.startswith("master"))
+    slave = next(line for line in text.splitlines() if line.startswith("slave"))
+    assert master.endswith("2s ago")
+    assert "SILENT" in slave
+    assert "42s ago" in slave
+    nodes = views.node_views(s, 11, "a" * 64, 1002.0, 30.0)
+    assert [(n.node, n.silent, n.lag) for n in nodes] == [("master", False, 1), ("slave", True, 1)]
+
+
+def test_control_characters_from_the_log_are_printed_escaped() -> None:
+    ev = Event(
+        "01J0",
+        "c1",
+        "ops\x07",
+        "\x1b[31mmallory",
+        "why\nnot",
+        1_764_429_600.5,
+        AdminOverride("TCP 203.0.113.10:80", "192.0.2.13:80", AdminAction.DRAIN),
+        revision=1,
+    )
+    line = views.event_line(ev)
+    assert line.isprintable()
+    assert "\\x1b[31mmallory" in line
+    assert "ops\\x07" in line
+    assert views.clean("caf\u00e9 \u202e") == "caf\u00e9 \\u202e"
 
 
 def test_durations_and_times() -> None:

@@ -166,7 +166,9 @@ async def test_insecure_listens_off_loopback_and_says_so(
     ):
         acks = await publish(ch, [health_event()])
     assert [a.error_code for a in acks] == [""]
-    assert "INSECURE: serving plaintext gRPC on 0.0.0.0:0" in capsys.readouterr().out
+    # stdout or stderr: where structlog writes depends on what configured it last in this process
+    said = capsys.readouterr()
+    assert "INSECURE: serving plaintext gRPC on 0.0.0.0:0" in said.out + said.err
 
 
 @pytest.mark.parametrize("client", ["no certificate", "another CA", "expired"])

@@ -113,7 +113,8 @@ def test_a_direct_routing_fallback_takes_the_service_port() -> None:
 
 def test_override_expiry_names_the_real_server() -> None:
     state = State()
-    cfg = Config(virtuals=(VirtualService(Protocol.TCP, "203.0.113.1", 80, check=ON),))
+    real = RealServer("192.0.2.1", 80, Forwarding.GATE, 1)
+    cfg = Config(virtuals=(VirtualService(Protocol.TCP, "203.0.113.1", 80, check=ON, reals=(real,)),))
     state = fold(state, Event("e1", "c", "n", "t", "", 1.0, ConfigApplied(cfg)))
     ov = AdminOverride("TCP 203.0.113.1:80", "192.0.2.1:80", AdminAction.DRAIN, 0, 50.0)
     state = fold(state, Event("e2", "c", "n", "t", "", 2.0, ov))

@@ -562,8 +562,13 @@ class ConfigApplied(_message.Message):
 
     CONFIG_FIELD_NUMBER: _builtins.int
     DIGEST_FIELD_NUMBER: _builtins.int
+    REPLACES_REVISION_FIELD_NUMBER: _builtins.int
     digest: _builtins.str
     """sha256 of the source text"""
+    replaces_revision: _builtins.int
+    """The revision of the ConfigApplied this one replaces (0: none in force); when it is not the
+    config in force, the fold keeps that one and records the refusal. Unset: unconditional.
+    """
     @_builtins.property
     def config(self) -> Global___Config: ...
     def __init__(
@@ -571,12 +576,15 @@ class ConfigApplied(_message.Message):
         *,
         config: Global___Config | None = ...,
         digest: _builtins.str = ...,
+        replaces_revision: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_replaces_revision", b"_replaces_revision", "config", b"config", "replaces_revision", b"replaces_revision"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "digest", b"digest"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_replaces_revision", b"_replaces_revision", "config", b"config", "digest", b"digest", "replaces_revision", b"replaces_revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__replaces_revision: _TypeAlias = _typing.Literal["replaces_revision"]  # noqa: Y015
+    _WhichOneofArgType__replaces_revision: _TypeAlias = _typing.Literal["_replaces_revision", b"_replaces_revision"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__replaces_revision) -> _WhichOneofReturnType__replaces_revision | None: ...
 
 Global___ConfigApplied: _TypeAlias = ConfigApplied  # noqa: Y015
 
@@ -673,6 +681,36 @@ class AdminOverride(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AdminOverride: _TypeAlias = AdminOverride  # noqa: Y015
+
+@_typing.final
+class OverrideExpired(_message.Message):
+    """An operator override reached its expiry: appended by a coordinator (event id
+    "expire:<cluster>:<override_revision>", so several coordinators append it once); the fold ends
+    the override set at override_revision, and no later one.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VIRTUAL_FIELD_NUMBER: _builtins.int
+    REAL_FIELD_NUMBER: _builtins.int
+    OVERRIDE_REVISION_FIELD_NUMBER: _builtins.int
+    virtual: _builtins.str
+    real: _builtins.str
+    override_revision: _builtins.int
+    def __init__(
+        self,
+        *,
+        virtual: _builtins.str = ...,
+        real: _builtins.str = ...,
+        override_revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["override_revision", b"override_revision", "real", b"real", "virtual", b"virtual"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OverrideExpired: _TypeAlias = OverrideExpired  # noqa: Y015
 
 @_typing.final
 class TableApplied(_message.Message):
@@ -997,6 +1035,7 @@ class Event(_message.Message):
     COMMAND_REFUSED_FIELD_NUMBER: _builtins.int
     LOG_INTEGRITY_FIELD_NUMBER: _builtins.int
     CHECKER_HEALTH_FIELD_NUMBER: _builtins.int
+    OVERRIDE_EXPIRED_FIELD_NUMBER: _builtins.int
     PREV_HASH_FIELD_NUMBER: _builtins.int
     HASH_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
@@ -1041,6 +1080,8 @@ class Event(_message.Message):
     def log_integrity(self) -> Global___LogIntegrity: ...
     @_builtins.property
     def checker_health(self) -> Global___CheckerHealth: ...
+    @_builtins.property
+    def override_expired(self) -> Global___OverrideExpired: ...
     def __init__(
         self,
         *,
@@ -1063,14 +1104,15 @@ class Event(_message.Message):
         command_refused: Global___CommandRefused | None = ...,
         log_integrity: Global___LogIntegrity | None = ...,
         checker_health: Global___CheckerHealth | None = ...,
+        override_expired: Global___OverrideExpired | None = ...,
         prev_hash: _builtins.bytes = ...,
         hash: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["admin_override", b"admin_override", "checker_health", b"checker_health", "command_refused", b"command_refused", "config_applied", b"config_applied", "config_rejected", b"config_rejected", "dataplane_drift", b"dataplane_drift", "drill_marker", b"drill_marker", "leadership", b"leadership", "log_integrity", b"log_integrity", "payload", b"payload", "real_server_health", b"real_server_health", "table_applied", b"table_applied"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["admin_override", b"admin_override", "checker_health", b"checker_health", "command_refused", b"command_refused", "config_applied", b"config_applied", "config_rejected", b"config_rejected", "dataplane_drift", b"dataplane_drift", "drill_marker", b"drill_marker", "leadership", b"leadership", "log_integrity", b"log_integrity", "override_expired", b"override_expired", "payload", b"payload", "real_server_health", b"real_server_health", "table_applied", b"table_applied"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "admin_override", b"admin_override", "checker_health", b"checker_health", "cluster", b"cluster", "command_refused", b"command_refused", "config_applied", b"config_applied", "config_rejected", b"config_rejected", "dataplane_drift", b"dataplane_drift", "drill_marker", b"drill_marker", "event_id", b"event_id", "hash", b"hash", "leadership", b"leadership", "log_integrity", b"log_integrity", "origin", b"origin", "payload", b"payload", "prev_hash", b"prev_hash", "real_server_health", b"real_server_health", "reason", b"reason", "revision", b"revision", "table_applied", b"table_applied", "term", b"term", "wall_time", b"wall_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "admin_override", b"admin_override", "checker_health", b"checker_health", "cluster", b"cluster", "command_refused", b"command_refused", "config_applied", b"config_applied", "config_rejected", b"config_rejected", "dataplane_drift", b"dataplane_drift", "drill_marker", b"drill_marker", "event_id", b"event_id", "hash", b"hash", "leadership", b"leadership", "log_integrity", b"log_integrity", "origin", b"origin", "override_expired", b"override_expired", "payload", b"payload", "prev_hash", b"prev_hash", "real_server_health", b"real_server_health", "reason", b"reason", "revision", b"revision", "table_applied", b"table_applied", "term", b"term", "wall_time", b"wall_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["config_applied", "real_server_health", "admin_override", "table_applied", "leadership", "drill_marker", "config_rejected", "dataplane_drift", "command_refused", "log_integrity", "checker_health"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["config_applied", "real_server_health", "admin_override", "table_applied", "leadership", "drill_marker", "config_rejected", "dataplane_drift", "command_refused", "log_integrity", "checker_health", "override_expired"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
