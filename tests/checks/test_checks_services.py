@@ -156,6 +156,42 @@ async def test_checks_sql_needs_login_and_request() -> None:
     assert "login and a request" in r.detail
 
 
+async def test_checks_ldap_speaks_rfc4511() -> None:
+    """The check's three requests are the RFC 4511 messages written by hand in the test server,
+    byte for byte, and it reads the entry's DN out of a reply with long-form lengths."""
+    received: list[bytes] = []
+    unbound = asyncio.Event()
+
+    async def handler(reader: p.Reader, writer: p.Writer) -> None:
+        received.append(await p.ber_message(reader))
+        writer.write(p.LDAP_BIND_SUCCESS)
+        received.append(await p.ber_message(reader))
+        writer.write(p.LDAP_SEARCH_ENTRY + p.LDAP_SEARCH_DONE)
+        received.append(await p.ber_message(reader))
+        unbound.set()
+
+    async with tcp_server(handler) as port:
+        r = await check(make_spec("ldap", port, request="/dc=example,dc=org", receive="^dc=example,dc=org$"))
+        async with asyncio.timeout(TIMEOUT):
+            await unbound.wait()
+    assert r.up, r.detail
+    assert r.detail == "Success: dc=example,dc=org"
+    assert received == [p.LDAP_BIND_ANONYMOUS, p.LDAP_SEARCH_BASE, p.LDAP_UNBIND]
+
+
+async def test_checks_ldap_refused_request_is_down() -> None:
+    """A bind the server does not accept as well-formed (protocolError) is a down verdict."""
+
+    async def handler(reader: p.Reader, writer: p.Writer) -> None:
+        await p.ber_message(reader)
+        writer.write(p.LDAP_BIND_PROTOCOL_ERROR)
+
+    async with tcp_server(handler) as port:
+        r = await check(make_spec("ldap", port, request="/dc=example,dc=org"))
+    assert not r.up
+    assert r.detail == "negotiate: bind failed (result 2)"
+
+
 # -- external / external-perl ---------------------------------------------------------------
 
 
