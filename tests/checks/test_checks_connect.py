@@ -158,7 +158,7 @@ class _Reports:
         return True
 
 
-async def _until(cond: object, within: float = 5.0) -> None:
+async def _until(cond: object, within: float = 10.0) -> None:
     assert callable(cond)
     async with asyncio.timeout(within):
         while not cond():  # noqa: ASYNC110 -- polling test state

@@ -101,7 +101,7 @@ async def running(checker: Checker, reports: Reports) -> AsyncIterator[None]:
             await task
 
 
-async def until(cond: Callable[[], object], within: float = 3.0) -> None:
+async def until(cond: Callable[[], object], within: float = 10.0) -> None:
     """Poll ``cond`` (the probes and reports are plain lists, there is nothing to wait on)."""
     async with asyncio.timeout(within):
         while not cond():  # noqa: ASYNC110 -- polling test state
