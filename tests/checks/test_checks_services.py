@@ -218,11 +218,22 @@ async def test_checks_external(tmp_path: Path, body: str, up: bool, expect: str)
 
 
 async def test_checks_external_hangs(tmp_path: Path) -> None:
-    command = _script(tmp_path, "#!/bin/sh\nexec sleep 30\n")
+    """A script that outlasts its timeout fails the check at the timeout and is terminated and
+    reaped (the process is gone, not left a zombie)."""
+    pidfile = tmp_path / "pid"
+    command = _script(tmp_path, f"#!/bin/sh\necho $$ > {pidfile}\nexec sleep 30\n")
     spec = make_spec(port=8080, checktype="external", checkcommand=command, timeout=HUNG_TIMEOUT)
     r = await check_hung(spec)
     assert not r.up
     assert r.detail == f"external: timeout after {HUNG_TIMEOUT:g}s"
+    pid = int(pidfile.read_text())
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            try:
+                os.kill(pid, 0)  # succeeds for a live process and for an unreaped zombie
+            except ProcessLookupError:
+                break
+            await asyncio.sleep(0.01)
 
 
 async def test_checks_external_command_missing(tmp_path: Path) -> None:
