@@ -10,6 +10,9 @@ Measured per scenario:
 
 * ``interval_p50`` / ``interval_p99``: time between two consecutive check starts of the same
   real server (target: the checkinterval);
+* ``first_checks_p10`` / ``_p50`` / ``_p90`` / ``_max``: when each server's first check started,
+  from the configuration reaching the checker (target: uniform over one checkinterval, so about
+  0.1, 0.5 and 0.9 of it, and the last within it);
 * ``cpu_share`` (``cpu_user`` + ``cpu_sys``): process CPU time / wall time over the steady
   window (1.0 = one core); on loopback the kernel work of both ends of a handshake is charged
   mostly to the checker's ``connect``/``close`` system calls;
@@ -303,6 +306,7 @@ async def scenario(  # noqa: PLR0915, PLR0917 -- one measured run
         (VirtualService(Protocol.TCP, "10.255.0.1", 80, reals=reals, check=check),),
     )
     last_start: dict[str, float] = {}
+    first_start: dict[str, float] = {}
     last_up: dict[str, bool] = {}
     gaps: list[float] = []
     measuring = False
@@ -311,6 +315,8 @@ async def scenario(  # noqa: PLR0915, PLR0917 -- one measured run
     def on_check(spec: CheckSpec, result: Result, started: float, ended: float) -> None:
         prev = last_start.get(spec.real)
         last_start[spec.real] = started
+        if prev is None:
+            first_start[spec.real] = started
         last_up[spec.real] = result.up
         if measuring:
             if prev is not None:
@@ -320,6 +326,7 @@ async def scenario(  # noqa: PLR0915, PLR0917 -- one measured run
 
     rec = Recorder()
     checker = Checker("bench", on_check=on_check, max_concurrency=max_concurrency)
+    t_config = time.monotonic()  # the checker's clock
     checker.on_state(State(config=config))
     task = asyncio.create_task(checker.run(rec))
     loop = asyncio.get_running_loop()
@@ -355,6 +362,7 @@ async def scenario(  # noqa: PLR0915, PLR0917 -- one measured run
         await asyncio.sleep(0.05)
     detect = [d - t for r, t in stopped.items() if (d := rec.down_after(r, t)) is not None]
     alive = listeners.alive()
+    first = [t - t_config for t in first_start.values()]
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
@@ -375,6 +383,10 @@ async def scenario(  # noqa: PLR0915, PLR0917 -- one measured run
         "interval_p50_s": round(pct(gaps, 0.5), 4),
         "interval_p99_s": round(pct(gaps, 0.99), 4),
         "interval_max_s": round(max(gaps), 4) if gaps else None,
+        "first_checks_p10_s": round(pct(first, 0.1), 4),
+        "first_checks_p50_s": round(pct(first, 0.5), 4),
+        "first_checks_p90_s": round(pct(first, 0.9), 4),
+        "first_checks_max_s": round(max(first), 4) if first else None,
         "cpu_share": round((own1.user - own0.user + own1.system - own0.system) / wall, 3),
         "cpu_user": round((own1.user - own0.user) / wall, 3),
         "cpu_sys": round((own1.system - own0.system) / wall, 3),
@@ -438,12 +450,15 @@ async def overload_level(
 ) -> dict[str, object]:
     """Every server healthy, checked every ``interval`` seconds: what the checker makes of it."""
     last_start: dict[str, float] = {}
+    first_start: dict[str, float] = {}
     gaps: list[float] = []
     measuring = False
 
     def on_check(spec: CheckSpec, result: Result, started: float, ended: float) -> None:
         prev = last_start.get(spec.real)
         last_start[spec.real] = started
+        if prev is None:
+            first_start[spec.real] = started
         if measuring and prev is not None:
             gaps.append(started - prev)
 

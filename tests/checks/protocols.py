@@ -1,4 +1,8 @@
-"""Protocol-level test servers: just enough of each protocol to answer a check, well or wrong."""
+"""Protocol-level test servers: just enough of each protocol to answer a check, well or wrong.
+
+Each server is written from the protocol's specification, sharing no code with the probe it
+answers, so that a probe's encoding or parsing bug cannot hide in a server with the same bug.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,6 @@ import struct
 
 import dns.message
 import dns.rrset
-
-from lvs_events.agent.checks.directory import ber, read_ber, split_ber
 
 Reader = asyncio.StreamReader
 Writer = asyncio.StreamWriter
@@ -115,26 +117,92 @@ def ftp(good: bool):  # type: ignore[no-untyped-def]
     return handler
 
 
-def ldap(good: bool):  # type: ignore[no-untyped-def]
-    def msg(msgid: int, op: bytes) -> bytes:
-        return ber(0x30, ber(0x02, bytes([msgid])) + op)
+# -- LDAP (RFC 4511), its messages BER-encoded by hand (X.690: identifier octet, definite length,
+# contents; a length under 128 is one octet, a longer one 0x80 | n followed by n octets).
+# Identifiers: 0x30 SEQUENCE, 0x31 SET, 0x02 INTEGER, 0x04 OCTET STRING, 0x0A ENUMERATED,
+# 0x01 BOOLEAN, [APPLICATION n] constructed 0x60 | n, primitive 0x40 | n, [n] primitive 0x80 | n.
 
-    def result(tag: int, code: int) -> bytes:
-        return ber(tag, ber(0x0A, bytes([code])) + ber(0x04, b"") + ber(0x04, b""))
+#: An anonymous simple bind, LDAPv3, message 1: what the check sends without login and passwd.
+LDAP_BIND_ANONYMOUS = bytes.fromhex(
+    "30 0c"  # LDAPMessage, 12 octets
+    " 02 01 01"  # messageID 1
+    " 60 07"  # [APPLICATION 0] BindRequest, 7 octets
+    " 02 01 03"  # version 3
+    " 04 00"  # name: empty
+    " 80 00"  # authentication: [0] simple, empty password
+)
+#: A base-object search of dc=example,dc=org for (objectClass=*), message 2.
+LDAP_SEARCH_BASE = (
+    bytes.fromhex(
+        "30 36"  # LDAPMessage, 54 octets
+        " 02 01 02"  # messageID 2
+        " 63 31"  # [APPLICATION 3] SearchRequest, 49 octets
+        " 04 11"  # baseObject, 17 octets:
+    )
+    + b"dc=example,dc=org"
+    + bytes.fromhex(
+        "0a 01 00"  # scope: baseObject (0)
+        " 0a 01 00"  # derefAliases: neverDerefAliases (0)
+        " 02 01 00"  # sizeLimit 0
+        " 02 01 00"  # timeLimit 0
+        " 01 01 00"  # typesOnly FALSE
+        " 87 0b"  # filter: [7] present, 11 octets:
+    )
+    + b"objectClass"
+    + bytes.fromhex("30 00")  # attributes: none (all user attributes)
+)
+#: An unbind, message 3.
+LDAP_UNBIND = bytes.fromhex("30 05 02 01 03 42 00")  # [APPLICATION 2] UnbindRequest, NULL
+
+# LDAPResult: resultCode, matchedDN "", diagnosticMessage "".
+LDAP_BIND_SUCCESS = bytes.fromhex("30 0c 02 01 01 61 07 0a 01 00 04 00 04 00")  # [APPLICATION 1]
+LDAP_BIND_INVALID_CREDENTIALS = bytes.fromhex("30 0c 02 01 01 61 07 0a 01 31 04 00 04 00")  # 49
+LDAP_BIND_PROTOCOL_ERROR = bytes.fromhex("30 0c 02 01 01 61 07 0a 01 02 04 00 04 00")  # 2
+LDAP_SEARCH_DONE = bytes.fromhex("30 0c 02 01 02 65 07 0a 01 00 04 00 04 00")  # [APPLICATION 5]
+LDAP_SEARCH_DONE_PROTOCOL_ERROR = bytes.fromhex("30 0c 02 01 02 65 07 0a 01 02 04 00 04 00")
+_DESCRIPTION = b"an entry longer than 127 bytes: its BER lengths take the long form"  # 66 octets
+#: The entry dc=example,dc=org with three attributes, message 2: 163 octets, so the message, the
+#: entry and its attribute list have long-form lengths.
+LDAP_SEARCH_ENTRY = (
+    bytes.fromhex("30 81 a0")  # LDAPMessage, 160 octets (one length octet follows 0x81)
+    + bytes.fromhex("02 01 02")  # messageID 2
+    + bytes.fromhex("64 81 9a")  # [APPLICATION 4] SearchResultEntry, 154 octets
+    + bytes.fromhex("04 11") + b"dc=example,dc=org"  # objectName
+    + bytes.fromhex("30 81 84")  # attributes, 132 octets, three PartialAttributes:
+    + bytes.fromhex("30 1c 04 0b") + b"objectClass"  # 28 octets: type, 11
+    + bytes.fromhex("31 0d 04 03") + b"top" + bytes.fromhex("04 06") + b"domain"  # vals, 13
+    + bytes.fromhex("30 0f 04 02") + b"dc"  # 15 octets: type, 2
+    + bytes.fromhex("31 09 04 07") + b"example"  # vals, 9
+    + bytes.fromhex("30 53 04 0b") + b"description"  # 83 octets: type, 11
+    + bytes.fromhex("31 44 04 42") + _DESCRIPTION  # vals, 68: one value, 66
+)  # fmt: skip
+
+
+async def ber_message(reader: Reader) -> bytes:
+    """One whole BER element off the stream (identifier, length octets, contents)."""
+    head = await reader.readexactly(2)
+    long_form = head[1] & 0x80
+    length = await reader.readexactly(head[1] & 0x7F) if long_form else b""
+    n = int.from_bytes(length, "big") if long_form else head[1]
+    return head + length + await reader.readexactly(n)
+
+
+def ldap(good: bool):  # type: ignore[no-untyped-def]
+    """Answers exactly the check's anonymous bind and its base search of dc=example,dc=org;
+    any other request gets a protocolError (result 2), which the check reports."""
 
     async def handler(reader: Reader, writer: Writer) -> None:
-        while True:
-            _tag, body = await read_ber(reader)
-            parts = split_ber(body)
-            msgid, (optag, _op) = parts[0][1][0], parts[1]
-            if optag == 0x60:
-                writer.write(msg(msgid, result(0x61, 0 if good else 49)))
-            elif optag == 0x63:
-                entry = ber(0x64, ber(0x04, b"dc=example,dc=org") + ber(0x30, b""))
-                writer.write(msg(msgid, entry) + msg(msgid, result(0x65, 0)))
-            else:
-                return
-            await writer.drain()
+        if await ber_message(reader) != LDAP_BIND_ANONYMOUS:
+            writer.write(LDAP_BIND_PROTOCOL_ERROR)
+            return
+        writer.write(LDAP_BIND_SUCCESS if good else LDAP_BIND_INVALID_CREDENTIALS)
+        if not good:
+            return
+        if await ber_message(reader) != LDAP_SEARCH_BASE:
+            writer.write(LDAP_SEARCH_DONE_PROTOCOL_ERROR)
+            return
+        writer.write(LDAP_SEARCH_ENTRY + LDAP_SEARCH_DONE)
+        await ber_message(reader)  # the unbind (test_checks_ldap_speaks_rfc4511 checks it)
 
     return handler
 

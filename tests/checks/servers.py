@@ -8,6 +8,7 @@ import datetime
 import ipaddress
 import socket
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,14 @@ from lvs_events.agent.commands import CommandKind, Consent
 from lvs_events.domain.config import CheckSettings, GlobalSettings, Protocol, RealServer, VirtualService
 
 HOST = "127.0.0.1"
-TIMEOUT = 0.5  # the check timeouts of the tests: a hung server must fail within this
+#: The timeout of checks that end on an answer or a refusal: generous, so that a loaded machine
+#: cannot turn a healthy server's late answer into a timeout (nothing waits for it to run out).
+TIMEOUT = 10.0
+#: The timeout of checks of a server that never answers: they end at it, not before.
+HUNG_TIMEOUT = 0.5
+#: The margin a check of a hung server gets past its timeout before the test calls it unbounded:
+#: wide for a loaded machine; a check not cut at its timeout runs far longer (a 30 s script, forever).
+HUNG_MARGIN = 5.0
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -59,6 +67,16 @@ class AllowAll:
 async def check(spec: CheckSpec, *, negotiate: bool = False) -> Result:
     """One check of ``spec``, exactly as the scheduler runs it (timeout, error mapping)."""
     return await Checker("test", commands=AllowAll()).check_once(spec, negotiate)
+
+
+async def check_hung(spec: CheckSpec, ends_at: float = HUNG_TIMEOUT) -> Result:
+    """One check of a server that never answers: it must end at its timeout (``ends_at``, the
+    spec's), neither before (a timeout counts the server's time, never less) nor unbounded after."""
+    t0 = time.monotonic()
+    r = await check(spec)
+    elapsed = time.monotonic() - t0
+    assert ends_at <= elapsed < ends_at + HUNG_MARGIN, (elapsed, r.detail)
+    return r
 
 
 def closed_port(kind: int = socket.SOCK_STREAM) -> int:

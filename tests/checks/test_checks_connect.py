@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import time
 
 import pytest
 
@@ -21,7 +20,16 @@ from lvs_events.domain.config import (
 )
 from lvs_events.domain.events import CheckerHealth
 from lvs_events.domain.state import State
-from tests.checks.servers import HOST, TIMEOUT, check, closed_port, make_spec, tcp_server
+from tests.checks.servers import (
+    HOST,
+    HUNG_TIMEOUT,
+    TIMEOUT,
+    check,
+    check_hung,
+    closed_port,
+    make_spec,
+    tcp_server,
+)
 
 
 async def _silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -59,15 +67,12 @@ async def test_checks_connect_hangs() -> None:
                 f.connect((HOST, port))
             fillers.append(f)
         try:
-            t0 = time.monotonic()
-            r = await check(make_spec(port=port, checktype="connect"))
-            elapsed = time.monotonic() - t0
+            r = await check_hung(make_spec(port=port, checktype="connect", timeout=HUNG_TIMEOUT))
         finally:
             for f in fillers:
                 f.close()
     assert not r.up
-    assert "timeout" in r.detail
-    assert elapsed < TIMEOUT + 0.5
+    assert r.detail == f"connect: timeout after {HUNG_TIMEOUT:g}s"
 
 
 async def test_checks_connect_port_closed() -> None:
@@ -126,12 +131,15 @@ def test_checks_checkport_and_service_port() -> None:
 # -- the Checker's own connect path (one epoll set, no task or timer per check) ---------------
 
 
-def _connect_state(ports: list[int], timeout: float = 0.2) -> State:
-    v = VirtualService(
-        Protocol.TCP, "10.0.0.1", 80, reals=tuple(RealServer(HOST, p) for p in ports),
+def _connect_service(ports: list[int], timeout: float, vport: int = 80) -> VirtualService:
+    return VirtualService(
+        Protocol.TCP, "10.0.0.1", vport, reals=tuple(RealServer(HOST, p) for p in ports),
         check=CheckSettings(checktype="connect", checktimeout=timeout),
     )  # fmt: skip
-    return State(config=Config(GlobalSettings(checkinterval=0.05), (v,)))
+
+
+def _connect_state(*services: VirtualService) -> State:
+    return State(config=Config(GlobalSettings(checkinterval=0.05), services))
 
 
 class _Reports:
@@ -150,7 +158,7 @@ class _Reports:
         return True
 
 
-async def _until(cond: object, within: float = 5.0) -> None:
+async def _until(cond: object, within: float = 10.0) -> None:
     assert callable(cond)
     async with asyncio.timeout(within):
         while not cond():  # noqa: ASYNC110 -- polling test state
@@ -173,7 +181,9 @@ async def test_checks_checker_connect_up_refused_and_hung() -> None:
                 f.connect(hung.getsockname())
             fillers.append(f)
         ports = [up.getsockname()[1], closed_port(), hung.getsockname()[1]]
-        checker.on_state(_connect_state(ports))
+        # the servers that answer (accept, refuse) get a timeout no loaded machine runs out of
+        answering = _connect_service(ports[:2], TIMEOUT)
+        checker.on_state(_connect_state(answering, _connect_service(ports[2:], 0.2, vport=81)))
         task = asyncio.create_task(checker.run(reports))
         try:
             await _until(lambda: len(reports.items) == 3)
@@ -205,7 +215,7 @@ async def test_checks_checker_connect_removed_target_is_cancelled() -> None:
         with contextlib.suppress(BlockingIOError):
             filler.connect(hung.getsockname())
         with filler:
-            checker.on_state(_connect_state([hung.getsockname()[1]], timeout=5.0))
+            checker.on_state(_connect_state(_connect_service([hung.getsockname()[1]], 5.0)))
             task = asyncio.create_task(checker.run(reports))
             try:
                 await _until(lambda: checker.inflight == 1)

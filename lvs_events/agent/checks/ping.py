@@ -72,19 +72,26 @@ class Pinger:
         self._send = send or sock.sendto
         self._seq = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[str]] = {}
-        self._reading = False
+        # the loop reading the socket: a shared pinger outlives an event loop (one per
+        # asyncio.run), and replies are read only by a reader on the loop that waits for them
+        self._reader_loop: asyncio.AbstractEventLoop | None = None
         sock.setblocking(False)
 
     def close(self) -> None:
-        if self._reading:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(self.sock.fileno())
+        self._drop_reader()
         self.sock.close()
 
+    def _drop_reader(self) -> None:
+        loop, self._reader_loop = self._reader_loop, None
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(self.sock.fileno())
+
     def _ensure_reader(self) -> None:
-        if not self._reading:
-            asyncio.get_running_loop().add_reader(self.sock.fileno(), self._on_readable)
-            self._reading = True
+        loop = asyncio.get_running_loop()
+        if self._reader_loop is not loop:
+            self._drop_reader()
+            loop.add_reader(self.sock.fileno(), self._on_readable)
+            self._reader_loop = loop
 
     def _on_readable(self) -> None:
         for _ in range(64):
