@@ -52,7 +52,9 @@ class Channels:
     def __init__(self, tls: TlsFiles | None, options: Options = (), *, retire_grace: float = 600.0) -> None:
         files = resolve_tls(tls)
         self.files = files
-        self._options = list(options)
+        # own subchannels (see lvs_events/etcd/connection.py): a coordinator restarted on an
+        # address that failed before is tried again on this channel's own backoff
+        self._options = [*options, ("grpc.use_local_subchannel_pool", 1)]
         self._retire_grace = retire_grace
         self._tls = ClientTls(files) if files is not None else None
         self._credentials = self._tls.credentials() if self._tls is not None else None

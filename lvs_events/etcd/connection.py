@@ -205,6 +205,10 @@ class ChannelTuning:
         options: list[tuple[str, str | int | bool]] = [
             (k, balance if k == "grpc.lb_policy_name" else v) for k, v in manager.grpc_options
         ]
+        # Subchannels of this channel only: gRPC shares them process-wide by address, and a
+        # shared one keeps the reconnect backoff earned by another channel (an etcd restarted on
+        # an address that failed before would be unreachable for up to the backoff's maximum).
+        options.append(("grpc.use_local_subchannel_pool", 1))
         if self.reconnect_backoff_ms is not None:
             options += [
                 ("grpc.initial_reconnect_backoff_ms", self.reconnect_backoff_ms[0]),

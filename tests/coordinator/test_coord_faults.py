@@ -100,6 +100,23 @@ def unavailable() -> grpc.aio.AioRpcError:
     return rpc_error(grpc.StatusCode.UNAVAILABLE)
 
 
+async def _when_etcd_answers(etcd: EtcdCluster, within: float = 30.0) -> None:
+    """Wait until a read through gRPC succeeds after a restart: the process's channels to one
+    address share gRPC's subchannel, which may still wait out its reconnect backoff from the
+    failures while etcd was down (a fresh channel does not reset it)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        try:
+            async with EtcdEventStore(etcd.endpoints, CLUSTER) as probe:
+                await probe.bounds()
+        except StoreUnavailable:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+        else:
+            return
+
+
 async def assert_log(store: EtcdEventStore, ids: list[str], cluster: str = CLUSTER) -> None:
     """The log holds ``ids`` in this order at revisions 1..n, each once; the hash chain is
     unbroken from the cluster's genesis and ``head`` holds the last revision and its hash."""
@@ -211,6 +228,7 @@ async def test_etcd_stopped_through_every_attempt_acks_unavailable_and_a_retry_a
             (f"e{i}", "UNAVAILABLE", 0) for i in range(3)
         ]
         assert all(a.error.startswith("etcd ") and "UNAVAILABLE" in a.error for a in acks), acks
+        await _when_etcd_answers(etcd)
         async with EtcdEventStore(etcd.endpoints, CLUSTER) as store:
             await assert_log(store, ["w"])  # nothing of the batch, not a part of it
         again = await _publish_until_acked(stub, events, within=30.0)

@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -467,16 +467,23 @@ async def read_whole_log(address: str) -> list[pb.Event]:
         return [r.event async for r in call if r.WhichOneof("item") == "event"]
 
 
-async def run_cases(stack: Stack, cases: AsyncIterator[Case] | list[Case], tally: Tally) -> None:
+async def run_cases(stack: Stack, cases: list[Case], tally: Tally, *, concurrency: int = 32) -> None:
+    """Send ``cases``, up to ``concurrency`` calls in flight at once (hostile clients do not wait
+    for each other; a server stream that stays open costs its reading window, not the run's)."""
     async with (
         grpc.aio.insecure_channel(stack.coordinator_address) as coord,
         grpc.aio.insecure_channel(stack.peer_address) as peer,
     ):
         channels: dict[str, grpc.aio.Channel] = {"coordinator": coord, "peer": peer}
-        if isinstance(cases, list):
-            for case in cases:
-                await send(channels[case.rpc.target], case, tally)
-        else:
-            async for case in cases:
-                await send(channels[case.rpc.target], case, tally)
+        slots = asyncio.Semaphore(concurrency)
 
+        async def one(case: Case) -> None:
+            try:
+                await send(channels[case.rpc.target], case, tally)
+            finally:
+                slots.release()
+
+        async with asyncio.TaskGroup() as tg:
+            for case in cases:
+                await slots.acquire()  # taken here, given back by the task: at most `concurrency` alive
+                tg.create_task(one(case))
