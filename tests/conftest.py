@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
+import structlog
 
 from tests.support.etcd import EtcdCluster, find_etcd, find_etcdctl
 
@@ -52,6 +53,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.outcome = "failed"
         report.longrepr = f"skipped under CI, which must run every test: {reason}"
     return report
+
+
+@pytest.fixture(autouse=True)
+def _structlog_restored() -> Iterator[None]:
+    """structlog's configuration is process-wide: a test that configures it (a daemon's or the
+    CLI's ``main`` run in-process) must not change how later tests' code logs."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -871,7 +871,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     # The CLI's own output is the answer; the client's retries are noise unless something is wrong.
     # The factory looks sys.stderr up at each logger's creation (not once, here): a caller that
     # swaps stderr (a test harness, an embedding program) never leaves loggers on a closed file.
+    # The whole configuration, processors included: nothing is inherited from whatever else
+    # configured structlog in this process (a daemon's stdlib processors expect stdlib loggers).
     structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.dev.ConsoleRenderer(colors=False),
+        ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
         logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
