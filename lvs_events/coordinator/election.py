@@ -32,6 +32,7 @@ from lvs_events import wire
 from lvs_events.client.events import new_event_id
 from lvs_events.coordinator.stores import Appended, LeaderRecord, LeaderStore
 from lvs_events.domain.events import Event, Leadership, LeadershipChange
+from lvs_events.domain.validate import MAX_ID_LEN, MAX_TEXT, is_node_name
 from lvs_events.errors import StoreError
 from lvs_events.pb.v1 import events_pb2 as pb
 from lvs_events.pb.v1 import leadership_pb2 as lpb
@@ -130,8 +131,12 @@ class LeaderElectionService(lpb_grpc.LeaderElectionServicer):
         stale_term: int | None,
     ) -> lpb.ElectionReply:
         what = "campaign" if stale_term is None else "takeover"
-        if not node:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node: expected a node name")
+        await _check_node(context, node)
+        await _check_reason(context, reason)
+        if len(address) > MAX_ID_LEN:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"address: expected host:port, found {len(address)} chars"
+            )
         if not 1 <= ttl <= MAX_TTL:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"ttl_seconds: expected 1..{MAX_TTL}")
         loop = asyncio.get_running_loop()
@@ -200,6 +205,8 @@ class LeaderElectionService(lpb_grpc.LeaderElectionServicer):
         self, request: lpb.ResignRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> lpb.ElectionReply:
         node = request.node
+        await _check_node(context, node)
+        await _check_reason(context, request.reason)
 
         def events_for(term: int, prev: LeaderRecord | None) -> list[pb.Event]:
             who = prev.node if prev is not None else node
@@ -263,6 +270,21 @@ def add_leader_election(server: grpc.aio.Server, leaders: LeaderStore, cluster: 
     lpb_grpc.add_LeaderElectionServicer_to_server(
         LeaderElectionService(leaders, cluster, timeout=timeout), server
     )
+
+
+async def _check_node(context: grpc.aio.ServicerContext[Any, Any], node: str) -> None:
+    """The node an election call names goes into the leader key and the Leadership events of the
+    log: it must be a node name the log accepts (the same rule as an event's ``origin``)."""
+    if not is_node_name(node):
+        found = repr(node)[:80]
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT, f"node: expected a node name ([A-Za-z0-9._@-]), found {found}"
+        )
+
+
+async def _check_reason(context: grpc.aio.ServicerContext[Any, Any], reason: str) -> None:
+    if len(reason) > MAX_TEXT:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"reason: at most {MAX_TEXT} characters")
 
 
 def publisher_may_not(msg: pb.Event) -> str:

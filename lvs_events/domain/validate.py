@@ -48,6 +48,11 @@ _HASH_RE = re.compile(r"(?:[0-9a-f]{64})?")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")
 
 
+def is_node_name(text: str) -> bool:
+    """A director's node name as the log records it (``origin``, a leader)."""
+    return len(text) <= MAX_ID_LEN and bool(_NAME_RE.match(text))
+
+
 def _need(cond: bool, field: str, expected: str, found: object) -> None:
     if not cond:
         raise InvalidEvent(f"{field}: expected {expected}, found {found!r}")

@@ -160,3 +160,41 @@ async def test_observe_sees_every_change(coordinator: RunningCoordinator) -> Non
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await election.close()
+
+
+@pytest.mark.parametrize(
+    ("node", "reason"),
+    [
+        ("../../etc/passwd", ""),
+        ("lb 1", ""),
+        ("é" * 40, ""),
+        ("x" * 200, ""),
+        ("\x1b[31mlb1", ""),
+        ("lb1", "r" * 5000),
+    ],
+)
+async def test_election_calls_refuse_what_the_log_would_not_accept(
+    coordinator: RunningCoordinator, node: str, reason: str
+) -> None:
+    """The node of an election call becomes the leader key and a Leadership event's origin: a name
+    the log would refuse (or an overlong reason) is INVALID_ARGUMENT, and nothing is written."""
+    import grpc
+    import grpc.aio
+
+    from lvs_events.pb.v1 import leadership_pb2 as lpb
+    from lvs_events.pb.v1 import leadership_pb2_grpc as lpb_grpc
+
+    async with grpc.aio.insecure_channel(coordinator.address) as ch:
+        stub = lpb_grpc.LeaderElectionStub(ch)  # type: ignore[no-untyped-call]
+        for call in (
+            stub.Campaign(
+                lpb.CampaignRequest(node=node, ttl_seconds=2, address="x:1", reason=reason), timeout=5
+            ),
+            stub.Resign(lpb.ResignRequest(node=node, term=1, reason=reason), timeout=5),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    async with CoordinatorClient([coordinator.address]) as client:
+        view = await client.get_state()
+    assert view.head_revision == 0
