@@ -52,6 +52,8 @@ RUNTIME_MODULES = (
     "google.protobuf",
     "structlog",
     "typing_extensions",
+    "cryptography",  # TLS material and principals (lvs_events.security), imported by every client
+    "_cffi_backend",  # cryptography's C binding helper: one extension module
 )
 
 
