@@ -126,6 +126,8 @@ class Stack:
                 "--cluster", self.cluster,
                 "--grace", "1",
                 "--log-format", "json",
+                # plaintext off loopback (a namespace's address): this suite tests IPVS, not TLS
+                *([] if address.startswith("127.") else ["--insecure"]),
             ],
             netns,
         )  # fmt: skip
