@@ -89,8 +89,9 @@ web web1 192.0.2.11; web web2 192.0.2.12; web web3 192.0.2.13
 web web4 198.51.100.11; web web5 198.51.100.12; web web6 198.51.100.13
 answers() {  # answers ADDR: wait until the real server at ADDR says "OK" on http and https
     for _ in $(seq 100); do
-        in_ns curl -fsS "http://$1/areyouthere.php" 2>/dev/null | grep -q OK &&
-            in_ns curl -kfsS "https://$1/areyouthere.php" 2>/dev/null | grep -q OK && return 0
+        # (no `| grep -q`: under pipefail the writer's broken pipe fails the pipeline)
+        [[ "$(in_ns curl -fsS "http://$1/areyouthere.php" 2>/dev/null)" == *OK* ]] &&
+            [[ "$(in_ns curl -kfsS "https://$1/areyouthere.php" 2>/dev/null)" == *OK* ]] && return 0
         sleep 0.1
     done
     echo "demo: real server $1 does not answer" >&2
