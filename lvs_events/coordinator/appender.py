@@ -82,6 +82,7 @@ class _Request:
     future: asyncio.Future[Appended]
     enqueued: float = field(default_factory=time.monotonic)
     deadline: float | None = None  # the event loop's clock; None: none
+    indexed: bool = False  # changes the store's expiry index (EventStore.indexed): limited per batch
 
 
 class Appender:
@@ -198,7 +199,8 @@ class Appender:
         now = time.monotonic()
         for msg, size in items:
             fut: asyncio.Future[Appended] = loop.create_future()
-            self._queue.append(_Request(msg, size, require_term, fut, now, deadline))
+            indexed = self.store.indexed(msg)
+            self._queue.append(_Request(msg, size, require_term, fut, now, deadline, indexed))
             futs.append(fut)
         self._idle.clear()
         if self._running and not self._flushing:
@@ -272,6 +274,7 @@ class Appender:
         batch: list[_Request] = []
         nbytes = 0
         ids: set[str] = set()
+        indexed = 0  # distinct events in the batch that change the expiry index
         while self._queue and len(ids) < self.max_batch_events:
             nxt = self._queue[0]
             if nxt.deadline is not None and nxt.deadline <= now:
@@ -282,6 +285,11 @@ class Appender:
                 break
             if batch and nbytes + nxt.size > self.max_batch_bytes:
                 break
+            if nxt.msg.event_id not in ids:
+                more = indexed + nxt.indexed
+                if not self.store.fits(len(ids) + 1, more):
+                    break
+                indexed = more
             self._queue.popleft()
             batch.append(nxt)
             nbytes += nxt.size

@@ -1,4 +1,5 @@
-"""The coordinator's contracts with its storage: :class:`EventStore` and :class:`LeaderStore`.
+"""The coordinator's contracts with its storage: :class:`EventStore`, :class:`ExpiryIndex` and
+:class:`LeaderStore`.
 
 The coordinator (server, appender, snapshots, election) calls its stores only through these
 protocols; :mod:`lvs_events.etcd` implements them on etcd (``EtcdEventStore``,
@@ -28,6 +29,7 @@ __all__ = [
     "Bounds",
     "ElectionOutcome",
     "EventStore",
+    "ExpiryIndex",
     "KeepAliveOutcome",
     "LeaderEvents",
     "LeaderRecord",
@@ -45,6 +47,16 @@ class EventStore(Protocol):
     @property
     def max_batch_events(self) -> int:
         """Most events one :meth:`append` takes."""
+        ...
+
+    def indexed(self, event: pb.Event) -> bool:
+        """Whether appending ``event`` changes the :class:`ExpiryIndex` (an override with an
+        expiry, or its ``OverrideExpired``): such an event costs its :meth:`append` more."""
+        ...
+
+    def fits(self, events: int, indexed: int) -> bool:
+        """Whether ``events`` events, ``indexed`` of them :meth:`indexed`, make one :meth:`append`
+        (true for a batch of :attr:`max_batch_events` with one indexed)."""
         ...
 
     async def ping(self) -> None:
@@ -88,6 +100,29 @@ class EventStore(Protocol):
     async def compact_history(self, keep_revisions: int) -> int | None:
         """Drop the store's own version history older than its newest ``keep_revisions``
         versions (etcd: compaction); the revision compacted to, or None when nothing was."""
+        ...
+
+
+class ExpiryIndex(Protocol):
+    """The overrides that end by themselves, by revision: kept by :meth:`EventStore.append` in
+    the same transaction as the events that set and end them, so the coordinators' expiry task
+    watches this small index instead of following the whole log."""
+
+    async def expiries(self) -> tuple[dict[int, float], int]:
+        """Override revision -> expires_at, and the store revision it was read at."""
+        ...
+
+    def watch_expiries(self, start_revision: int) -> AsyncIterator[int]:
+        """A store revision for each change of the index from ``start_revision`` on; raises
+        StoreError when the watch ends (read the index again)."""
+        ...
+
+    async def index_expiry(self, override_revision: int, expires_at: float) -> None:
+        """Add an entry (an override appended before the index existed); idempotent."""
+        ...
+
+    async def drop_expiry(self, override_revision: int) -> None:
+        """Remove an entry whose override ended otherwise; idempotent."""
         ...
 
 

@@ -75,7 +75,7 @@ class PublicTxn:
             kv.txn_compare_create_revision(k, 0) if v is None else kv.txn_compare_value(k, v)
             for k, v in txn.compare
         ]
-        success = [kv.txn_op_put(k, v) for k, v in txn.success]
+        success = [kv.txn_op_delete(k) if v is None else kv.txn_op_put(k, v) for k, v in txn.success]
         failure = [kv.txn_op_get(k) for k in txn.failure]
         return compare, success, failure
 

@@ -57,7 +57,9 @@ from lvs_events.etcd.records import (
     LogItem,
     Manifest,
     SnapshotRecord,
+    expiry_index_op,
     pack_snapshot,
+    parse_expiries,
     unpack_snapshot,
 )
 from lvs_events.pb.v1 import events_pb2 as pb
@@ -138,6 +140,7 @@ class EtcdEventStore:
         self.page_size = page_size
         self.max_append_attempts = max_append_attempts
         self._max_batch_events = txns.batch_limit(max_txn_ops)
+        self._max_txn_ops = max_txn_ops
         self.keys = Keys.of(cluster)
         self._snapshot_cache: SnapshotRecord | None = None  # the last one read or written
         # the head (revision and chain hash) as last seen: the CAS guess for the next append. A
@@ -150,6 +153,16 @@ class EtcdEventStore:
     def max_batch_events(self) -> int:
         """Most events one :meth:`append` takes (one transaction under etcd's ``--max-txn-ops``)."""
         return self._max_batch_events
+
+    def fits(self, events: int, indexed: int) -> bool:
+        """Whether ``events`` events, ``indexed`` of them :meth:`indexed`, make one :meth:`append`
+        (one transaction under etcd's ``--max-txn-ops``)."""
+        return txns.fits(self._max_txn_ops, events, indexed)
+
+    def indexed(self, event: pb.Event) -> bool:
+        """Whether appending ``event`` changes the expiry index (one more op of its transaction,
+        see :meth:`fits`)."""
+        return expiry_index_op(self.keys, event) is not None
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -446,6 +459,12 @@ class EtcdEventStore:
             raise ValueError("append: event_ids in one batch must be unique (dedupe first)")
         if len(events) > self._max_batch_events:
             raise ValueError(f"append: at most {self._max_batch_events} events per transaction")
+        indexed = sum(1 for e in events if self.indexed(e))
+        if not self.fits(len(events), indexed):
+            raise ValueError(
+                f"append: {len(events)} events, {indexed} changing the expiry index, are more than"
+                f" one transaction of at most {self._max_txn_ops} ops takes"
+            )
         prev, slot = self._last_slot, _Slot(asyncio.get_running_loop().create_future())
         self._last_slot = slot
         try:
@@ -754,6 +773,61 @@ class EtcdEventStore:
             return None
         self._compacted = target
         return target
+
+    # --- the expiry index (keys in lvs_events.etcd.records) ---------------------------------
+
+    async def expiries(self) -> tuple[dict[int, float], int]:
+        """The expiry index (override revision -> expires_at) and the etcd revision it was read
+        at (a :meth:`watch_expiries` from the next one misses nothing)."""
+        start = self.keys.expiries
+        try:
+            resp = await self.connection.kv.get(
+                start, range_end=prefix_range_end(start), timeout=self.timeout
+            )
+        except ETCD_ERRORS as e:
+            raise translate(e, "read expiry index") from e
+        entries = parse_expiries(self.keys, [(kv.key, kv.value) for kv in resp.kvs])
+        if len(entries) != len(resp.kvs):
+            log.warning(
+                "expiry index: entries that do not parse ignored", ignored=len(resp.kvs) - len(entries)
+            )
+        return entries, int(resp.header.revision)
+
+    async def watch_expiries(self, start_revision: int) -> AsyncIterator[int]:
+        """Yields the etcd revision of each change of the expiry index from ``start_revision``
+        on (read it again with :meth:`expiries`). :class:`StoreUnavailable` when etcd closes
+        the stream or compacted ``start_revision`` away: the caller reads the index again."""
+        start = self.keys.expiries
+        stream = self.connection.watch.watch(
+            start, range_end=prefix_range_end(start), start_revision=start_revision
+        )
+        try:
+            async for resp in stream:
+                if resp.compact_revision > 0 or resp.canceled:
+                    raise StoreUnavailable("expiry index watch compacted or canceled; read it again")
+                if resp.events:
+                    yield int(resp.header.revision)
+        except ETCD_ERRORS as e:
+            raise translate(e, "watch expiry index") from e
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]  # an async generator
+        raise StoreUnavailable("etcd closed the expiry index watch")
+
+    async def index_expiry(self, override_revision: int, expires_at: float) -> None:
+        """Put an entry (an override logged before the index existed; idempotent)."""
+        try:
+            await self.connection.kv.put(
+                self.keys.expiry_key(override_revision), repr(expires_at), timeout=self.timeout
+            )
+        except ETCD_ERRORS as e:
+            raise translate(e, "write expiry index") from e
+
+    async def drop_expiry(self, override_revision: int) -> None:
+        """Delete an entry (its override ended otherwise; idempotent)."""
+        try:
+            await self.connection.kv.delete(self.keys.expiry_key(override_revision), timeout=self.timeout)
+        except ETCD_ERRORS as e:
+            raise translate(e, "delete expiry index entry") from e
 
     async def set_leader_term(self, term: int) -> None:
         """Write the ``leader`` key directly: tests of the fencing compare without an election."""

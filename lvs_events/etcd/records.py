@@ -23,6 +23,12 @@ Key layout under ``/lvs-events/<cluster>/`` (:class:`Keys`):
     the snapshot's state (canonical JSON of the folded State), zlib-compressed and cut into
     chunks of at most :data:`SNAPSHOT_CHUNK` bytes: a 10,000-server state is a few MB, over
     etcd's default request limit (1.5 MiB).
+``expiries/<override revision, 20 digits>``
+    ``expires_at`` (unix seconds, decimal) of an operator override that ends by itself: the
+    index the coordinators' expiry task watches instead of the whole log. Put by the append
+    transaction of an ``AdminOverride`` with an expiry, deleted by the one of the
+    ``OverrideExpired`` naming it (:func:`expiry_index_op`); an entry whose override ended
+    otherwise (replaced, enabled, its server removed) is deleted by the task when it comes due.
 ``leader``
     the leader's term, decimal, bound to its lease. An append with ``require_term`` compares it
     in the append transaction itself (fencing).
@@ -40,7 +46,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from lvs_events.domain import chain
@@ -69,6 +75,7 @@ class Keys:
     first: bytes
     snapshot: bytes
     snapshots: bytes
+    expiries: bytes
     leader: bytes
     leader_info: bytes
     term: bytes
@@ -85,6 +92,7 @@ class Keys:
             first=p + b"first",
             snapshot=p + b"snapshot",
             snapshots=p + b"snapshots/",
+            expiries=p + b"expiries/",
             leader=p + b"leader",
             leader_info=p + b"leader_info",
             term=p + b"term",
@@ -97,8 +105,39 @@ class Keys:
     def id_key(self, event_id: str) -> bytes:
         return self.ids + event_id.encode()
 
+    def expiry_key(self, override_revision: int) -> bytes:
+        return self.expiries + rev_key(override_revision).encode()
+
     def chunk_prefix(self, revision: int, writer: str) -> bytes:
         return self.snapshots + f"{rev_key(revision)}/{writer}/".encode()
+
+
+def expiry_index_op(keys: Keys, ev: pb.Event) -> tuple[bytes, bytes | None] | None:
+    """What appending ``ev`` (its ``revision`` set) does to the expiry index: (key, value) to
+    put, (key, None) to delete, or None (most events: nothing). An override with an expiry
+    is indexed at its own revision; an ``OverrideExpired`` removes the entry it names."""
+    which = ev.WhichOneof("payload")
+    if which == "admin_override":
+        expires_at = ev.admin_override.expires_at
+        if expires_at > 0.0:
+            return keys.expiry_key(ev.revision), repr(expires_at).encode()
+        return None
+    if which == "override_expired":
+        return keys.expiry_key(ev.override_expired.override_revision), None
+    return None
+
+
+def parse_expiries(keys: Keys, kvs: Sequence[tuple[bytes, bytes]]) -> dict[int, float]:
+    """The expiry index's entries, override revision -> expires_at; entries that do not parse
+    (written by no version of this program) are left out, and logged by the caller."""
+    n = len(keys.expiries)
+    out: dict[int, float] = {}
+    for key, value in kvs:
+        try:
+            out[int(key[n:])] = float(value)
+        except ValueError:
+            continue
+    return out
 
 
 # --- the log -----------------------------------------------------------------------------------

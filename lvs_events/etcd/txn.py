@@ -12,8 +12,10 @@ the one read (optimistic CAS, so any number of coordinators can append; by value
 safe because ``head`` only grows and revisions are dense, so ``head == N ...`` means nobody has
 written ``log/N+1`` yet, and the hash in it is the one ``log/N+1`` must chain behind), compare
 every ``ids/<id>``'s create_revision with 0; on success put every log key, every id key and
-``head``. On failure the same transaction returns (failure branch) the
-current ``head``, the ids that exist and the leader key, so a retry needs no extra round trip.
+``head``, and change the expiry index for an override with an expiry or its end
+(:func:`~lvs_events.etcd.records.expiry_index_op`; the batch :func:`fits` the op limit). On
+failure the same transaction returns (failure branch) the current ``head``, the ids that
+exist and the leader key, so a retry needs no extra round trip.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from lvs_events import wire
-from lvs_events.etcd.records import REV_DIGITS, Appended, Head, Keys
+from lvs_events.etcd.records import REV_DIGITS, Appended, Head, Keys, expiry_index_op
 from lvs_events.pb.v1 import events_pb2 as pb
 
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
@@ -30,10 +32,17 @@ MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
 
 def batch_limit(max_txn_ops: int) -> int:
     """Events per append transaction under etcd's ``--max-txn-ops``: the success branch holds
-    two puts per event (log entry and id) and one for ``head``."""
-    if max_txn_ops < 3:
-        raise ValueError("max_txn_ops: at least 3")
-    return (max_txn_ops - 1) // 2
+    two puts per event (log entry and id), one for ``head`` and at least one expiry index op."""
+    if max_txn_ops < 4:
+        raise ValueError("max_txn_ops: at least 4")
+    return (max_txn_ops - 2) // 2
+
+
+def fits(max_txn_ops: int, events: int, indexed: int) -> bool:
+    """Whether a batch of ``events``, ``indexed`` of which change the expiry index
+    (:func:`~lvs_events.etcd.records.expiry_index_op`), is one transaction under
+    ``--max-txn-ops``: two puts per event, one for ``head``, one per index change."""
+    return events <= batch_limit(max_txn_ops) and 2 * events + 1 + indexed <= max_txn_ops
 
 
 MAX_BATCH_EVENTS = batch_limit(MAX_TXN_OPS)
@@ -44,11 +53,12 @@ class Txn:
     """A transaction of the shape the append uses, in order.
 
     ``compare``: (key, value) is "the key's value equals value"; (key, None) is "the key does not
-    exist" (its create_revision is 0). ``success``: puts (key, value). ``failure``: gets (key).
+    exist" (its create_revision is 0). ``success``: puts (key, value), or deletes (key, None).
+    ``failure``: gets (key).
     """
 
     compare: list[tuple[bytes, bytes | None]]
-    success: list[tuple[bytes, bytes]]
+    success: list[tuple[bytes, bytes | None]]
     failure: list[bytes]
 
 
@@ -78,7 +88,8 @@ def append_txn(
     if require_term is not None:
         compare.append((keys.leader, str(require_term).encode()))
         failure.append(keys.leader)
-    success: list[tuple[bytes, bytes]] = []
+    success: list[tuple[bytes, bytes | None]] = []
+    index: list[tuple[bytes, bytes | None]] = []
     assigned: list[Appended] = []
     rev = head.revision
     digest = head.hash
@@ -92,17 +103,21 @@ def append_txn(
         success.append((key, stored))
         success.append((id_key, srev))
         assigned.append(Appended(ev.event_id, rev, duplicate=False))
+        op = expiry_index_op(keys, ev)
+        if op is not None:
+            index.append(op)
     new_head = Head(rev, digest)
     success.append((keys.head, new_head.value()))
+    success.extend(index)
     return Txn(compare, success, failure), assigned, new_head
 
 
 # --- protobuf wire format of etcdserverpb.TxnRequest -----------------------------------------
 # TxnRequest: compare = 1, success = 2, failure = 3. Compare: target = 2 (CREATE 1, VALUE 3),
 # key = 3, create_revision = 5 and value = 7 (a oneof: a 0 is encoded); result EQUAL is 0 (the
-# default, not encoded). RequestOp: request_range = 1, request_put = 2. PutRequest /
-# RangeRequest: key = 1, value = 2. Fields in field-number order, as protobuf encodes them, so
-# the bytes equal the request etcd3aio would serialize.
+# default, not encoded). RequestOp: request_range = 1, request_put = 2, request_delete_range = 3.
+# PutRequest / RangeRequest / DeleteRangeRequest: key = 1, value = 2. Fields in field-number
+# order, as protobuf encodes them, so the bytes equal the request etcd3aio would serialize.
 
 
 def _varint(n: int) -> bytes:
@@ -130,10 +145,15 @@ def _compare(key: bytes, value: bytes | None) -> bytes:
     return b"\x0a" + _len(len(inner)) + inner
 
 
-def _put(key: bytes, value: bytes) -> bytes:
-    """TxnRequest.success: RequestOp.request_put (PutRequest key, value)."""
-    put = b"\x0a" + _len(len(key)) + key + b"\x12" + _len(len(value)) + value
-    op = b"\x12" + _len(len(put)) + put
+def _put(key: bytes, value: bytes | None) -> bytes:
+    """TxnRequest.success: RequestOp.request_put (PutRequest key, value); value None:
+    RequestOp.request_delete_range (DeleteRangeRequest key)."""
+    if value is None:
+        rng = b"\x0a" + _len(len(key)) + key
+        op = b"\x1a" + _len(len(rng)) + rng
+    else:
+        put = b"\x0a" + _len(len(key)) + key + b"\x12" + _len(len(value)) + value
+        op = b"\x12" + _len(len(put)) + put
     return b"\x12" + _len(len(op)) + op
 
 

@@ -10,6 +10,7 @@ from lvs_events.coordinator.appender import Appender
 from lvs_events.etcd.events import EtcdEventStore
 from lvs_events.etcd.records import Appended
 from lvs_events.pb.v1 import coordinator_pb2 as cpb
+from lvs_events.pb.v1 import events_pb2 as pb
 from tests.coordinator.helpers import CLUSTER, health_event, read_log
 
 
@@ -67,6 +68,12 @@ class _SlowStore:
 
     max_batch_events = 4
 
+    def indexed(self, event: pb.Event) -> bool:
+        return event.HasField("admin_override")
+
+    def fits(self, events: int, indexed: int) -> bool:  # as etcd with --max-txn-ops 10
+        return events <= self.max_batch_events and 2 * events + 1 + indexed <= 10
+
     def __init__(self) -> None:
         self.head = 0
         self.batches: list[list[str]] = []
@@ -95,3 +102,28 @@ async def test_backpressure_lets_waiting_submitters_in_first_come_first_served()
     finally:
         runner.cancel()
         await asyncio.wait([runner])
+
+
+async def test_a_batch_is_cut_where_the_store_says_it_no_longer_fits() -> None:
+    """Overrides with an expiry cost the store's transaction one op more (the expiry index): the
+    appender asks the store whether each batch fits, so a full batch holds fewer of them."""
+    store = _SlowStore()
+    appender = Appender(store, max_batch_events=4)  # type: ignore[arg-type]
+
+    def override(event_id: str) -> pb.Event:
+        return pb.Event(event_id=event_id, cluster=CLUSTER, admin_override=pb.AdminOverride(expires_at=9.0))
+
+    msgs = [override("o1"), override("o2"), health_event("h1"), override("o3")]
+    msgs += [health_event(f"h{i}") for i in range(2, 6)]
+    # queued before the appender runs, so they are batched together as far as the limits allow
+    futs = await appender.submit_many([(m, 10) for m in msgs])
+    runner = asyncio.create_task(appender.run())
+    try:
+        acks = await asyncio.gather(*futs)
+    finally:
+        runner.cancel()
+        await asyncio.wait([runner])
+    assert [a.revision for a in acks] == list(range(1, 9))
+    # 10 ops: three events with two overrides (7 + 2), not a fourth override (9 + 3); four
+    # events with one (9 + 1)
+    assert store.batches == [["o1", "o2", "h1"], ["o3", "h2", "h3", "h4"], ["h5"]]

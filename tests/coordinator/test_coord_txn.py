@@ -3,6 +3,8 @@ build, and it appends, dedupes and recovers from a lost CAS alike on either path
 
 from __future__ import annotations
 
+import asyncio
+
 import etcd3aio._protobuf as etcd_pb
 import pytest
 from etcd3aio._protobuf import Compare, TxnRequest
@@ -14,7 +16,7 @@ from lvs_events.etcd import bypass
 from lvs_events.etcd.connection import compare_mod
 from lvs_events.etcd.events import EtcdEventStore
 from lvs_events.etcd.records import Head, Keys
-from lvs_events.etcd.txn import append_txn, encode
+from lvs_events.etcd.txn import append_txn, batch_limit, encode, fits
 from lvs_events.pb.v1 import events_pb2 as pb
 from tests.coordinator.conftest import fresh_cluster
 from tests.coordinator.helpers import config_event, health_event
@@ -47,6 +49,14 @@ def _expected(
         success.append(kv.txn_op_put(keys.log_key(i), stored))
         success.append(kv.txn_op_put(keys.id_key(ev.event_id), str(i)))
     success.append(kv.txn_op_put(keys.head, Head(head.revision + len(events), digest).value()))
+    for i, ev in enumerate(events, start=head.revision + 1):  # the expiry index, after head
+        if ev.HasField("admin_override") and ev.admin_override.expires_at:
+            success.append(
+                kv.txn_op_put(f"/lvs-events/c1/expiries/{i:020d}", repr(ev.admin_override.expires_at))
+            )
+        elif ev.HasField("override_expired"):
+            rev = ev.override_expired.override_revision
+            success.append(kv.txn_op_delete(f"/lvs-events/c1/expiries/{rev:020d}"))
     return TxnRequest(compare=compare, success=success, failure=failure)
 
 
@@ -68,6 +78,105 @@ def test_append_txn_on_both_paths_is_the_request_etcd3aio_builds(
     assert TxnRequest(compare=compare, success=success, failure=failure) == want
     assert [a.revision for a in assigned] == list(range(head + 1, head + n + 1))
     assert [ev.revision for ev in events] == [a.revision for a in assigned]
+
+
+def _override(event_id: str, expires_at: float, cluster: str = "c1") -> pb.Event:
+    return pb.Event(
+        event_id=event_id,
+        cluster=cluster,
+        origin="ops",
+        actor="alice",
+        wall_time=1.0,
+        admin_override=pb.AdminOverride(
+            virtual="TCP 203.0.113.10:80",
+            real="192.0.2.11:80",
+            action=pb.AdminOverride.ACTION_DRAIN,
+            expires_at=expires_at,
+        ),
+    )
+
+
+def _expired(override_revision: int, cluster: str = "c1") -> pb.Event:
+    return pb.Event(
+        event_id=f"expire:{cluster}:{override_revision}",
+        cluster=cluster,
+        origin="coord",
+        actor="lvs-coordinator",
+        wall_time=2.0,
+        override_expired=pb.OverrideExpired(
+            virtual="TCP 203.0.113.10:80", real="192.0.2.11:80", override_revision=override_revision
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    "payloads",
+    [
+        ["expiring"],
+        ["health", "expiring", "health"],
+        ["open-ended", "health"],
+        ["health", "expired"],
+        ["expiring", "expired"],  # two index ops (etcd's limit permitting)
+    ],
+)
+def test_append_txn_keeps_the_expiry_index_on_both_paths(payloads: list[str]) -> None:
+    """An override with an expiry puts its index entry, one without none, an OverrideExpired
+    deletes the entry it names, all in the append's own transaction."""
+    keys = Keys.of("c1")
+    make = {
+        "health": lambda i: health_event(f"h-{i}", cluster="c1"),
+        "expiring": lambda i: _override(f"o-{i}", 1_900_000_000.25),
+        "open-ended": lambda i: _override(f"o-{i}", 0.0),
+        "expired": lambda i: _expired(7),
+    }
+    events = [make[kind](i) for i, kind in enumerate(payloads)]
+    at = Head(40, b"\x01" * 32)
+    want = _expected(keys, events, at, None, None)
+    txn, _, _ = append_txn(keys, events, at, None, None)
+    assert TxnRequest.FromString(encode(txn)) == want
+    compare, success, failure = bypass.PublicTxn.ops(txn)
+    assert TxnRequest(compare=compare, success=success, failure=failure) == want
+    index_ops = sum(p in ("expiring", "expired") for p in payloads)
+    assert len(want.success) == 2 * len(events) + 1 + index_ops
+
+
+@pytest.mark.parametrize(
+    ("max_txn_ops", "events", "indexed", "fit"),
+    [(128, 63, 1, True), (128, 63, 2, False), (128, 62, 3, True), (128, 62, 4, False), (4, 1, 1, True)],
+)
+def test_a_batch_fits_when_its_success_branch_is_within_max_txn_ops(
+    max_txn_ops: int, events: int, indexed: int, fit: bool
+) -> None:
+    assert fits(max_txn_ops, events, indexed) is fit
+    assert batch_limit(128) == 63  # a full batch of plain events, with room for one override
+    assert fits(128, 64, 0) is False
+    with pytest.raises(ValueError, match="at least 4"):
+        batch_limit(3)
+
+
+async def test_the_index_follows_overrides_in_etcd_and_the_limit_is_enforced(etcd: EtcdCluster) -> None:
+    cluster = fresh_cluster()
+    async with EtcdEventStore(etcd.endpoints, cluster) as store:
+        too_many = [_override(f"x{i}", 5.0, cluster) for i in range(2)]
+        too_many += [health_event(f"h{i}", cluster=cluster) for i in range(61)]
+        with pytest.raises(ValueError, match="changing the expiry index"):  # 63 * 2 + 1 + 2 ops
+            await store.append(too_many)
+        (drain,) = await store.append([_override("a", 1_900_000_000.5, cluster)])
+        await store.append([health_event("h", cluster=cluster), _override("b", 0.0, cluster)])
+        entries, at = await store.expiries()
+        assert entries == {drain.revision: 1_900_000_000.5}
+        watch = store.watch_expiries(at + 1)
+        await store.append([_expired(drain.revision, cluster)])
+        changed_at = await asyncio.wait_for(anext(watch), 10)
+        await watch.aclose()
+        assert changed_at > at
+        assert (await store.expiries())[0] == {}
+        await store.index_expiry(99, 12.5)  # the backfill's put and the task's drop: idempotent
+        await store.index_expiry(99, 12.5)
+        assert (await store.expiries())[0] == {99: 12.5}
+        await store.drop_expiry(99)
+        await store.drop_expiry(99)
+        assert (await store.expiries())[0] == {}
 
 
 @pytest.mark.parametrize("mod_revision", [0, 1, 987654321])
