@@ -85,7 +85,6 @@ from lvs_events.etcd.txn import MAX_TXN_OPS
 from lvs_events.pb.v1 import coordinator_pb2 as cpb
 from lvs_events.pb.v1 import coordinator_pb2_grpc as cpb_grpc
 from lvs_events.pb.v1 import events_pb2 as pb
-from lvs_events.rpc import MalformedRequests
 from lvs_events.security.interceptor import AuthInterceptor, NoPrincipal, Refusals, current_principal
 from lvs_events.security.principal import Role
 from lvs_events.security.tls import (
@@ -753,12 +752,9 @@ async def serve_coordinator(settings: CoordinatorSettings) -> AsyncIterator[Runn
             store, appender, states, settings.cluster, publish_window=settings.publish_window, gate=gate
         )
         server = grpc.aio.server(
-            # the first is the outermost: the caller is identified and the method decided
-            # before anything of the request reaches a handler
-            interceptors=[
-                AuthInterceptor(verified=reloader is not None, refusals=refusals),
-                MalformedRequests(),
-            ],
+            # one interceptor: the caller is identified and the method decided, then a
+            # malformed request refused, before anything of the request reaches a handler
+            interceptors=[AuthInterceptor(verified=reloader is not None, refusals=refusals)],
             options=[
                 ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
                 ("grpc.max_send_message_length", MAX_SEND_BYTES),
@@ -772,7 +768,7 @@ async def serve_coordinator(settings: CoordinatorSettings) -> AsyncIterator[Runn
                 ("grpc.http2.min_recv_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
                 ("grpc.keepalive_time_ms", SERVER_KEEPALIVE_MS),
                 ("grpc.keepalive_timeout_ms", SERVER_KEEPALIVE_MS // 2),
-            ]
+            ],
         )
         cpb_grpc.add_CoordinatorServicer_to_server(service, server)
         add_leader_election(server, leaders, settings.cluster, settings.etcd_timeout)

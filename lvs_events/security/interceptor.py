@@ -9,21 +9,20 @@ that decides per message (``Publish``: each event) calls :meth:`Refusals.check` 
 principal, so every refusal is logged and counted in one place.
 
 Methods of the grpc health and reflection services are open to every caller that passed the TLS
-handshake; a method the policy does not know is refused (fail closed).
+handshake; a method the policy does not know is refused (fail closed). The wrapping itself is
+:func:`lvs_events.rpc.guard`'s, shared with the refusal of malformed requests.
 """
 
 from __future__ import annotations
 
 import collections
 import contextvars
-import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 import structlog
 
 from lvs_events.pb.v1 import leadership_pb2 as lpb
+from lvs_events.rpc import Context, Guarded
 from lvs_events.security.policy import PUBLIC_SERVICES, Action, Call, Decision, Rpc, decide, show
 from lvs_events.security.principal import UNVERIFIED, Principal, principal_from_context
 
@@ -96,30 +95,24 @@ def _claimed_node(rpc: Rpc, request: object) -> str | None:
     return None
 
 
-if TYPE_CHECKING:  # grpc's classes are generic only in its type stubs
-    Handler = grpc.RpcMethodHandler[Any, Any]
-    _Interceptor = grpc.aio.ServerInterceptor[Any, Any]
-else:
-    Handler = grpc.RpcMethodHandler
-    _Interceptor = grpc.aio.ServerInterceptor
-_Context = grpc.aio.ServicerContext[Any, Any]
-_Requests = AsyncIterator[object]
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler]]
-
-
-class AuthInterceptor(_Interceptor):
+class AuthInterceptor(Guarded):
     """``verified``: the server requires client certificates (TLS); False: every caller is
-    :data:`UNVERIFIED`. ``peer``: the Peer service's configured peer node ("" = none)."""
+    :data:`UNVERIFIED`. ``peer``: the Peer service's configured peer node ("" = none).
+
+    The one interceptor of a server: it also refuses malformed requests
+    (:func:`lvs_events.rpc.guard`), after admission, so an unadmitted caller learns nothing of
+    how its bytes parse."""
 
     def __init__(self, *, verified: bool, peer: str = "", refusals: Refusals | None = None) -> None:
+        super().__init__(self._admit, unchecked=PUBLIC_SERVICES)
         self.verified = verified
         self.peer = peer
         self.refusals = refusals or Refusals()
 
-    def _principal(self, context: _Context) -> Principal | None:
+    def _principal(self, context: Context) -> Principal | None:
         return principal_from_context(context) if self.verified else UNVERIFIED
 
-    async def _admit(self, method: str, request: object, context: _Context) -> None:
+    async def _admit(self, method: str, request: object | None, context: Context) -> None:
         principal = self._principal(context)
         try:
             rpc = Rpc(method)
@@ -132,68 +125,3 @@ class AuthInterceptor(_Interceptor):
         if not d.allowed:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, d.reason)
         _PRINCIPAL.set(principal)
-
-    async def intercept_service(
-        self, continuation: Continuation, details: grpc.HandlerCallDetails
-    ) -> Handler:
-        handler = await continuation(details)
-        method = details.method
-        if handler is None or method.startswith(PUBLIC_SERVICES):
-            return handler
-        return self._wrap(handler, method)
-
-    def _wrap(self, h: Handler, method: str) -> Handler:
-        """``h`` with :meth:`_admit` run first, keeping its kind (grpc.aio tells an async generator
-        handler from a coroutine one that writes through the context)."""
-        admit = self._admit
-        des, ser = h.request_deserializer, h.response_serializer
-        # grpc's stubs type behaviours as synchronous; grpc.aio's are coroutines or async generators
-        if h.unary_unary is not None:
-            uu = cast(Callable[[object, _Context], Awaitable[object]], h.unary_unary)
-
-            async def unary_unary(request: object, context: _Context) -> object:
-                await admit(method, request, context)
-                return await uu(request, context)
-
-            return grpc.unary_unary_rpc_method_handler(unary_unary, des, ser)
-        if h.stream_unary is not None:
-            su = cast(Callable[[_Requests, _Context], Awaitable[object]], h.stream_unary)
-
-            async def stream_unary(requests: _Requests, context: _Context) -> object:
-                await admit(method, None, context)
-                return await su(requests, context)
-
-            return grpc.stream_unary_rpc_method_handler(stream_unary, des, ser)
-        if h.unary_stream is not None:
-            if inspect.isasyncgenfunction(h.unary_stream):
-                usg = cast(Callable[[object, _Context], AsyncIterator[object]], h.unary_stream)
-
-                async def unary_stream_gen(request: object, context: _Context) -> AsyncIterator[object]:
-                    await admit(method, request, context)
-                    async for item in usg(request, context):
-                        yield item
-
-                return grpc.unary_stream_rpc_method_handler(unary_stream_gen, des, ser)
-            us = cast(Callable[[object, _Context], Awaitable[None]], h.unary_stream)
-
-            async def unary_stream(request: object, context: _Context) -> None:
-                await admit(method, request, context)
-                await us(request, context)
-
-            return grpc.unary_stream_rpc_method_handler(unary_stream, des, ser)
-        if inspect.isasyncgenfunction(h.stream_stream):
-            ssg = cast(Callable[[_Requests, _Context], AsyncIterator[object]], h.stream_stream)
-
-            async def stream_stream_gen(requests: _Requests, context: _Context) -> AsyncIterator[object]:
-                await admit(method, None, context)
-                async for item in ssg(requests, context):
-                    yield item
-
-            return grpc.stream_stream_rpc_method_handler(stream_stream_gen, des, ser)
-        ss = cast(Callable[[_Requests, _Context], Awaitable[None]], h.stream_stream)
-
-        async def stream_stream(requests: _Requests, context: _Context) -> None:
-            await admit(method, None, context)
-            await ss(requests, context)
-
-        return grpc.stream_stream_rpc_method_handler(stream_stream, des, ser)

@@ -27,7 +27,6 @@ from lvs_events.client.channels import Channels
 from lvs_events.client.ha import NodeView, PeerUnavailable
 from lvs_events.pb.v1 import leadership_pb2 as lpb
 from lvs_events.pb.v1 import leadership_pb2_grpc as lpb_grpc
-from lvs_events.rpc import MalformedRequests
 from lvs_events.security.interceptor import AuthInterceptor, Refusals
 from lvs_events.security.tls import ListenMode, TlsFiles, check_listen, insecure_warning, server_credentials
 
@@ -216,7 +215,7 @@ async def serve_peer(
         log.warning(insecure_warning(listen), listen=listen)
     auth = AuthInterceptor(verified=tls is not None, peer=peer_node, refusals=refusals)
     # as on the coordinator: who calls is decided before what the request says
-    server = grpc.aio.server(interceptors=[auth, MalformedRequests()], options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(interceptors=[auth], options=[("grpc.so_reuseport", 0)])
     lpb_grpc.add_PeerServicer_to_server(PeerService(handler), server)
     if tls is None:
         port = server.add_insecure_port(listen)
