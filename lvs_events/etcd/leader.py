@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +56,11 @@ class _LeaderView:
     def leader(self) -> LeaderRecord | None:
         """The leader's record while the leader key exists (the info key shares its lease)."""
         return self.info if self.leader_value is not None else None
+
+
+# What an election call makes of the leader keys (EtcdLeaderStore._transact): decided without a
+# write, or a transaction (compare, success ops) and the outcome if it succeeds.
+_Plan = ElectionOutcome | tuple[list[Any], list[Any], ElectionOutcome]
 
 
 class EtcdLeaderStore:
@@ -156,9 +161,49 @@ class EtcdLeaderStore:
     ) -> ElectionOutcome:
         """Become leader with ``lease_id``: if there is no leader (``expect_term`` None, a campaign)
         or the leader key holds ``expect_term`` (a takeover). One transaction (see above)."""
-        await self.connect()
         kv = self.connection.kv
         k = self.keys
+
+        def plan(view: _LeaderView) -> _Plan:
+            if view.info is not None and view.info.lease_id == lease_id and view.leader_value:
+                return ElectionOutcome(True, view.info, view.term)  # an earlier try landed
+            if not _may_take(view, expect_term):
+                return ElectionOutcome(False, view.leader, view.term)
+            new_term = view.term + 1
+            prev = view.last if view.last is not None and not view.last.ended else None
+            log_ops, last_rev = self._log_ops(events_for(new_term, prev), view.head)
+            record = LeaderRecord(node, new_term, lease_id, address, last_rev)
+            compare = [
+                kv.txn_compare_create_revision(k.leader, 0)
+                if expect_term is None
+                else kv.txn_compare_value(k.leader, str(expect_term)),
+                compare_mod(k.term, view.term_mod),
+                self._head_compare(view.head),
+            ]
+            success = [
+                kv.txn_op_put(k.leader, str(new_term), lease=lease_id),
+                kv.txn_op_put(k.leader_info, record.to_json(), lease=lease_id),
+                kv.txn_op_put(k.term, str(new_term)),
+                kv.txn_op_put(k.last_leader, record.to_json()),
+                *log_ops,
+            ]
+            return compare, success, ElectionOutcome(True, record, new_term)
+
+        # a failed compare (the term counter or the log head moved) plans again on fresh values
+        outcome, _ = await self._transact(plan, "election", within)
+        return outcome
+
+    async def _transact(
+        self, plan: Callable[[_LeaderView], _Plan], what: str, within: float | None
+    ) -> tuple[ElectionOutcome, float]:
+        """The loop of an election transaction: read the leader keys, ``plan`` either decides
+        without writing (an outcome) or gives (compare, success, outcome if it succeeds); a
+        failed compare returns fresh keys in its failure branch and ``plan`` runs again on them;
+        an etcd error (ambiguous: the transaction may have landed) re-reads them, within
+        :data:`ELECTION_ERRORS` errors and the deadline. Returns the outcome and the deadline
+        (the event loop's clock)."""
+        await self.connect()
+        kv = self.connection.kv
         deadline = asyncio.get_running_loop().time() + (within or self.timeout)
         backoff = _ELECTION_RETRY.start()
         view: _LeaderView | None = None
@@ -169,41 +214,19 @@ class EtcdLeaderStore:
             try:
                 if view is None:
                     view = await self._view(left)
-                    if view.info is not None and view.info.lease_id == lease_id and view.leader_value:
-                        return ElectionOutcome(True, view.info, view.term)  # an earlier try landed
-                    if not _may_take(view, expect_term):
-                        return ElectionOutcome(False, view.leader, view.term)
-                new_term = view.term + 1
-                prev = view.last if view.last is not None and not view.last.ended else None
-                log_ops, last_rev = self._log_ops(events_for(new_term, prev), view.head)
-                record = LeaderRecord(node, new_term, lease_id, address, last_rev)
-                compare = [
-                    kv.txn_compare_create_revision(k.leader, 0)
-                    if expect_term is None
-                    else kv.txn_compare_value(k.leader, str(expect_term)),
-                    compare_mod(k.term, view.term_mod),
-                    self._head_compare(view.head),
-                ]
-                success = [
-                    kv.txn_op_put(k.leader, str(new_term), lease=lease_id),
-                    kv.txn_op_put(k.leader_info, record.to_json(), lease=lease_id),
-                    kv.txn_op_put(k.term, str(new_term)),
-                    kv.txn_op_put(k.last_leader, record.to_json()),
-                    *log_ops,
-                ]
+                decided = plan(view)
+                if isinstance(decided, ElectionOutcome):
+                    return decided, deadline
+                compare, success, outcome = decided
                 resp = await kv.txn(compare, success, self._view_ops(), timeout=max(MIN_CALL_TIMEOUT, left))
             except RETRYABLE_ERRORS as e:
-                # ambiguous: re-read; our lease on the leader key tells whether it landed
                 view = None
-                await self._retry_or_raise(e, backoff, deadline, "election")
+                await self._retry_or_raise(e, backoff, deadline, what)
                 continue
             if resp.succeeded:
-                return ElectionOutcome(True, record, new_term)
+                return outcome, deadline
             view = _parse_view(resp.responses, int(resp.header.revision), self.cluster)
-            if not _may_take(view, expect_term):
-                return ElectionOutcome(False, view.leader, view.term)
-            # the term counter or the log head moved: try again with the fresh values
-        raise StoreUnavailable("election: no decision within the deadline")
+        raise StoreUnavailable(f"{what}: no decision within the deadline")
 
     async def _retry_or_raise(self, e: BaseException, backoff: Backoff, deadline: float, what: str) -> None:
         """After an etcd error: wait before the next attempt, or raise when none is left."""
@@ -247,41 +270,30 @@ class EtcdLeaderStore:
         self, node: str, term: int, *, events_for: LeaderEvents, within: float | None = None
     ) -> ElectionOutcome:
         """Delete the leader keys if they hold ``term`` (and log the LOST event); revoke the lease."""
-        await self.connect()
         kv = self.connection.kv
         k = self.keys
-        deadline = asyncio.get_running_loop().time() + (within or self.timeout)
-        backoff = _ELECTION_RETRY.start()
-        view: _LeaderView | None = None
-        for _ in range(MAX_ELECTION_ATTEMPTS):
-            left = self._left(deadline)
-            if left <= 0:
-                break
-            try:
-                if view is None:
-                    view = await self._view(left)
-                if view.leader_value != str(term).encode() or view.info is None:
-                    return ElectionOutcome(False, view.leader, view.term)
-                info = view.info
-                log_ops, _ = self._log_ops(events_for(view.term, info), view.head)
-                compare = [kv.txn_compare_value(k.leader, str(term)), self._head_compare(view.head)]
-                success = [
-                    kv.txn_op_delete(k.leader),
-                    kv.txn_op_delete(k.leader_info),
-                    kv.txn_op_put(k.last_leader, info.ending().to_json()),
-                    *log_ops,
-                ]
-                resp = await kv.txn(compare, success, self._view_ops(), timeout=max(MIN_CALL_TIMEOUT, left))
-            except RETRYABLE_ERRORS as e:
-                view = None
-                await self._retry_or_raise(e, backoff, deadline, "resign")
-                continue
-            if resp.succeeded:
-                with contextlib.suppress(StoreError):
-                    await self.revoke(info.lease_id, within=max(MIN_CALL_TIMEOUT, self._left(deadline)))
-                return ElectionOutcome(True, None, view.term)
-            view = _parse_view(resp.responses, int(resp.header.revision), self.cluster)
-        raise StoreUnavailable("resign: no decision within the deadline")
+        ending: list[int] = []  # the lease of the leadership this resign ends
+
+        def plan(view: _LeaderView) -> _Plan:
+            if view.leader_value != str(term).encode() or view.info is None:
+                return ElectionOutcome(False, view.leader, view.term)
+            info = view.info
+            log_ops, _ = self._log_ops(events_for(view.term, info), view.head)
+            compare = [kv.txn_compare_value(k.leader, str(term)), self._head_compare(view.head)]
+            success = [
+                kv.txn_op_delete(k.leader),
+                kv.txn_op_delete(k.leader_info),
+                kv.txn_op_put(k.last_leader, info.ending().to_json()),
+                *log_ops,
+            ]
+            ending[:] = [info.lease_id]
+            return compare, success, ElectionOutcome(True, None, view.term)
+
+        outcome, deadline = await self._transact(plan, "resign", within)
+        if outcome.acquired:
+            with contextlib.suppress(StoreError):
+                await self.revoke(ending[0], within=max(MIN_CALL_TIMEOUT, self._left(deadline)))
+        return outcome
 
     async def watch(self, start_revision: int) -> AsyncIterator[tuple[LeaderRecord | None, int]]:
         """Changes of the leader from etcd revision ``start_revision``: (leader or None, etcd
