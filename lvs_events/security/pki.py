@@ -20,6 +20,7 @@ the old certificate (refused, the old pair stays) and then the new pair.
 from __future__ import annotations
 
 import datetime
+import grp
 import ipaddress
 import os
 import tempfile
@@ -85,24 +86,27 @@ def new_ca(
         .not_valid_before(start)
         .not_valid_after(start + datetime.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(ca=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
     return key, cert
+
+
+def _key_usage(*, ca: bool) -> x509.KeyUsage:
+    """Signatures only (ECDSA keys: TLS needs no key encipherment); a CA also signs
+    certificates and CRLs."""
+    return x509.KeyUsage(
+        digital_signature=True,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
 
 
 def _san(value: str) -> x509.GeneralName:
@@ -138,20 +142,7 @@ def issue_certificate(
         .not_valid_before(start)
         .not_valid_after(start + datetime.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=False,
-                crl_sign=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(ca=False), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
@@ -165,10 +156,23 @@ def issue_certificate(
     return key, builder.sign(ca_key, hashes.SHA256())
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file in the same directory, renamed)."""
+def key_group(name: str) -> int:
+    """The id of the group that may read the identities' keys (``--group``)."""
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise PkiError(
+            f"group {name!r} does not exist: create it (groupadd --system {name}) or leave --group out"
+        ) from None
+
+
+def _write(path: Path, data: bytes, mode: int, gid: int | None = None) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file in the same directory, renamed),
+    with ``mode`` and group ``gid`` (None: the writer's) set before a byte is written."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        if gid is not None:
+            os.fchown(fd, -1, gid)
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -199,11 +203,18 @@ def key_path(directory: Path, name: str) -> Path:
 
 
 def write_identity(
-    directory: Path, name: str, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate
+    directory: Path,
+    name: str,
+    key: ec.EllipticCurvePrivateKey,
+    cert: x509.Certificate,
+    *,
+    group: int | None = None,
 ) -> tuple[Path, Path]:
-    """Write a pair, the key first (see the module docstring); returns (certificate, key)."""
+    """Write a pair, the key first (see the module docstring); returns (certificate, key). The
+    key is ``0600``, or ``0640`` of ``group`` (the services' group, which the systemd units
+    name in ``SupplementaryGroups``)."""
     kp, cp = key_path(directory, name), cert_path(directory, name)
-    _write(kp, key_pem(key), 0o600)
+    _write(kp, key_pem(key), 0o600 if group is None else 0o640, group)
     _write(cp, cert_pem(cert), 0o644)
     return cp, kp
 
@@ -229,8 +240,10 @@ def init(
     ca_days: int = CA_DAYS,
     force: bool = False,
     now: datetime.datetime | None = None,
+    group: int | None = None,
 ) -> list[Path]:
-    """A new CA in ``directory`` and a certificate per identity; the files written."""
+    """A new CA in ``directory`` and a certificate per identity; the files written. The CA's
+    key is always ``0600``: ``group`` is for the identities' keys (:func:`write_identity`)."""
     names = [i.name for i in identities]
     if len(set(names)) != len(names):
         raise PkiError(f"identity names must differ: {sorted(names)}")
@@ -243,7 +256,7 @@ def init(
     _write(directory / CA_KEY, key_pem(ca_key), 0o600)
     _write(directory / CA_CERT, cert_pem(ca_cert), 0o644)
     written = [directory / CA_CERT, directory / CA_KEY]
-    written += issue_all(directory, identities, ca=(ca_key, ca_cert), days=days, now=now)
+    written += issue_all(directory, identities, ca=(ca_key, ca_cert), days=days, now=now, group=group)
     return written
 
 
@@ -254,12 +267,13 @@ def issue_all(
     ca: tuple[ec.EllipticCurvePrivateKey, x509.Certificate] | None = None,
     days: int = CERT_DAYS,
     now: datetime.datetime | None = None,
+    group: int | None = None,
 ) -> list[Path]:
     """A certificate per identity, signed by ``ca`` (default: the CA in ``directory``); an
-    existing pair of the same name is replaced (rotation)."""
+    existing pair of the same name is replaced (rotation). ``group``: see :func:`write_identity`."""
     ca_key, ca_cert = ca or load_ca(directory)
     written: list[Path] = []
     for ident in identities:
         key, cert = issue_certificate(ca_key, ca_cert, ident, days=days, now=now)
-        written += write_identity(directory, ident.name, key, cert)
+        written += write_identity(directory, ident.name, key, cert, group=group)
     return written

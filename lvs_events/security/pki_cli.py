@@ -53,13 +53,24 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     i.add_argument(
         "--force", action="store_true", help="replace an existing CA (every certificate must be reissued)"
     )
+    _group_option(i)
     s = sub.add_parser("issue", help="one more certificate (or a new one for an identity: rotation)")
     s.add_argument("--dir", type=Path, required=True, help="the directory holding ca.pem and ca-key.pem")
     s.add_argument("--role", choices=sorted(r.value for r in CERTIFICATE_ROLES), required=True)
     s.add_argument("--name", required=True, help="the identity's name (node or user name)")
     s.add_argument("--san", action="append", default=[], help="an address or DNS name (directors, witness)")
     s.add_argument("--days", type=int, default=pki.CERT_DAYS)
+    _group_option(s)
     return p
+
+
+def _group_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--group",
+        metavar="GROUP",
+        help="write the identities' keys 0640 of this group (e.g. lvs-events, the group the systemd"
+        " units run in) instead of 0600; the CA key stays 0600",
+    )
 
 
 def _identities(args: argparse.Namespace) -> list[pki.Identity]:
@@ -79,12 +90,15 @@ def _need_identities(idents: list[pki.Identity]) -> list[pki.Identity]:
 def run(args: argparse.Namespace) -> int:
     """Carry out ``pki init`` or ``pki issue``; prints the files written. 0 on success, 2 on error."""
     try:
+        group = pki.key_group(args.group) if args.group else None
         if args.pki_cmd == "init":
             idents = _need_identities(_identities(args))
-            written = pki.init(args.dir, idents, days=args.days, ca_days=args.ca_days, force=args.force)
+            written = pki.init(
+                args.dir, idents, days=args.days, ca_days=args.ca_days, force=args.force, group=group
+            )
         else:
             ident = pki.Identity(args.name, Role(args.role), tuple(args.san))
-            written = pki.issue_all(args.dir, [ident], days=args.days)
+            written = pki.issue_all(args.dir, [ident], days=args.days, group=group)
     except pki.PkiError as e:
         print(f"lvs-events pki: {e}", file=sys.stderr)
         return 2

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import grp
 import ipaddress
+import os
 import stat
 from pathlib import Path
 
@@ -123,3 +125,26 @@ def test_issue_needs_the_ca(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     argv = ["pki", "issue", "--dir", str(tmp_path), "--role", "reader", "--name", "r"]
     assert pki_cli.run(_parser().parse_args(argv)) == 2
     assert "the CA in" in capsys.readouterr().err
+
+
+def test_group_makes_the_identities_keys_readable_by_the_services_group_not_the_cas(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--group``: what the systemd units need (they run as a dynamic user in that group)."""
+    d = tmp_path / "pki"
+    group = grp.getgrgid(os.getgid()).gr_name
+    args = _parser().parse_args(["pki", "init", "--dir", str(d), "--director", "lb1", "--group", group])
+    assert pki_cli.run(args) == 0
+    issue = ["pki", "issue", "--dir", str(d), "--role", "operator", "--name", "carol", "--group", group]
+    assert pki_cli.run(_parser().parse_args(issue)) == 0
+    for name in ("lb1", "carol"):
+        st = (d / f"{name}-key.pem").stat()
+        assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o640, os.getgid()), name
+        load_material(files(d, name))
+    assert stat.S_IMODE((d / "ca-key.pem").stat().st_mode) == 0o600
+    capsys.readouterr()
+    bad = ["pki", "issue", "--dir", str(d), "--role", "reader", "--name", "m", "--group", "no-such-group-x"]
+    assert pki_cli.run(_parser().parse_args(bad)) == 2
+    err = capsys.readouterr().err
+    assert "group 'no-such-group-x' does not exist" in err
+    assert not (d / "m-key.pem").exists()
