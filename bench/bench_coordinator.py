@@ -28,7 +28,13 @@ event also passes the access policy and is stamped. Both modes turn the coordina
 rate limits off (``--rate-events 0 --rate-bytes 0``): the bench is one principal publishing far
 more than a director pair does.
 
-Run from the repository root: ``python bench/bench_coordinator.py [--quick] [--tls]``.
+``--beside-lab``: the whole run with a director pair running beside it on the same host
+(:class:`lvs_events.drills.lab.NetnsLab`, root and network namespaces): three etcd members, two
+coordinators, two agents with their HA heartbeats and the lab's probes (a client connecting to
+the VIP every 20 ms, an ARP watcher every 10 ms). The raw baseline and the coordinator share the
+host with it alike (the latency rounds interleave them); the report gives the load average.
+
+Run from the repository root: ``python bench/bench_coordinator.py [--quick] [--tls] [--beside-lab]``.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
 from lvs_events import logs  # noqa: E402
 from lvs_events.coordinator.snapshots import StateService  # noqa: E402
+from lvs_events.drills.lab import NetnsLab, netns_available  # noqa: E402
 from lvs_events.etcd.connection import PLAINTEXT, EtcdAccess  # noqa: E402
 from lvs_events.etcd.events import EtcdEventStore  # noqa: E402
 from lvs_events.pb.v1 import coordinator_pb2 as cpb  # noqa: E402
@@ -416,7 +423,30 @@ def start_coordinator(
         )
 
 
-async def main_async(quick: bool, batch: int, window: int, max_txn_ops: int, use_tls: bool) -> dict[str, Any]:
+async def main_async(
+    quick: bool, batch: int, window: int, max_txn_ops: int, use_tls: bool, *, beside_lab: bool
+) -> dict[str, Any]:
+    if not beside_lab:
+        return await measure(quick, batch, window, max_txn_ops, use_tls)
+    why = netns_available()
+    if why:
+        raise SystemExit(f"--beside-lab: {why}")
+    async with NetnsLab() as lab:
+        await asyncio.sleep(5)  # the pair elects, the agents apply the lab's config
+        await lab.start_probe(3600)
+        load_before = os.getloadavg()
+        result = await measure(quick, batch, window, max_txn_ops, use_tls)
+        load_after = os.getloadavg()
+        running = sorted(k for k, proc in lab.procs.items() if proc.poll() is None)
+    result["beside"] = {
+        "lab": "NetnsLab: 3 etcd members, 2 coordinators, 2 agents (HA heartbeats), VIP probe and ARP watch",
+        "running_at_the_end": running,
+        "loadavg_1m_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
+    }
+    return result
+
+
+async def measure(quick: bool, batch: int, window: int, max_txn_ops: int, use_tls: bool) -> dict[str, Any]:
     scale = 0.25 if quick else 1.0
     pki_dir = tempfile.TemporaryDirectory()
     tls = Tls.make(Path(pki_dir.name)) if use_tls else None
@@ -511,6 +541,9 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=256, help="events in flight, windowed publishers")
     parser.add_argument("--tls", action="store_true", help="mutual TLS on both hops (module docstring)")
     parser.add_argument(
+        "--beside-lab", action="store_true", help="a director pair running beside (module docstring)"
+    )
+    parser.add_argument(
         "--etcd-max-txn-ops",
         type=int,
         default=0,
@@ -518,7 +551,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     logs.configure("console", "WARNING")  # on stderr: stdout is the JSON result
-    result = asyncio.run(main_async(args.quick, args.batch, args.window, args.etcd_max_txn_ops, args.tls))
+    result = asyncio.run(
+        main_async(
+            args.quick, args.batch, args.window, args.etcd_max_txn_ops, args.tls, beside_lab=args.beside_lab
+        )
+    )
     print(json.dumps(result, indent=2))
 
 
