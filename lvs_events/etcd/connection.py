@@ -15,6 +15,13 @@ client certificate (etcd's ``--client-cert-auth``: with auth enabled, the certif
 the etcd user); and/or an etcd user with a password, whose token every call carries (the
 append's bytes path too) and which is renewed every :data:`TOKEN_REFRESH` seconds, below
 etcd's ``--auth-token-ttl`` (300 s by default). The password never appears in a repr or a log.
+
+Rotation: the TLS files (CA, client certificate and key) are looked at every
+:data:`CERT_CHECK` seconds. When they changed and the new pair is usable (both parse, the key is
+the certificate's), the connection opens a new channel with them and swaps it in; calls and
+watches already on the old channel keep it for :data:`OLD_CHANNEL_GRACE` timeouts, then it
+closes (a watch broken so is read again by its owner, as after any reconnect). Files caught
+half-written (the key replaced, not yet the certificate) are left alone until they change again.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ from typing import Any
 import grpc
 import grpc.aio
 import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from etcd3aio import EtcdError
 from etcd3aio.auth import AuthService
 from etcd3aio.connections import ConnectionManager
@@ -46,6 +55,8 @@ from lvs_events.retry import RetryPolicy
 log = structlog.get_logger(__name__)
 
 DEFAULT_TIMEOUT = 5.0  # seconds, every etcd call
+CERT_CHECK = 30.0  # seconds between looks at the TLS files for a rotation
+OLD_CHANNEL_GRACE = 2  # timeouts a replaced channel stays open for the calls on it
 TOKEN_REFRESH = 60.0  # seconds between authentications; etcd's --auth-token-ttl must exceed it
 _TOKEN_RETRY = RetryPolicy(initial=1.0, cap=10.0)
 ENV_ETCD_CA = "LVS_EVENTS_ETCD_CA"
@@ -107,6 +118,52 @@ class EtcdAccess:
         except OSError as e:
             raise EtcdAccessError(f"etcd TLS file {e.filename}: {e.strerror}") from e
         return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+
+    def files(self) -> tuple[Path, ...]:
+        return tuple(f for f in (self.ca, self.cert, self.key) if f is not None)
+
+    def checked_credentials(self) -> grpc.ChannelCredentials:
+        """:meth:`credentials`, after checking that the files parse and the key is the
+        certificate's (gRPC would only fail at the next handshake). :class:`EtcdAccessError`
+        naming the file otherwise."""
+        assert self.ca is not None
+        try:
+            ca = self.ca.read_bytes()
+            cert = self.cert.read_bytes() if self.cert is not None else None
+            key = self.key.read_bytes() if self.key is not None else None
+        except OSError as e:
+            raise EtcdAccessError(f"etcd TLS file {e.filename}: {e.strerror}") from e
+        try:
+            x509.load_pem_x509_certificates(ca)
+        except ValueError as e:
+            raise EtcdAccessError(f"etcd CA {self.ca}: not a PEM certificate") from e
+        if cert is not None and key is not None:
+            try:
+                public = x509.load_pem_x509_certificate(cert).public_key()
+            except ValueError as e:
+                raise EtcdAccessError(f"etcd client certificate {self.cert}: not a PEM certificate") from e
+            try:
+                private = serialization.load_pem_private_key(key, password=None)
+            except (ValueError, TypeError) as e:
+                raise EtcdAccessError(f"etcd client key {self.key}: not an unencrypted PEM key") from e
+            raw = serialization.PublicFormat.SubjectPublicKeyInfo
+            pem = serialization.Encoding.PEM
+            if private.public_key().public_bytes(pem, raw) != public.public_bytes(pem, raw):
+                raise EtcdAccessError(f"etcd client key {self.key} is not the key of {self.cert}")
+        return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+
+
+def files_stamp(paths: Sequence[Path]) -> tuple[tuple[int, int, int] | None, ...]:
+    """What tells a rewritten file (inode, size, modification time); None: unreadable."""
+    out: list[tuple[int, int, int] | None] = []
+    for path in paths:
+        try:
+            st = path.stat()
+        except OSError:
+            out.append(None)
+        else:
+            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(out)
 
 
 PLAINTEXT = EtcdAccess()
@@ -241,10 +298,12 @@ class Connection:
         appends: bool = True,
         bytes_txn: bool = True,
         access: EtcdAccess = PLAINTEXT,
+        cert_check: float = CERT_CHECK,
     ) -> None:
         """``rpc_max_attempts``: etcd3aio's own retry of UNAVAILABLE per call (1: none).
         ``appends``: this connection sends append transactions (:meth:`append_txn`); then
-        ``bytes_txn``: as encoded bytes when etcd3aio allows it. ``access``: TLS and auth."""
+        ``bytes_txn``: as encoded bytes when etcd3aio allows it. ``access``: TLS and auth.
+        ``cert_check``: seconds between looks at the TLS files (0: never; see the module)."""
         if not endpoints:
             raise ValueError("at least one etcd endpoint is needed")
         self.endpoints = list(endpoints)
@@ -264,6 +323,10 @@ class Connection:
         self._watch: WatchService | None = None
         self._txn: bypass.TxnSender | None = None
         self._connecting = asyncio.Lock()
+        self._cert_check = cert_check if access.tls else 0.0
+        self._rotator: asyncio.Task[None] | None = None
+        self._retired: set[asyncio.Task[None]] = set()  # replaced channels closing after their grace
+        self.rotations = 0  # channels replaced because the TLS files changed
 
     async def connect(self) -> None:
         if self._channel is not None:
@@ -271,54 +334,105 @@ class Connection:
         async with self._connecting:
             if self._channel is not None:
                 return
-            target, options = self._tuning.options(self.endpoints)
             access = self.access
-            if access.tls:
-                if access.server_name:
-                    options = [*options, ("grpc.ssl_target_name_override", access.server_name)]
-                channel = grpc.aio.secure_channel(target, access.credentials(), options=options)
-            else:
-                channel = grpc.aio.insecure_channel(target, options=options)
-            attempts = self._rpc_max_attempts
-            self._kv = KVService(channel, max_attempts=attempts)
-            self._lease = LeaseService(channel, max_attempts=attempts)
-            self._watch = WatchService(channel, max_attempts=attempts)
-            self._maintenance = MaintenanceService(channel, max_attempts=attempts)
-            if self._appends:
-                self._txn = bypass.choose(channel, self._kv, prefer_bytes=self._bytes_txn)
-            if access.user:
-                self._auth = AuthService(channel, max_attempts=attempts)
-                try:
-                    await self._authenticate()
-                except BaseException:
-                    await channel.close(None)
-                    raise
-                self._refresher = asyncio.create_task(self._refresh(), name=f"etcd-token-{self.name}")
-            self._channel = channel
-            log.debug(
-                "etcd connection open",
-                connection=self.name,
-                target=target,
-                txn_path=self.txn_path,
-                access=access.describe(),
-            )
+            stamp = files_stamp(access.files())
+            await self._open(access.credentials() if access.tls else None)
+            if self._cert_check > 0:
+                self._rotator = asyncio.create_task(self._rotate(stamp), name=f"etcd-tls-{self.name}")
 
-    async def _authenticate(self) -> None:
-        """A token for the user, set on every service of the connection."""
-        assert self._auth is not None
+    async def _open(self, credentials: grpc.ChannelCredentials | None) -> None:
+        """A channel with ``credentials`` (None: plaintext) and the services on it, swapped in
+        for the current ones (if any), authenticated first when the access has a user."""
+        target, options = self._tuning.options(self.endpoints)
+        access = self.access
+        if credentials is not None:
+            if access.server_name:
+                options = [*options, ("grpc.ssl_target_name_override", access.server_name)]
+            channel = grpc.aio.secure_channel(target, credentials, options=options)
+        else:
+            channel = grpc.aio.insecure_channel(target, options=options)
+        attempts = self._rpc_max_attempts
+        kv = KVService(channel, max_attempts=attempts)
+        services = (
+            kv,
+            LeaseService(channel, max_attempts=attempts),
+            WatchService(channel, max_attempts=attempts),
+            MaintenanceService(channel, max_attempts=attempts),
+        )
+        txn = bypass.choose(channel, kv, prefer_bytes=self._bytes_txn) if self._appends else None
+        auth = AuthService(channel, max_attempts=attempts) if access.user else None
+        if auth is not None:
+            try:
+                self._set_token(await self._token(auth), services, txn)
+            except BaseException:
+                await channel.close(None)
+                raise
+        old = self._channel
+        self._kv, self._lease, self._watch, self._maintenance = services
+        self._txn, self._auth, self._channel = txn, auth, channel
+        if auth is not None and self._refresher is None:
+            self._refresher = asyncio.create_task(self._refresh(), name=f"etcd-token-{self.name}")
+        log.debug(
+            "etcd connection open",
+            connection=self.name,
+            target=target,
+            txn_path=self.txn_path,
+            access=access.describe(),
+        )
+        if old is not None:
+            task = asyncio.create_task(self._retire(old), name=f"etcd-retire-{self.name}")
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
+
+    async def _retire(self, channel: grpc.aio.Channel) -> None:
         try:
-            resp = await self._auth.authenticate(
+            await asyncio.sleep(OLD_CHANNEL_GRACE * self.timeout)
+        finally:  # also when the connection closes first
+            await channel.close(None)
+
+    async def _rotate(self, seen: tuple[tuple[int, int, int] | None, ...]) -> None:
+        """Pick up rotated TLS files (see the module docstring)."""
+        while True:
+            await asyncio.sleep(self._cert_check)
+            now = files_stamp(self.access.files())
+            if now == seen:
+                continue
+            seen = now
+            try:
+                credentials = self.access.checked_credentials()
+            except EtcdAccessError as e:
+                log.warning("etcd TLS files changed but are not usable; keeping the connection", error=str(e))
+                continue
+            try:
+                await self._open(credentials)
+            except StoreError as e:  # the new channel could not authenticate: keep the old
+                log.warning("etcd TLS files changed; the new connection failed", error=str(e))
+                continue
+            self.rotations += 1
+            log.info("etcd TLS files changed: new connection", connection=self.name)
+
+    async def _token(self, auth: AuthService) -> str:
+        try:
+            resp = await auth.authenticate(
                 self.access.user, self.access.password, timeout=self.timeout, max_attempts=1
             )
         except ETCD_ERRORS as e:
             # etcd's message names the user at most; the password is never in it
             raise translate(e, f"authenticate as {self.access.user}") from e
-        token = str(resp.token)
-        for svc in (self._kv, self._lease, self._watch, self._maintenance):
-            if svc is not None:
-                svc.set_token(token)
-        if self._txn is not None:
-            self._txn.set_token(token)
+        return str(resp.token)
+
+    @staticmethod
+    def _set_token(token: str, services: Sequence[Any], txn: bypass.TxnSender | None) -> None:
+        for svc in services:
+            svc.set_token(token)
+        if txn is not None:
+            txn.set_token(token)
+
+    async def _authenticate(self) -> None:
+        """A token for the user, set on every service of the connection."""
+        assert self._auth is not None
+        services = [svc for svc in (self._kv, self._lease, self._watch, self._maintenance) if svc is not None]
+        self._set_token(await self._token(self._auth), services, self._txn)
 
     async def _refresh(self) -> None:
         """Renew the token before etcd expires it; a failure is retried with backoff (the
@@ -339,10 +453,12 @@ class Connection:
     async def close(self) -> None:
         channel, self._channel = self._channel, None
         refresher, self._refresher = self._refresher, None
-        if refresher is not None:
-            refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await refresher
+        rotator, self._rotator = self._rotator, None
+        for task in (refresher, rotator, *self._retired):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self._kv = self._lease = self._watch = self._maintenance = None
         self._auth = None
         self._txn = None

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import pytest
 
 from lvs_events.coordinator.server import CoordinatorSettings, serve_coordinator
 from lvs_events.errors import StoreError
-from lvs_events.etcd.connection import EtcdAccess, EtcdAccessError, access_from
+from lvs_events.etcd.connection import ETCD_ERRORS, Connection, EtcdAccess, EtcdAccessError, access_from
 from lvs_events.etcd.events import EtcdEventStore
 from lvs_events.pb.v1 import coordinator_pb2 as cpb
 from lvs_events.pb.v1 import coordinator_pb2_grpc as cpb_grpc
@@ -204,6 +204,58 @@ async def test_etcd_refuses_a_client_without_a_certificate(tls_etcd: EtcdCluster
     async with EtcdEventStore(tls_etcd.endpoints, CLUSTER, access=EtcdAccess(ca=pki_dir / pki.CA_CERT)) as s:
         with pytest.raises(StoreError):
             await s.ping()
+
+
+async def _until(check: Callable[[], bool], what: str) -> None:
+    for _ in range(100):
+        if check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"never: {what}")
+
+
+async def test_a_rotated_etcd_client_certificate_is_used_without_a_restart(
+    tls_etcd: EtcdCluster, pki_dir: Path, tmp_path: Path
+) -> None:
+    """The files are looked at every 0.1 s here: a half-written rotation (the key only) is
+    left alone and the connection keeps working; a complete one opens a new channel with the
+    new pair (one of a CA etcd does not trust: refused from then on, proving it is used); the
+    next good pair works again."""
+    cert, key = tmp_path / "client.pem", tmp_path / "client-key.pem"
+
+    def install(directory: Path, name: str, *, key_only: bool = False) -> None:
+        c, k = pair(directory, name)
+        key.write_bytes(k.read_bytes())
+        if not key_only:
+            cert.write_bytes(c.read_bytes())
+
+    stranger = tmp_path / "other-ca"
+    pki.init(stranger, [pki.Identity("lb1", Role.DIRECTOR)])
+    install(pki_dir, "lb1")
+    conn = Connection(
+        tls_etcd.endpoints,
+        name="test",
+        timeout=2.0,
+        rpc_max_attempts=1,
+        access=EtcdAccess(ca=pki_dir / pki.CA_CERT, cert=cert, key=key),
+        cert_check=0.1,
+    )
+    await conn.connect()
+    try:
+        await conn.kv.put(b"/rotation/a", b"1", timeout=2)
+        install(stranger, "lb1", key_only=True)  # mid-rotation: the key does not match the cert
+        await asyncio.sleep(0.5)
+        assert conn.rotations == 0
+        await conn.kv.put(b"/rotation/b", b"2", timeout=2)  # the old channel, still good
+        install(stranger, "lb1")
+        await _until(lambda: conn.rotations == 1, "the new pair picked up")
+        with pytest.raises(ETCD_ERRORS):  # etcd does not trust that CA: the new pair is in use
+            await conn.kv.put(b"/rotation/c", b"3", timeout=2)
+        install(pki_dir, "alice")
+        await _until(lambda: conn.rotations == 2, "the good pair picked up")
+        await conn.kv.put(b"/rotation/d", b"4", timeout=2)
+    finally:
+        await conn.close()
 
 
 async def test_mtls_on_both_hops(tls_etcd: EtcdCluster, pki_dir: Path, tmp_path: Path) -> None:
