@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,6 +225,21 @@ def translate(e: BaseException, what: str) -> StoreError:
             return StoreUnavailable(f"etcd {what}: {e.code().name} {e.details()}")
         return StoreError(f"etcd {what}: {e.code().name} {e.details()}")
     return StoreError(f"etcd {what}: {e!r}")
+
+
+@contextlib.contextmanager
+def closed_channel_unavailable(what: str) -> Iterator[None]:
+    """A stream whose channel was closed under it (a replaced channel after its grace, see the
+    module): grpc.aio raises ``asyncio.CancelledError`` in the task reading it, which is not
+    that task being cancelled. Turned into :class:`StoreUnavailable`, so the stream's owner
+    reads again on the current channel; the task's own cancellation passes through."""
+    try:
+        yield
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise
+        raise StoreUnavailable(f"etcd {what}: the channel closed under the stream") from None
 
 
 def is_compacted(e: BaseException) -> bool:

@@ -44,6 +44,7 @@ from lvs_events.etcd.connection import (
     RETRYABLE_ERRORS,
     Connection,
     EtcdAccess,
+    closed_channel_unavailable,
     compare_mod,
     is_compacted,
     translate,
@@ -415,22 +416,23 @@ class EtcdEventStore:
             k_log, range_end=prefix_range_end(k_log), start_revision=start_revision
         )
         try:
-            async for resp in stream:
-                if resp.compact_revision > 0 or resp.canceled:
-                    raise _EtcdCompacted
-                for ev in resp.events:
-                    if ev.type != 0:  # DELETE: retention trimming, not news
-                        continue
-                    rev = int(ev.kv.key[n:])
-                    if rev < nxt:
-                        continue  # already delivered (a watch resumed from an older revision)
-                    if rev > nxt:
-                        raise _Gap(rev)
-                    head = max(head, rev)
-                    yield LogItem(_parse(ev.kv.value, rev), head)
-                    nxt = rev + 1
-                    if stop and nxt >= stop:
-                        return
+            with closed_channel_unavailable("watch log"):
+                async for resp in stream:
+                    if resp.compact_revision > 0 or resp.canceled:
+                        raise _EtcdCompacted
+                    for ev in resp.events:
+                        if ev.type != 0:  # DELETE: retention trimming, not news
+                            continue
+                        rev = int(ev.kv.key[n:])
+                        if rev < nxt:
+                            continue  # already delivered (a watch resumed from an older revision)
+                        if rev > nxt:
+                            raise _Gap(rev)
+                        head = max(head, rev)
+                        yield LogItem(_parse(ev.kv.value, rev), head)
+                        nxt = rev + 1
+                        if stop and nxt >= stop:
+                            return
         except ETCD_ERRORS as e:
             if _too_large(e):
                 raise _TooLarge from e
@@ -802,11 +804,12 @@ class EtcdEventStore:
             start, range_end=prefix_range_end(start), start_revision=start_revision
         )
         try:
-            async for resp in stream:
-                if resp.compact_revision > 0 or resp.canceled:
-                    raise StoreUnavailable("expiry index watch compacted or canceled; read it again")
-                if resp.events:
-                    yield int(resp.header.revision)
+            with closed_channel_unavailable("watch expiry index"):
+                async for resp in stream:
+                    if resp.compact_revision > 0 or resp.canceled:
+                        raise StoreUnavailable("expiry index watch compacted or canceled; read it again")
+                    if resp.events:
+                        yield int(resp.header.revision)
         except ETCD_ERRORS as e:
             raise translate(e, "watch expiry index") from e
         finally:

@@ -28,6 +28,7 @@ from lvs_events.etcd.connection import (
     ETCD_ERRORS,
     RETRYABLE_ERRORS,
     Connection,
+    closed_channel_unavailable,
     compare_mod,
     translate,
 )
@@ -301,15 +302,16 @@ class EtcdLeaderStore:
         await self.connect()
         stream = self.connection.watch.watch(self.keys.leader_info, start_revision=start_revision)
         try:
-            async for resp in stream:
-                if resp.compact_revision > 0 or resp.canceled:
-                    raise StoreUnavailable("leader watch cancelled (compaction)")
-                for ev in resp.events:
-                    rev = int(ev.kv.mod_revision) or int(resp.header.revision)
-                    if ev.type == 0:
-                        yield LeaderRecord.from_json(ev.kv.value), rev
-                    else:
-                        yield None, int(resp.header.revision)
+            with closed_channel_unavailable("watch leader"):
+                async for resp in stream:
+                    if resp.compact_revision > 0 or resp.canceled:
+                        raise StoreUnavailable("leader watch cancelled (compaction)")
+                    for ev in resp.events:
+                        rev = int(ev.kv.mod_revision) or int(resp.header.revision)
+                        if ev.type == 0:
+                            yield LeaderRecord.from_json(ev.kv.value), rev
+                        else:
+                            yield None, int(resp.header.revision)
         except ETCD_ERRORS as e:
             raise translate(e, "watch leader") from e
         finally:

@@ -384,3 +384,40 @@ def test_the_coordinator_has_no_password_flag() -> None:
         parse_args(["--etcd-password", PASSWORD])
     args = parse_args(["--etcd-user", "coord", "--etcd-password-file", "/dev/null"])
     assert args.etcd_user == "coord"
+
+
+async def test_a_log_reader_follows_across_a_rotation_of_the_etcd_client_certificate(
+    tls_etcd: EtcdCluster, pki_dir: Path, tmp_path: Path
+) -> None:
+    """The watch on the replaced channel ends when that channel closes (after its grace); the
+    reader reads again on the new one and misses nothing."""
+    cert, key = tmp_path / "client.pem", tmp_path / "client-key.pem"
+    for src, dst in zip(pair(pki_dir, "lb1"), (cert, key), strict=True):
+        dst.write_bytes(src.read_bytes())
+    access = EtcdAccess(ca=pki_dir / pki.CA_CERT, cert=cert, key=key)
+    async with EtcdEventStore(tls_etcd.endpoints, "rot", access=access) as writer:
+        reader = EtcdEventStore(tls_etcd.endpoints, "rot", access=access, timeout=0.5)
+        reader.connection._cert_check = 0.1  # the test's pace, not 30 s
+        async with reader:
+            got: list[int] = []
+
+            async def follow() -> None:
+                async for item in reader.read(1, follow=True):
+                    got.append(item.event.revision)
+
+            task = asyncio.create_task(follow())
+            try:
+                await writer.append([health_event("r1", cluster="rot")])
+                await _until(lambda: got == [1], "the first event")
+                for src, dst in zip(pair(pki_dir, "alice"), (cert, key), strict=True):
+                    dst.write_bytes(src.read_bytes())
+                await _until(lambda: reader.connection.rotations == 1, "the rotation")
+                await asyncio.sleep(1.5)  # past the old channel's grace (2 x 0.5 s): it closed
+                await writer.append([health_event("r2", cluster="rot")])
+                if task.done():
+                    raise AssertionError(f"the reader ended: {task.exception()!r}")
+                await _until(lambda: got == [1, 2], "the event after the rotation")
+                assert not task.done()
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
