@@ -14,8 +14,9 @@ the log: following the log cost every coordinator a decode of every event, about
 its append throughput. The log stays the truth: when an entry comes due the task folds the
 state and appends only for an override still in force at that revision; an entry whose
 override ended otherwise (replaced, enabled, its server removed) is dropped from the index. On
-start the task also indexes any override in force that the index lacks (one appended before
-the index existed).
+start, and every :data:`SWEEP_EVERY` seconds, the task also indexes any override in force that
+the index lacks (one appended before the index existed, or by a coordinator of an older version
+during a rolling upgrade).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ ACTOR = "lvs-coordinator"
 # Errors of the store (etcd away, the log trimmed under the reader) restart the task after a
 # backoff: a missed expiry is appended late, never lost, as the index is read again.
 ERROR_RETRY = RetryPolicy(initial=0.5, cap=10.0)
+SWEEP_EVERY = 300.0  # seconds between looks for overrides in force that the index lacks
 
 
 def due(state: State, now: float) -> list[tuple[RealKey, int]]:
@@ -74,8 +76,10 @@ class ExpiryTask:
         *,
         clock: Callable[[], float] = time.time,
         origin: str = "",
+        sweep_every: float = SWEEP_EVERY,
     ) -> None:
         self.index = index
+        self.sweep_every = sweep_every
         self.appender = appender
         self.states = states
         self.cluster = cluster
@@ -96,6 +100,7 @@ class ExpiryTask:
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(self._follow(at + 1), name="expiry-follow")
                     tg.create_task(self._expire(), name="expiry-timer")
+                    tg.create_task(self._sweep(), name="expiry-sweep")
             except* (StoreError, Compacted) as group:
                 delay = backoff.next_delay()
                 log.warning(
@@ -111,6 +116,12 @@ class ExpiryTask:
                 await self.index.index_expiry(ov.revision, ov.expires_at)
                 self.entries[ov.revision] = ov.expires_at
                 log.info("override expiry indexed", override_revision=ov.revision, expires_at=ov.expires_at)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_every)
+            await self._backfill()
+            self._changed.set()
 
     async def _follow(self, start_revision: int) -> None:
         async for _ in self.index.watch_expiries(start_revision):

@@ -9,7 +9,9 @@ import uuid
 import grpc.aio
 
 from lvs_events import wire
-from lvs_events.coordinator.expiry import due, next_expiry
+from lvs_events.coordinator.appender import Appender
+from lvs_events.coordinator.expiry import ExpiryTask, due, next_expiry
+from lvs_events.coordinator.snapshots import StateService
 from lvs_events.domain.config import Config, Forwarding, Protocol, RealServer, VirtualService
 from lvs_events.domain.events import AdminAction, AdminOverride, ConfigApplied, Event
 from lvs_events.domain.state import State, fold
@@ -164,3 +166,28 @@ async def test_an_override_the_index_lacks_is_indexed_on_start_and_ends_on_time(
         log = await _wait_for_log(store, 3)
     assert [e.WhichOneof("payload") for e in log] == ["config_applied", "admin_override", "override_expired"]
     assert 0.0 <= log[2].wall_time - expires <= 1.0
+
+
+async def test_the_sweep_indexes_an_override_appended_without_its_entry_while_running(
+    store: EtcdEventStore,
+) -> None:
+    """A rolling upgrade: a coordinator of an older version appends an override and no index
+    entry while this one runs. The periodic sweep (0.2 s here) indexes it; it ends on time."""
+    appender = Appender(store)
+    task = ExpiryTask(store, appender, StateService(store), CLUSTER, sweep_every=0.2)
+    async with asyncio.TaskGroup() as tg:
+        runner = tg.create_task(appender.run())
+        expiry = tg.create_task(task.run())
+        try:
+            await store.append([config_event()])
+            await asyncio.sleep(0.3)  # the task is up, its index read (empty)
+            expires = time.time() + 1.5
+            (drain,) = await store.append([_drain("192.0.2.11:80", expires)])
+            await store.drop_expiry(drain.revision)  # as an older coordinator leaves it
+            log = await _wait_for_log(store, 3)
+        finally:
+            expiry.cancel()
+            runner.cancel()
+    assert [e.WhichOneof("payload") for e in log] == ["config_applied", "admin_override", "override_expired"]
+    assert 0.0 <= log[2].wall_time - expires <= 1.0
+    assert task.appended == 1
