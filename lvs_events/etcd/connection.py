@@ -108,8 +108,9 @@ class EtcdAccess:
             parts.append(f"user {self.user}")
         return ", ".join(parts)
 
-    def credentials(self) -> grpc.ChannelCredentials:
-        """Channel credentials from the files, read now (:class:`EtcdAccessError` if one is unreadable)."""
+    def _read(self) -> tuple[bytes, bytes | None, bytes | None]:
+        """The CA, certificate and key files' bytes, read now (:class:`EtcdAccessError` naming
+        one that is unreadable)."""
         assert self.ca is not None
         try:
             ca = self.ca.read_bytes()
@@ -117,6 +118,11 @@ class EtcdAccess:
             key = self.key.read_bytes() if self.key is not None else None
         except OSError as e:
             raise EtcdAccessError(f"etcd TLS file {e.filename}: {e.strerror}") from e
+        return ca, cert, key
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """Channel credentials from the files, read now (:class:`EtcdAccessError` if one is unreadable)."""
+        ca, cert, key = self._read()
         return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
 
     def files(self) -> tuple[Path, ...]:
@@ -126,13 +132,7 @@ class EtcdAccess:
         """:meth:`credentials`, after checking that the files parse and the key is the
         certificate's (gRPC would only fail at the next handshake). :class:`EtcdAccessError`
         naming the file otherwise."""
-        assert self.ca is not None
-        try:
-            ca = self.ca.read_bytes()
-            cert = self.cert.read_bytes() if self.cert is not None else None
-            key = self.key.read_bytes() if self.key is not None else None
-        except OSError as e:
-            raise EtcdAccessError(f"etcd TLS file {e.filename}: {e.strerror}") from e
+        ca, cert, key = self._read()
         try:
             x509.load_pem_x509_certificates(ca)
         except ValueError as e:
