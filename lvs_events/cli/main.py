@@ -32,7 +32,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -87,25 +87,24 @@ class Refused(LvsEventsError):
     """The CLI itself refuses the request (nothing was recorded)."""
 
 
-def _revision(text: str) -> int:
-    """A log revision: a whole number >= 0 (argparse turns the error into exit 2)."""
-    try:
-        value = int(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"not a revision: {text!r}") from e
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"a revision is >= 0, not {value}")
-    return value
+def _whole(noun: str) -> Callable[[str], int]:
+    """An argparse type: a whole number >= 0, named ``noun`` in its error (argparse turns the
+    error into exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"not {noun}: {text!r}") from e
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{noun} is >= 0, not {value}")
+        return value
+
+    return parse
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from e
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected >= 0, not {value}")
-    return value
+_revision = _whole("a revision")
+_count = _whole("a number")
 
 
 def _seconds(text: str) -> float:

@@ -10,8 +10,8 @@ revision on every node.
 
 What it watches is the store's :class:`~lvs_events.coordinator.stores.ExpiryIndex` (override
 revision -> expires_at), which the append transaction keeps with the overrides themselves, not
-the log: following the log cost every coordinator a decode of every event, about a tenth of
-its append throughput. The log stays the truth: when an entry comes due the task folds the
+the log: following the log would cost every coordinator a watch delivery and a decode of every
+event, on the append path's CPU. The log stays the truth: when an entry comes due the task folds the
 state and appends only for an override still in force at that revision; an entry whose
 override ended otherwise (replaced, enabled, its server removed) is dropped from the index. On
 start, and every :data:`SWEEP_EVERY` seconds, the task also indexes any override in force that
@@ -34,7 +34,7 @@ from lvs_events.coordinator.appender import Appender, check_event
 from lvs_events.coordinator.snapshots import StateService
 from lvs_events.coordinator.stores import ExpiryIndex
 from lvs_events.domain.events import Event, OverrideExpired, expiry_event_id
-from lvs_events.domain.state import RealKey, State
+from lvs_events.domain.state import RealKey
 from lvs_events.errors import Compacted, InvalidEvent, StoreError
 from lvs_events.retry import RetryPolicy
 
@@ -45,17 +45,6 @@ ACTOR = "lvs-coordinator"
 # backoff: a missed expiry is appended late, never lost, as the index is read again.
 ERROR_RETRY = RetryPolicy(initial=0.5, cap=10.0)
 SWEEP_EVERY = 300.0  # seconds between looks for overrides in force that the index lacks
-
-
-def due(state: State, now: float) -> list[tuple[RealKey, int]]:
-    """The overrides whose expiry ``now`` has reached: (virtual, real) and the override's revision."""
-    return sorted((key, ov.revision) for key, ov in state.overrides.items() if 0.0 < ov.expires_at <= now)
-
-
-def next_expiry(state: State) -> float | None:
-    """The earliest expiry among the overrides in ``state``; None: none expires."""
-    times = [ov.expires_at for ov in state.overrides.values() if ov.expires_at > 0.0]
-    return min(times) if times else None
 
 
 def _origin() -> str:

@@ -413,8 +413,8 @@ class Connection:
             if now == seen:
                 continue
             seen = now
-            try:
-                credentials = self.access.checked_credentials()
+            try:  # file reads and certificate parsing: off the event loop
+                credentials = await asyncio.to_thread(self.access.checked_credentials)
             except EtcdAccessError as e:
                 log.warning("etcd TLS files changed but are not usable; keeping the connection", error=str(e))
                 continue

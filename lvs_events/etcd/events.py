@@ -38,6 +38,7 @@ from google.protobuf.message import DecodeError
 from lvs_events.errors import Compacted, DeadlinePassed, Fenced, StoreError, StoreUnavailable
 from lvs_events.etcd import txn as txns
 from lvs_events.etcd.connection import (
+    CERT_CHECK,
     DEFAULT_TIMEOUT,
     ETCD_ERRORS,
     PLAINTEXT,
@@ -126,14 +127,16 @@ class EtcdEventStore:
         max_txn_ops: int = txns.MAX_TXN_OPS,
         bytes_txn: bool = True,
         access: EtcdAccess = PLAINTEXT,
+        cert_check: float = CERT_CHECK,
     ) -> None:
         """``max_txn_ops``: etcd's ``--max-txn-ops`` (bounds the events per append).
         ``bytes_txn``: False sends appends through etcd3aio's public ``txn`` (see
         :mod:`lvs_events.etcd.bypass`). ``access``: TLS and etcd user (the election's
-        connection uses the same)."""
+        connection uses the same). ``cert_check``: seconds between looks at the TLS files
+        for a rotation (:mod:`lvs_events.etcd.connection`)."""
         self.access = access
         self.connection = Connection(
-            endpoints, name="log", timeout=timeout, bytes_txn=bytes_txn, access=access
+            endpoints, name="log", timeout=timeout, bytes_txn=bytes_txn, access=access, cert_check=cert_check
         )
         self.endpoints = self.connection.endpoints
         self.cluster = cluster

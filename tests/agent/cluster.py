@@ -115,12 +115,21 @@ async def wait_converged(client: CoordinatorClient, digests: dict[str, Any], *, 
 
 
 class AgentProcess:
-    """``python -m lvs_events.agent.main`` in a subprocess, with its own state dir."""
+    """``python -m lvs_events.agent.main`` in a subprocess, with its own state dir. ``options``:
+    its flags past node, cluster, coordinators, state dir and log format; by default without
+    health checks (the tests publish the health events; the reals are documentation addresses)."""
 
     def __init__(
-        self, node: str, endpoints: Sequence[str], state_dir: Path, config: Config | None = None
+        self,
+        node: str,
+        endpoints: Sequence[str],
+        state_dir: Path,
+        config: Config | None = None,
+        *,
+        options: Sequence[str] = ("--no-health-checks",),
     ) -> None:
         self.node = node
+        self.options = list(options)
         self.endpoints = list(endpoints)
         self.state_dir = state_dir
         self.config_path: Path | None = None
@@ -139,8 +148,7 @@ class AgentProcess:
             "--coordinators", ",".join(self.endpoints),
             "--state-dir", str(self.state_dir),
             "--log-format", "json",
-            # the test publishes the health events; the reals are documentation addresses
-            "--no-health-checks",
+            *self.options,
         ]  # fmt: skip
         if self.config_path is not None:
             args += ["--config-json", str(self.config_path), "--publish-config"]

@@ -31,7 +31,7 @@ from lvs_events.domain.config import (
 from lvs_events.domain.events import CheckerHealth, Event, RealServerHealth
 from lvs_events.domain.render import render
 from lvs_events.domain.state import State, checker_degraded, fold
-from tests.agent.cluster import CLUSTER, REPO, AgentProcess, coordinators
+from tests.agent.cluster import REPO, AgentProcess, coordinators
 from tests.support.etcd import EtcdCluster, free_ports
 
 pytestmark = pytest.mark.slow
@@ -87,29 +87,9 @@ class Farm:
         self.proc.wait(10)
 
 
-class CheckingAgent(AgentProcess):
+def checking_agent(node: str, endpoint: str, state_dir: Path, config: Config | None = None) -> AgentProcess:
     """An agent that runs its own health checks (the helper's agents do not)."""
-
-    def __init__(self, *args: object, extra: tuple[str, ...] = (), **kw: object) -> None:
-        super().__init__(*args, **kw)  # type: ignore[arg-type]
-        self.extra = extra
-
-    def start(self) -> None:
-        args = [
-            sys.executable, "-m", "lvs_events.agent.main",
-            "--node", self.node,
-            "--cluster", CLUSTER,
-            "--coordinators", ",".join(self.endpoints),
-            "--state-dir", str(self.state_dir),
-            "--log-format", "json",
-            "--drift-interval", "0",
-            *self.extra,
-        ]  # fmt: skip
-        if self.config_path is not None:
-            args += ["--config-json", str(self.config_path), "--publish-config"]
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        with self.log_path.open("ab") as logf:
-            self.proc = subprocess.Popen(args, stdout=logf, stderr=logf, cwd=REPO, env=env)
+    return AgentProcess(node, [endpoint], state_dir, config, options=("--drift-interval", "0"))
 
 
 async def applied(agent: AgentProcess, revision: int, within: float = 60.0) -> None:
@@ -218,7 +198,7 @@ async def test_starved_checker_marks_no_healthy_server_down(etcd: EtcdCluster, t
     and a server stopped meanwhile is still found down."""
     n = 1000
     async with farm_cluster(etcd, tmp_path, n) as (endpoint, config, victim, victim_farm, watch):
-        agent = CheckingAgent("lb1", [endpoint], tmp_path / "lb1", config)
+        agent = checking_agent("lb1", endpoint, tmp_path / "lb1", config)
         with cpu_quota(f"lvs-events-test-{os.getpid()}", 0.1) as starve:
             agent.start()
             try:
@@ -262,8 +242,8 @@ async def test_starved_director_gives_way_to_the_healthy_one(etcd: EtcdCluster, 
     n = 200
     async with farm_cluster(etcd, tmp_path, n) as (endpoint, config, victim, victim_farm, watch):
         election = LeaderElectionClient([endpoint], timeout=5.0)
-        lb1 = CheckingAgent("lb1", [endpoint], tmp_path / "lb1", config)
-        lb2 = CheckingAgent("lb2", [endpoint], tmp_path / "lb2")
+        lb1 = checking_agent("lb1", endpoint, tmp_path / "lb1", config)
+        lb2 = checking_agent("lb2", endpoint, tmp_path / "lb2")
         try:
             reply = await election.campaign("lb1", ttl=300, within=10)
             assert reply.acquired

@@ -42,10 +42,7 @@ from lvs_events.security.tls import (
     TlsFiles,
     server_credentials,
 )
-
-
-def files(directory: Path, name: str) -> TlsFiles:
-    return TlsFiles(directory / pki.CA_CERT, pki.cert_path(directory, name), pki.key_path(directory, name))
+from tests.support.pki import files
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,8 @@ import grpc.aio
 
 from lvs_events import wire
 from lvs_events.coordinator.appender import Appender
-from lvs_events.coordinator.expiry import ExpiryTask, due, next_expiry
+from lvs_events.coordinator.expiry import ExpiryTask
 from lvs_events.coordinator.snapshots import StateService
-from lvs_events.domain.config import Config, Forwarding, Protocol, RealServer, VirtualService
-from lvs_events.domain.events import AdminAction, AdminOverride, ConfigApplied, Event
-from lvs_events.domain.state import State, fold
 from lvs_events.etcd.events import EtcdEventStore
 from lvs_events.pb.v1 import coordinator_pb2_grpc as cpb_grpc
 from lvs_events.pb.v1 import events_pb2 as pb
@@ -36,43 +33,6 @@ def _drain(real: str, expires_at: float) -> pb.Event:
             virtual=V, real=real, action=pb.AdminOverride.ACTION_DRAIN, expires_at=expires_at
         ),
     )
-
-
-def test_due_and_next_expiry() -> None:
-    cfg = Config(
-        virtuals=(
-            VirtualService(
-                Protocol.TCP,
-                "203.0.113.10",
-                80,
-                reals=(
-                    RealServer("192.0.2.11", 80, Forwarding.GATE, 1),
-                    RealServer("192.0.2.12", 80, Forwarding.GATE, 1),
-                ),
-            ),
-        )
-    )
-    s = fold(State(), Event("e1", "c", "n", "a", "", 1.0, ConfigApplied(cfg), revision=1))
-    s = fold(
-        s,
-        Event(
-            "e2",
-            "c",
-            "n",
-            "a",
-            "",
-            1.0,
-            AdminOverride(V, "192.0.2.11:80", AdminAction.DRAIN, 0, 50.0),
-            revision=2,
-        ),
-    )
-    s = fold(
-        s,
-        Event("e3", "c", "n", "a", "", 1.0, AdminOverride(V, "192.0.2.12:80", AdminAction.DRAIN), revision=3),
-    )
-    assert next_expiry(s) == 50.0  # an open-ended override never expires
-    assert due(s, 49.9) == []
-    assert due(s, 50.0) == [((V, "192.0.2.11:80"), 2)]
 
 
 async def test_two_coordinators_append_one_expiry_on_time(

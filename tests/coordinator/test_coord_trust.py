@@ -27,34 +27,23 @@ from lvs_events.pb.v1 import leadership_pb2_grpc as lpb_grpc
 from lvs_events.security import pki
 from lvs_events.security.policy import publish_action
 from lvs_events.security.principal import Role
-from lvs_events.security.tls import ListenRefused, TlsFiles, channel_credentials
+from lvs_events.security.tls import ListenRefused, channel_credentials
 from tests.coordinator.conftest import StartCoordinator
 from tests.coordinator.helpers import CLUSTER, config_event, health_event, read_log
+from tests.support.pki import files, make_pki
 
 YEAR_9999 = datetime.datetime(9999, 6, 1, tzinfo=datetime.UTC).timestamp()
 
 
-def files(directory: Path, name: str) -> TlsFiles:
-    return TlsFiles(directory / pki.CA_CERT, pki.cert_path(directory, name), pki.key_path(directory, name))
-
-
 @pytest.fixture(scope="module")
 def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("pki")
-    pki.init(
-        d,
-        [
-            pki.Identity("lb1", Role.DIRECTOR),
-            pki.Identity("lb2", Role.DIRECTOR),
-            pki.Identity("alice", Role.OPERATOR),
-            pki.Identity("monitor", Role.READER),
-        ],
-    )
-    ca_key, ca_cert = pki.load_ca(d)
-    past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=3)
-    key, cert = pki.issue_certificate(ca_key, ca_cert, pki.Identity("old", Role.OPERATOR), days=2, now=past)
-    pki.write_identity(d, "old", key, cert)
-    return d
+    identities = [
+        pki.Identity("lb1", Role.DIRECTOR),
+        pki.Identity("lb2", Role.DIRECTOR),
+        pki.Identity("alice", Role.OPERATOR),
+        pki.Identity("monitor", Role.READER),
+    ]
+    return make_pki(tmp_path_factory.mktemp("pki"), identities, expired="old")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ behind :class:`~lvs_events.security.interceptor.AuthInterceptor`."""
 
 from __future__ import annotations
 
-import datetime
 import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,33 +23,21 @@ from lvs_events.security.interceptor import AuthInterceptor, Refusals, current_p
 from lvs_events.security.policy import publish_action
 from lvs_events.security.principal import Principal, Role
 from lvs_events.security.tls import TlsFiles, server_credentials
+from tests.support.pki import make_pki
 
 PEER = "lb2"  # the configured peer of the test Peer service
 
 
-def files(directory: Path, name: str) -> TlsFiles:
-    return TlsFiles(directory / pki.CA_CERT, pki.cert_path(directory, name), pki.key_path(directory, name))
-
-
 @pytest.fixture(scope="session")
 def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("pki")
-    pki.init(
-        d,
-        [
-            pki.Identity("lb1", Role.DIRECTOR, ("192.0.2.201", "lb1.example.net")),
-            pki.Identity("lb2", Role.DIRECTOR, ("192.0.2.202",)),
-            pki.Identity("w1", Role.WITNESS, ("192.0.2.203",)),
-            pki.Identity("alice", Role.OPERATOR),
-            pki.Identity("monitor", Role.READER),
-        ],
-    )
-    # a certificate of the right CA that expired yesterday
-    ca_key, ca_cert = pki.load_ca(d)
-    past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=3)
-    key, cert = pki.issue_certificate(ca_key, ca_cert, pki.Identity("old", Role.OPERATOR), days=2, now=past)
-    pki.write_identity(d, "old", key, cert)
-    return d
+    identities = [
+        pki.Identity("lb1", Role.DIRECTOR, ("192.0.2.201", "lb1.example.net")),
+        pki.Identity("lb2", Role.DIRECTOR, ("192.0.2.202",)),
+        pki.Identity("w1", Role.WITNESS, ("192.0.2.203",)),
+        pki.Identity("alice", Role.OPERATOR),
+        pki.Identity("monitor", Role.READER),
+    ]
+    return make_pki(tmp_path_factory.mktemp("pki"), identities, expired="old")
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,8 @@ from lvs_events.pb.v1 import coordinator_pb2 as cpb
 from lvs_events.pb.v1 import leadership_pb2 as lpb
 from lvs_events.security.principal import UNVERIFIED, Principal, Role
 from lvs_events.security.tls import channel_credentials
-from tests.security.conftest import call, every_method, files
+from tests.security.conftest import call, every_method
+from tests.support.pki import files
 
 METHODS = {m.name: m for _, m in every_method()}
 

@@ -16,7 +16,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from lvs_events.security import pki, pki_cli
 from lvs_events.security.principal import Principal, Role, principal_from_certificate
 from lvs_events.security.tls import load_material
-from tests.security.conftest import files
+from tests.support.pki import files
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -19,7 +19,7 @@ from lvs_events.security.principal import (
     principal_from_context,
     principal_from_pem,
 )
-from tests.security.conftest import files
+from tests.support.pki import files
 
 
 @pytest.mark.parametrize(

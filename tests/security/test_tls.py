@@ -27,7 +27,8 @@ from lvs_events.security.tls import (
     insecure_warning,
     load_material,
 )
-from tests.security.conftest import call, every_method, files
+from tests.security.conftest import call, every_method
+from tests.support.pki import files
 
 STATUS = next(m for _, m in every_method() if m.name == "Status")
 
